@@ -1,0 +1,1 @@
+"""Modelseal: sealed, licensed, metered model serving on Kubernetes."""

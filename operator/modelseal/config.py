@@ -1,0 +1,147 @@
+"""The one typed settings object, read from `MODELSEAL_*` environment variables.
+
+Every role (operator, unsealer, gateway, CLI) reads the same object and uses its own
+section; the Helm chart passes these through as env vars. Each field is documented by its
+description, which `modelseal config --help`-style tooling and the chart's values.yaml
+repeat. Secrets are never settings: a setting may name a *file* holding a secret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELSEAL_", extra="ignore", frozen=True)
+
+    # --- common -------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of every role; logs are JSON lines on stderr."
+    )
+    api_group: str = Field(
+        "modelseal.io",
+        description="API group of the custom resources; also the prefix of kopf's finalizer "
+        "and annotations.",
+    )
+
+    # --- Vault --------------------------------------------------------------------------
+    vault_addr: str = Field(
+        "http://127.0.0.1:8200", description="Vault (or OpenBao) API address."
+    )
+    vault_token_file: Path | None = Field(
+        None,
+        description="File holding a Vault token (operator, development). When unset, roles "
+        "log in with Kubernetes auth.",
+    )
+    vault_kubernetes_mount: str = Field(
+        "kubernetes", description="Mount path of Vault's Kubernetes auth method."
+    )
+    vault_transit_mount: str = Field("transit", description="Mount path of the Transit engine.")
+    vault_ca_file: Path | None = Field(
+        None, description="CA bundle to verify Vault's TLS certificate."
+    )
+    vault_policy_prefix: str = Field(
+        "modelseal", description="Prefix of the Vault policies and roles the operator creates."
+    )
+    vault_role_token_ttl: str = Field(
+        "10m", description="TTL of the Vault tokens issued to a model's unsealer."
+    )
+    service_account_token_file: Path = Field(
+        Path("/var/run/secrets/modelseal/token"),
+        description="Projected ServiceAccount token the unsealer logs in to Vault with.",
+    )
+
+    # --- operator -----------------------------------------------------------------------
+    namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces the operator watches; empty means the whole cluster.",
+    )
+    operator_health_port: int = Field(8080, description="Operator liveness/readiness port.")
+    operator_metrics_port: int = Field(9090, description="Operator Prometheus metrics port.")
+    expiry_check_interval_s: float = Field(
+        60.0, description="How often the operator re-checks licenses for expiry (seconds)."
+    )
+    resync_interval_s: float = Field(
+        300.0,
+        description="How often the operator re-checks owned objects for drift (seconds).",
+    )
+    image: str = Field(
+        "ghcr.io/modelseal/modelseal:0.1.0",
+        description="Image that runs the unsealer and gateway roles in model pods.",
+    )
+    triton_image: str = Field(
+        "nvcr.io/nvidia/tritonserver:24.08-py3",
+        description="Default Triton image when a ProtectedModel does not name one.",
+    )
+
+    # --- unsealer -----------------------------------------------------------------------
+    model_dir: Path = Field(
+        Path("/models"), description="Where the unsealer publishes the decrypted model."
+    )
+    allow_non_tmpfs: bool = Field(
+        False,
+        description="Development only: let the unsealer write to a target that is not tmpfs.",
+    )
+    unseal_workers: int = Field(
+        0, description="Parallel decryption workers; 0 means one per CPU."
+    )
+    unsealer_port: int = Field(8081, description="Unsealer readiness/control port.")
+
+    # --- gateway ------------------------------------------------------------------------
+    gateway_http_port: int = Field(8000, description="Gateway KServe v2 HTTP port.")
+    gateway_grpc_port: int = Field(8001, description="Gateway KServe v2 gRPC port.")
+    gateway_metrics_port: int = Field(8002, description="Gateway Prometheus metrics port.")
+    triton_http_url: str = Field(
+        "http://127.0.0.1:8100", description="Triton's HTTP endpoint (loopback only)."
+    )
+    triton_grpc_url: str = Field(
+        "127.0.0.1:8101", description="Triton's gRPC endpoint (loopback only)."
+    )
+    quota_store: Literal["embedded", "redis"] = Field(
+        "embedded",
+        description="Counter store: 'embedded' (one replica, file-backed) or 'redis' (shared).",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for quotas.")
+    quota_state_dir: Path = Field(
+        Path("/var/lib/modelseal/quota"),
+        description="Folder of the embedded counter store (mount a PVC to survive rescheduling).",
+    )
+    license_file: Path = Field(
+        Path("/etc/modelseal/license/license.json"),
+        description="License and quota settings rendered by the operator (ConfigMap mount).",
+    )
+    api_keys_file: Path = Field(
+        Path("/etc/modelseal/apikeys/keys.json"),
+        description="Hashed consumer API keys (Secret mount); reloaded when it changes.",
+    )
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, description="Largest request body the gateway accepts."
+    )
+    audit_sink: Literal["stdout", "file", "webhook"] = Field(
+        "stdout", description="Where audit records go."
+    )
+    audit_file: Path = Field(
+        Path("/var/log/modelseal/audit.jsonl"), description="Audit file for the 'file' sink."
+    )
+    audit_webhook_url: str = Field("", description="Audit webhook URL for the 'webhook' sink.")
+    audit_hmac_key_file: Path | None = Field(
+        None, description="File holding the HMAC key that signs audit checkpoints."
+    )
+    audit_checkpoint_every: int = Field(
+        100, description="Records between signed audit checkpoints."
+    )
+    audit_queue_size: int = Field(10000, description="Bounded audit queue length.")
+    audit_overflow_policy: Literal["block", "reject"] = Field(
+        "block",
+        description="When the audit queue is full: block requests until there is room, "
+        "or reject them with 503.",
+    )
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment (tests build `Settings(...)` directly)."""
+    return Settings()

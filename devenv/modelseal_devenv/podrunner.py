@@ -45,6 +45,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shlex
 import shutil
 import socket
@@ -193,6 +194,7 @@ class LocalCommand:
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    cleanup: Callable[[], None] | None = None  # after each exit (e.g. shared memory)
 
 
 CommandResolver = Callable[[list[str], "PortMap"], LocalCommand]
@@ -207,25 +209,47 @@ def _resolve_modelseal(argv: list[str], ports: PortMap) -> LocalCommand:
 
 
 def _resolve_tritonserver(argv: list[str], ports: PortMap) -> LocalCommand:
-    """The image's `tritonserver` -> the pytriton-bundled binary with its libraries."""
+    """The image's `tritonserver` -> the pytriton-bundled binary with its libraries.
+
+    What this adds to the pod's own flags is only what running on this machine needs:
+    the wheel's backend folder, CPU settings, and a per-process prefix for the Python
+    backend's shared-memory regions (so they can be removed after a crash).
+    """
     from modelseal_devenv import triton as devtriton
 
-    binary, env, extra = devtriton.server_command()
+    backends_root = devtriton.prepare_backends()
+    env = devtriton.server_env({"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     args = list(argv[1:])
-    # Triton listens on its default ports when a flag is missing; map those too, since in
-    # the pod they share one network namespace with the other containers.
     present = {a.split("=", 1)[0] for a in args if a.startswith("--")}
     metrics_off = any(
         a.replace(" ", "") in ("--allow-metrics=false", "--allow-metrics=0") for a in args
     )
+    # Triton listens on its default ports when a flag is missing; map those too, since in
+    # the pod they share one network namespace with the other containers.
     for flag, default in TRITON_DEFAULT_PORTS.items():
         if flag in present or (flag == "--metrics-port" and metrics_off):
             continue
         args.append(f"{flag}={ports.local(default)}")
-    # Backend folder of the bundled binary, unless the pod names one.
-    if "--backend-directory" not in present:
-        args = [*extra, *args]
-    return LocalCommand([str(binary), *args], dict(env))
+    shm_prefix = f"podrunner{os.getpid()}x{secrets.token_hex(4)}_"
+    local_flags = {
+        "--backend-directory": str(backends_root / "backends"),
+        "--cache-directory": str(backends_root / "caches"),
+        "--allow-gpu-metrics": "false",
+        "--pinned-memory-pool-byte-size": "0",
+    }
+    args = [f"{k}={v}" for k, v in local_flags.items() if k not in present] + args
+    args += [
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        "--backend-config=python,shm-default-byte-size=4194304",
+        "--backend-config=python,shm-growth-byte-size=1048576",
+    ]
+
+    def cleanup() -> None:
+        for region in SHM_ROOT.glob(f"{shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                region.unlink()
+
+    return LocalCommand([str(devtriton.tritonserver_binary()), *args], env, cleanup)
 
 
 DEFAULT_COMMANDS: dict[str, CommandResolver] = {
@@ -316,6 +340,7 @@ class ContainerRun:
     env: dict[str, str]
     cwd: Path
     log_path: Path
+    cleanup: Callable[[], None] | None = None
     process: ManagedProcess | None = None
     restarts: int = 0
     starts: int = 0
@@ -479,6 +504,9 @@ class PodInstance:
                     c.process.stop(timeout=max(timeout, 0.1))
             for c in self.containers.values():
                 c.ready = False
+                if c.cleanup is not None:
+                    with contextlib.suppress(Exception):
+                        c.cleanup()
             # the kubelet removes emptyDir (and Secret tmpfs) volumes with the pod
             shutil.rmtree(self.shmdir, ignore_errors=True)
             self.phase = "Stopped"
@@ -886,6 +914,7 @@ class PodInstance:
             env=full_env,
             cwd=cwd,
             log_path=log_path,
+            cleanup=local.cleanup,
         )
         return run
 
@@ -1055,6 +1084,8 @@ class PodInstance:
         code = run.process.proc.returncode
         run.process.stop()  # deregisters it
         run.process = None
+        if run.cleanup is not None:
+            run.cleanup()
         run.exit_codes.append(code)
         run.ready = False
         run.started = False

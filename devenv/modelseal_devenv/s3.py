@@ -1,0 +1,186 @@
+"""A local S3-compatible server for the tests: moto's standalone server (the `moto[server]`
+package from PyPI), run as its own child process (`python -m moto.server`) on 127.0.0.1.
+
+It speaks the S3 REST API (signature v4, multipart uploads, ranged GETs, ...) at
+`endpoint_url`; any access key is accepted, so the fixed test credentials below only have
+to be the same on both sides. Data lives in the server's memory: a restart gives an empty
+store.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from modelseal_devenv.common import LOOPBACK, ManagedProcess, StartError, free_port, wait_until
+
+ACCESS_KEY = "modelseal-test-access-key"
+SECRET_KEY = "modelseal-test-secret-key"  # noqa: S105 - a fixed test credential, not a secret
+REGION = "us-east-1"
+
+
+def moto_version() -> str:
+    return importlib.metadata.version("moto")
+
+
+class S3Server:
+    """moto's S3 (and other AWS APIs) on http://127.0.0.1:<free port>."""
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        port: int | None = None,
+        region: str = REGION,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="modelseal-s3-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "moto.log"
+        self.port = port or free_port()
+        self.region = region
+        self.access_key = ACCESS_KEY
+        self.secret_key = SECRET_KEY
+        self.startup_timeout = startup_timeout
+        self.version = moto_version()
+        self.start_seconds = 0.0
+        self._process: ManagedProcess | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.running
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("moto server is not started")
+        return self._process.pid
+
+    def env(self) -> dict[str, str]:
+        """AWS_* variables that point an AWS SDK (boto3, the CLI) at this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+        }
+
+    def __enter__(self) -> S3Server:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _alive(self) -> bool:
+        # moto's own management API; answers once the WSGI app is serving
+        url = f"{self.endpoint_url}/moto-api/data.json"
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback http
+            return int(resp.status) == 200
+
+    def start(self) -> S3Server:
+        if self.running:
+            return self
+        argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self.workdir),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONWARNINGS": "ignore",  # the server's own warnings must not reach the tests
+            "MOTO_PORT": str(self.port),
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+        t0 = time.monotonic()
+        self._process = ManagedProcess(
+            "moto-server", argv, self.log_path, env=env, cwd=self.workdir
+        ).start()
+        wait_until(self._alive, "moto server /moto-api", self.startup_timeout, self._process)
+        self.start_seconds = time.monotonic() - t0
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._process is not None:
+            self._process.stop(timeout=timeout)
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+
+    def restart(self) -> S3Server:
+        """Stop and start on the same port (the store comes back empty)."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self._process.log_tail(lines) if self._process is not None else ""
+
+    def reset(self) -> None:
+        """Drop every bucket and object (moto's reset API)."""
+        url = f"{self.endpoint_url}/moto-api/reset"
+        req = urllib.request.Request(url, method="POST")  # noqa: S310 - loopback http
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback http
+                resp.read()
+        except urllib.error.URLError as exc:
+            raise StartError(f"moto reset failed: {exc}") from exc
+
+    # -- clients -----------------------------------------------------------------------
+    def client(self, **kwargs: Any) -> Any:
+        """A boto3 S3 client for this server (path-style addressing)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+            **kwargs,
+        )
+
+    def create_bucket(self, name: str) -> str:
+        """Create `name` (no-op when it exists); returns the bucket name."""
+        client = self.client()
+        try:
+            existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+            if name not in existing:
+                if self.region == "us-east-1":
+                    client.create_bucket(Bucket=name)
+                else:
+                    client.create_bucket(
+                        Bucket=name,
+                        CreateBucketConfiguration={"LocationConstraint": self.region},
+                    )
+        finally:
+            client.close()
+        return name
+
+    def uri(self, bucket: str, key: str) -> str:
+        return f"s3://{bucket}/{key.lstrip('/')}"

@@ -1,1 +1,25 @@
+"""The sealed bundle format (pure: bytes, streams and callbacks; no network, no Vault).
 
+See docs/bundle-format.md. Entry points: `format` (layout and header parsing), `manifest`,
+`stream` (keys and chunk AEAD), `digest`, `sign`, and `pipeline` (parallel seal/open).
+"""
+
+from .errors import (
+    AuthenticationError,
+    BundleError,
+    DigestMismatchError,
+    FormatError,
+    ManifestError,
+    SignatureError,
+    TruncatedError,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "BundleError",
+    "DigestMismatchError",
+    "FormatError",
+    "ManifestError",
+    "SignatureError",
+    "TruncatedError",
+]

@@ -1,0 +1,388 @@
+"""Parallel, bounded-memory sealing and opening of the chunk stream.
+
+One thread reads chunk records (or plaintext) sequentially from a stream into a fixed pool
+of buffers; a thread pool hashes, encrypts or decrypts them (hashlib and AES-GCM release the
+GIL) and hands the results on. Memory is `window` buffer pairs, whatever the model's size.
+
+Opening never hands a byte of a chunk to the sink before that chunk has authenticated.
+What the sink receives is authenticated plaintext that must still be kept unpublished
+until `open_payload` returns (the digest pin and signature come at the end of the stream).
+This module does no I/O of its own: it reads/writes the streams and calls the sink it is
+given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import BinaryIO, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from . import sign as signing
+from .digest import TreeDigest, check_pin, leaf_hash
+from .errors import FormatError, ManifestError, TruncatedError
+from .format import (
+    BUNDLE_ID_SIZE,
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    NONCE_PREFIX_SIZE,
+    TAG_SIZE,
+    BundleHeader,
+    CoreHeader,
+    Envelope,
+    Trailer,
+    build_header,
+    read_trailer,
+)
+from .manifest import Entry, FileMap, Manifest, parse_manifest
+from .stream import ChunkCipher, SecretBytes, key_commitment
+
+Progress = Callable[[int], None]
+
+
+class FileSink(Protocol):
+    """Receives authenticated plaintext of the manifest's files (from worker threads)."""
+
+    def write(self, file_index: int, offset: int, data: memoryview) -> None: ...
+
+
+class NullSink:
+    def write(self, file_index: int, offset: int, data: memoryview) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class OpenResult:
+    manifest: Manifest
+    digest: bytes
+    trailer: Trailer
+    signer: str | None  # key id of the trusted signer, when signatures were checked
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def readinto_exact(stream: BinaryIO, view: memoryview, what: str) -> None:
+    got = 0
+    total = len(view)
+    while got < total:
+        n = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            raise TruncatedError(f"bundle ends inside {what} (truncated)")
+        got += n
+
+
+class _Slots:
+    """A fixed pool of (record, plaintext) buffer pairs."""
+
+    def __init__(self, count: int, chunk_size: int) -> None:
+        self.free: queue.Queue[tuple[bytearray, bytearray]] = queue.Queue()
+        for _ in range(count):
+            self.free.put((bytearray(chunk_size + TAG_SIZE), bytearray(chunk_size)))
+
+    def take(self) -> tuple[bytearray, bytearray]:
+        return self.free.get()
+
+    def give(self, slot: tuple[bytearray, bytearray]) -> None:
+        self.free.put(slot)
+
+    def scrub(self) -> None:
+        """Zero the plaintext buffers (best effort: they held model bytes)."""
+        while True:
+            try:
+                _, plain = self.free.get_nowait()
+            except queue.Empty:
+                return
+            plain[:] = bytes(len(plain))
+
+
+class _Failure:
+    def __init__(self) -> None:
+        self.exc: BaseException | None = None
+        self.lock = threading.Lock()
+
+    def set(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.exc is None:
+                self.exc = exc
+
+    def check(self) -> None:
+        if self.exc is not None:
+            raise self.exc
+
+
+def open_payload(
+    header: BundleHeader,
+    stream: BinaryIO,
+    cipher: ChunkCipher,
+    on_manifest: Callable[[Manifest], FileSink],
+    *,
+    workers: int = 0,
+    pinned_digest: bytes | None = None,
+    trusted_keys: Sequence[Ed25519PublicKey] | None = None,
+    progress: Progress | None = None,
+) -> OpenResult:
+    """Authenticate and decrypt the chunk records that follow the header in `stream`.
+
+    `stream` must be positioned at the first chunk record. Raises a BundleError subclass on
+    any problem; on success every chunk, the manifest, the digest pin and (when
+    `trusted_keys` is given) a publisher signature have been verified.
+    """
+    core = header.core
+    workers = workers or default_workers()
+    tree = TreeDigest(header)
+    window = max(2, 2 * workers)
+    slots = _Slots(window, core.chunk_size)
+    failure = _Failure()
+    n = core.chunk_count
+    cs = core.chunk_size
+
+    # 1. the manifest: decrypt chunks in order until we have all of it.
+    manifest_buf = bytearray()
+    index = 0
+    carry: tuple[int, tuple[bytearray, bytearray]] | None = None
+    while len(manifest_buf) < core.manifest_size:
+        slot = slots.take()
+        rec_len = core.chunk_plain_len(index) + TAG_SIZE
+        rec = memoryview(slot[0])[:rec_len]
+        plain = memoryview(slot[1])[: rec_len - TAG_SIZE]
+        readinto_exact(stream, rec, f"chunk {index}")
+        tree.add(index, leaf_hash(rec))
+        cipher.decrypt_into(index, rec, plain)
+        take = min(core.manifest_size - len(manifest_buf), len(plain))
+        manifest_buf += plain[:take]
+        if take < len(plain):
+            carry = (index, slot)
+        else:
+            slots.give(slot)
+        if progress:
+            progress(rec_len)
+        index += 1
+    if not hmac.compare_digest(hashlib.sha256(manifest_buf).digest(), core.manifest_sha256):
+        raise ManifestError("manifest digest does not match the header")
+    manifest = parse_manifest(bytes(manifest_buf))
+    if manifest.total_size != core.plaintext_size:
+        raise ManifestError(
+            f"manifest files add up to {manifest.total_size} bytes, header says "
+            f"{core.plaintext_size}"
+        )
+    if len(manifest.files) != core.file_count:
+        raise ManifestError(
+            f"manifest lists {len(manifest.files)} files, header says {core.file_count}"
+        )
+    filemap = FileMap(manifest)
+    sink = on_manifest(manifest)
+    ms = core.manifest_size
+
+    def deliver(chunk_index: int, plain: memoryview) -> None:
+        start = chunk_index * cs  # payload offset of this chunk
+        skip = max(0, ms - start)
+        for file_index, file_off, rel, length in filemap.extents(
+            start + skip - ms, len(plain) - skip
+        ):
+            sink.write(file_index, file_off, plain[skip + rel : skip + rel + length])
+
+    if carry is not None:
+        ci, slot = carry
+        deliver(ci, memoryview(slot[1])[: core.chunk_plain_len(ci)])
+        slots.give(slot)
+
+    # 2. the rest, in parallel.
+    def work(i: int, slot: tuple[bytearray, bytearray], rec_len: int) -> None:
+        try:
+            if failure.exc is not None:
+                return
+            rec = memoryview(slot[0])[:rec_len]
+            plain = memoryview(slot[1])[: rec_len - TAG_SIZE]
+            tree.add(i, leaf_hash(rec))
+            cipher.decrypt_into(i, rec, plain)
+            deliver(i, plain)
+            if progress:
+                progress(rec_len)
+        except BaseException as exc:
+            failure.set(exc)
+        finally:
+            slots.give(slot)
+
+    if index < n:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unseal") as pool:
+            try:
+                for i in range(index, n):
+                    slot = slots.take()
+                    if failure.exc is not None:
+                        slots.give(slot)
+                        break
+                    rec_len = core.chunk_plain_len(i) + TAG_SIZE
+                    try:
+                        readinto_exact(stream, memoryview(slot[0])[:rec_len], f"chunk {i}")
+                    except BaseException:
+                        slots.give(slot)
+                        raise
+                    pool.submit(work, i, slot, rec_len)
+            except BaseException as exc:
+                failure.set(exc)
+    slots.scrub()
+    failure.check()
+
+    trailer = read_trailer(stream)
+    digest = tree.finish()
+    check_pin(digest, pinned_digest)
+    signer = signing.verify(trailer, digest, trusted_keys) if trusted_keys else None
+    return OpenResult(manifest, digest, trailer, signer)
+
+
+# --------------------------------------------------------------------------- sealing
+
+
+def new_core(
+    manifest: Manifest,
+    data_key: SecretBytes,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    model_name: str = "",
+    created_at: str | None = None,
+) -> CoreHeader:
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise FormatError(f"chunk size must be within [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
+    manifest_bytes = manifest.pack()
+    bundle_id = os.urandom(BUNDLE_ID_SIZE)
+    return CoreHeader(
+        bundle_id=bundle_id,
+        chunk_size=chunk_size,
+        nonce_prefix=os.urandom(NONCE_PREFIX_SIZE),
+        key_commitment=key_commitment(data_key, bundle_id),
+        manifest_size=len(manifest_bytes),
+        manifest_sha256=hashlib.sha256(manifest_bytes).digest(),
+        plaintext_size=manifest.total_size,
+        file_count=len(manifest.files),
+        created_at=created_at
+        if created_at is not None
+        else datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        model_name=model_name,
+    )
+
+
+def _payload_pieces(
+    manifest: Manifest, open_file: Callable[[Entry], BinaryIO]
+) -> Iterator[tuple[BinaryIO | bytes, int, str]]:
+    yield manifest.pack(), 0, "manifest"
+    for entry in manifest.files:
+        yield open_file(entry), entry.size, entry.path
+
+
+def seal_payload(
+    out: BinaryIO,
+    manifest: Manifest,
+    core: CoreHeader,
+    envelope: Envelope,
+    data_key: SecretBytes,
+    open_file: Callable[[Entry], BinaryIO],
+    *,
+    workers: int = 0,
+    sign_key: Ed25519PrivateKey | None = None,
+    progress: Progress | None = None,
+) -> bytes:
+    """Write a whole bundle to `out`; return its digest.
+
+    `open_file(entry)` opens a file of the manifest for reading; it must yield exactly
+    `entry.size` bytes (a file that changed while sealing is an error).
+    """
+    if core.manifest_sha256 != manifest.digest():
+        raise ManifestError("core header does not describe this manifest")
+    header, header_bytes = build_header(core, envelope)
+    cipher = ChunkCipher(header, data_key)
+    workers = workers or default_workers()
+    tree = TreeDigest(header)
+    cs = core.chunk_size
+    out.write(header_bytes)
+
+    window = max(2, 2 * workers)
+    slots = _Slots(window, cs)
+
+    def work(i: int, slot: tuple[bytearray, bytearray], plain_len: int) -> None:
+        rec = memoryview(slot[0])[: plain_len + TAG_SIZE]
+        cipher.encrypt_into(i, memoryview(slot[1])[:plain_len], rec)
+        tree.add(i, leaf_hash(rec))
+
+    pending: list[tuple[int, Future[None], tuple[bytearray, bytearray], int]] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal") as pool:
+        index = 0
+        slot = slots.take()
+        fill = 0
+        for source, size, name in _payload_pieces(manifest, open_file):
+            if isinstance(source, bytes):
+                data = memoryview(source)
+                pos = 0
+                while pos < len(data):
+                    n = min(cs - fill, len(data) - pos)
+                    slot[1][fill : fill + n] = data[pos : pos + n]
+                    fill += n
+                    pos += n
+                    if fill == cs:
+                        pending.append((index, pool.submit(work, index, slot, cs), slot, cs))
+                        index += 1
+                        slot, fill = _next_slot(slots, pending, out, progress)
+                continue
+            with source:
+                remaining = size
+                while remaining:
+                    want = min(cs - fill, remaining)
+                    got = source.readinto(memoryview(slot[1])[fill : fill + want])  # type: ignore[attr-defined]
+                    if not got:
+                        raise ManifestError(f"file {name[:200]!r} shrank while it was sealed")
+                    fill += got
+                    remaining -= got
+                    if fill == cs:
+                        pending.append((index, pool.submit(work, index, slot, cs), slot, cs))
+                        index += 1
+                        slot, fill = _next_slot(slots, pending, out, progress)
+                if source.read(1):
+                    raise ManifestError(f"file {name[:200]!r} grew while it was sealed")
+        if fill:
+            pending.append((index, pool.submit(work, index, slot, fill), slot, fill))
+            index += 1
+        else:
+            slots.give(slot)
+        for _, fut, done_slot, plain_len in pending:
+            fut.result()
+            out.write(memoryview(done_slot[0])[: plain_len + TAG_SIZE])
+            slots.give(done_slot)
+            if progress:
+                progress(plain_len)
+        pending.clear()
+    slots.scrub()
+    if index != core.chunk_count:
+        raise FormatError(f"wrote {index} chunks, header says {core.chunk_count}")
+    digest = tree.finish()
+    trailer = Trailer((signing.sign(sign_key, digest),) if sign_key else ())
+    out.write(trailer.pack())
+    return digest
+
+
+def _next_slot(
+    slots: _Slots,
+    pending: list[tuple[int, Future[None], tuple[bytearray, bytearray], int]],
+    out: BinaryIO,
+    progress: Progress | None,
+) -> tuple[tuple[bytearray, bytearray], int]:
+    """Write finished chunks in order until a buffer is free; return it (empty)."""
+    while slots.free.empty() or (pending and pending[0][1].done()):
+        if not pending:
+            break
+        _, fut, done_slot, plain_len = pending.pop(0)
+        fut.result()
+        out.write(memoryview(done_slot[0])[: plain_len + TAG_SIZE])
+        slots.give(done_slot)
+        if progress:
+            progress(plain_len)
+    return slots.take(), 0

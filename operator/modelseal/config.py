@@ -77,6 +77,33 @@ class Settings(BaseSettings):
         "nvcr.io/nvidia/tritonserver:24.08-py3",
         description="Default Triton image when a ProtectedModel does not name one.",
     )
+    operator_vault_role: str = Field(
+        "modelseal-operator",
+        description="Kubernetes-auth role the operator logs in to Vault with when "
+        "vault_token_file is unset.",
+    )
+    operator_token_file: Path = Field(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        description="ServiceAccount token the operator logs in to Vault with (Kubernetes auth).",
+    )
+    vault_token_audience: str = Field(
+        "vault",
+        description="Audience of the projected ServiceAccount token in model pods; the "
+        "model's Vault role accepts only this audience.",
+    )
+    unsealer_memory_mib: int = Field(
+        256,
+        description="Memory of the unsealer container besides the decrypted model; the "
+        "in-memory model volume is charged to it, so its limit is this plus the model size.",
+    )
+    unseal_timeout_s: int = Field(
+        1800,
+        description="How long a model pod's unsealer may take to fetch, verify and decrypt "
+        "the bundle before its startup probe gives up.",
+    )
+    run_as_user: int = Field(
+        1000, description="UID (and GID) every container of a model pod runs as."
+    )
 
     # --- unsealer -----------------------------------------------------------------------
     model_dir: Path = Field(

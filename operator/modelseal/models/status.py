@@ -1,0 +1,335 @@
+"""The status of a ProtectedModel and of a ModelLicense, computed from what the operator saw.
+
+Pure: the reconciler gathers observations (license decision, Vault key state, the
+Deployment's and Pods' state), this module turns them into conditions and fields, and the
+reconciler writes the result only when it differs from the stored status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from modelseal.models.conditions import Condition, Status, merge
+from modelseal.models.license import LicenseDecision, Reason, SeatUsage, license_state
+from modelseal.models.spec import LicenseSpec, ModelSpec, ObjectMeta
+
+# Condition types of a ProtectedModel.
+READY = "Ready"
+LICENSE_VALID = "LicenseValid"
+KEY_ACCESSIBLE = "KeyAccessible"
+ARTIFACT_VERIFIED = "ArtifactVerified"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+MODEL_CONDITIONS = (READY, LICENSE_VALID, KEY_ACCESSIBLE, ARTIFACT_VERIFIED, PROGRESSING, DEGRADED)
+
+# Condition types of a ModelLicense.
+VALID = "Valid"
+EXPIRED = "Expired"
+QUOTA_EXHAUSTED = "QuotaExhausted"
+REVOKED = "Revoked"
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """Whether the model's unsealer can reach its Transit key (policy + role in place)."""
+
+    status: Status
+    reason: str  # KeyProvisioned | KeyNotFound | VaultUnavailable | VaultError | AccessWithdrawn
+    message: str
+    role: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "True"
+
+
+@dataclass(frozen=True)
+class WorkloadState:
+    """What the owned Deployment reports."""
+
+    exists: bool = False
+    desired: int = 0
+    observed_current: bool = False
+    replicas: int = 0
+    updated: int = 0
+    ready: int = 0
+    available: int = 0
+    deadline_exceeded: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return (
+            self.exists
+            and self.observed_current
+            and self.updated == self.desired
+            and self.replicas == self.desired
+            and self.available == self.desired
+            and self.ready >= self.desired
+        )
+
+
+@dataclass(frozen=True)
+class ArtifactState:
+    status: Status = "Unknown"
+    reason: str = "NotRunning"
+    message: str = "no unsealer of the current version has run yet"
+
+
+@dataclass(frozen=True)
+class ModelObservation:
+    meta: ObjectMeta
+    spec: ModelSpec | None
+    spec_error: str | None = None
+    decision: LicenseDecision | None = None
+    key: KeyState | None = None
+    workload: WorkloadState = field(default_factory=WorkloadState)
+    artifact: ArtifactState = field(default_factory=ArtifactState)
+    conflict: str | None = None
+    error: str | None = None  # a reconcile error (API, Vault) that is being retried
+    endpoint: str = ""
+    granted_replicas: int = 0
+
+
+def _ready(obs: ModelObservation) -> Condition:
+    spec, wl = obs.spec, obs.workload
+    if spec is None:
+        return Condition(READY, "False", "InvalidSpec", obs.spec_error or "invalid spec")
+    if obs.conflict:
+        return Condition(READY, "False", "ObjectConflict", obs.conflict)
+    if obs.decision is not None and not obs.decision.granted:
+        return Condition(READY, "False", obs.decision.reason, obs.decision.message)
+    if obs.key is not None and not obs.key.ok:
+        return Condition(READY, "False", obs.key.reason, obs.key.message)
+    if obs.decision is None or obs.key is None:
+        return Condition(READY, "Unknown", "Reconciling", obs.error or "not evaluated yet")
+    if spec.serving.replicas == 0:
+        return Condition(READY, "False", "ScaledToZero", "spec.serving.replicas is 0")
+    if obs.artifact.status == "False":
+        return Condition(READY, "False", obs.artifact.reason, obs.artifact.message)
+    if not wl.complete:
+        if wl.deadline_exceeded:
+            return Condition(
+                READY,
+                "False",
+                "ProgressDeadlineExceeded",
+                f"version {spec.version}: {wl.ready}/{wl.desired} replicas ready and the "
+                "rollout is stuck",
+            )
+        return Condition(
+            READY,
+            "False",
+            "RollingOut",
+            f"version {spec.version}: {wl.updated}/{wl.desired} replicas updated, {wl.ready} ready",
+        )
+    return Condition(
+        READY,
+        "True",
+        "Serving",
+        f"serving version {spec.version} on {wl.ready}/{wl.desired} replicas at {obs.endpoint}",
+    )
+
+
+def _license(obs: ModelObservation) -> Condition:
+    if obs.spec is None:
+        return Condition(LICENSE_VALID, "Unknown", "InvalidSpec", "the spec cannot be read")
+    if obs.decision is None:
+        return Condition(LICENSE_VALID, "Unknown", "NotEvaluated", obs.error or "")
+    status: Status = "True" if obs.decision.granted else "False"
+    return Condition(LICENSE_VALID, status, obs.decision.reason, obs.decision.message)
+
+
+def _key(obs: ModelObservation) -> Condition:
+    if obs.spec is None:
+        return Condition(KEY_ACCESSIBLE, "Unknown", "InvalidSpec", "the spec cannot be read")
+    if obs.key is None:
+        return Condition(KEY_ACCESSIBLE, "Unknown", "NotEvaluated", obs.error or "")
+    return Condition(KEY_ACCESSIBLE, obs.key.status, obs.key.reason, obs.key.message)
+
+
+def _artifact(obs: ModelObservation) -> Condition:
+    a = obs.artifact
+    return Condition(ARTIFACT_VERIFIED, a.status, a.reason, a.message)
+
+
+def _progressing(obs: ModelObservation) -> Condition:
+    wl = obs.workload
+    if wl.deadline_exceeded:
+        return Condition(
+            PROGRESSING, "False", "ProgressDeadlineExceeded", "the Deployment stopped progressing"
+        )
+    if wl.exists and wl.desired == 0 and wl.replicas > 0:
+        return Condition(PROGRESSING, "True", "ScalingDown", f"{wl.replicas} Pod(s) still running")
+    if wl.exists and wl.desired > 0 and not wl.complete:
+        return Condition(
+            PROGRESSING,
+            "True",
+            "RollingOut",
+            f"{wl.updated}/{wl.desired} replicas updated, {wl.available} available",
+        )
+    if wl.exists and wl.desired > 0:
+        return Condition(PROGRESSING, "False", "RolloutComplete", "all replicas are current")
+    return Condition(PROGRESSING, "False", "Idle", "no replicas are asked for")
+
+
+def _degraded(obs: ModelObservation) -> Condition:
+    wl = obs.workload
+    if obs.error:
+        return Condition(DEGRADED, "True", "ReconcileError", obs.error)
+    if obs.artifact.status == "False":
+        return Condition(DEGRADED, "True", obs.artifact.reason, obs.artifact.message)
+    if wl.deadline_exceeded:
+        return Condition(
+            DEGRADED, "True", "ProgressDeadlineExceeded", "the rollout did not finish in time"
+        )
+    if (
+        wl.exists
+        and wl.observed_current
+        and wl.desired > 0
+        and wl.updated == wl.desired
+        and wl.available < wl.desired
+        and wl.replicas == wl.desired
+    ):
+        return Condition(
+            DEGRADED,
+            "True",
+            "ReplicasUnavailable",
+            f"{wl.available}/{wl.desired} replicas available",
+        )
+    return Condition(DEGRADED, "False", "AsExpected", "")
+
+
+def model_conditions(obs: ModelObservation) -> list[Condition]:
+    return [
+        _ready(obs),
+        _license(obs),
+        _key(obs),
+        _artifact(obs),
+        _progressing(obs),
+        _degraded(obs),
+    ]
+
+
+def model_status(
+    obs: ModelObservation, previous: Mapping[str, Any] | None, now: datetime
+) -> dict[str, Any]:
+    """The whole new status; equal to `previous` when nothing changed."""
+    prev = dict(previous or {})
+    conditions = merge(prev.get("conditions"), model_conditions(obs), obs.meta.generation, now)
+    status: dict[str, Any] = {
+        "observedGeneration": obs.meta.generation,
+        "conditions": conditions,
+        "replicas": obs.granted_replicas,
+        "readyReplicas": obs.workload.ready,
+    }
+    if obs.endpoint:
+        status["endpoint"] = obs.endpoint
+    spec = obs.spec
+    if spec is not None:
+        status["tenant"] = spec.tenant
+        if obs.key is not None and obs.key.ok and obs.key.role:
+            status["vaultRole"] = obs.key.role
+        else:
+            status["vaultRole"] = ""
+    # What is served: the current spec once its rollout completed, else what was before.
+    served: dict[str, Any] = {
+        k: prev[k]
+        for k in ("servedVersion", "servedDigest", "servedUri", "servedPlaintextSize")
+        if k in prev
+    }
+    previous_version = prev.get("previousVersion")
+    if spec is not None and obs.workload.complete and obs.workload.desired > 0:
+        now_served: dict[str, Any] = {
+            "servedVersion": spec.version,
+            "servedDigest": spec.source.digest,
+            "servedUri": spec.source.uri,
+            "servedPlaintextSize": spec.source.plaintext_bytes,
+        }
+        if served.get("servedDigest") and (
+            served.get("servedDigest") != spec.source.digest
+            or served.get("servedVersion") != spec.version
+        ):
+            previous_version = {
+                "version": served.get("servedVersion", ""),
+                "uri": served.get("servedUri", ""),
+                "digest": served.get("servedDigest", ""),
+                "plaintextSize": served.get("servedPlaintextSize", 0),
+            }
+        served = now_served
+    status.update(served)
+    if previous_version:
+        status["previousVersion"] = previous_version
+    return status
+
+
+# --- ModelLicense ------------------------------------------------------------------------
+
+
+def license_conditions(
+    lic: LicenseSpec | None, error: str | None, now: datetime
+) -> list[Condition]:
+    if lic is None:
+        msg = error or "invalid spec"
+        return [
+            Condition(VALID, "False", "InvalidSpec", msg),
+            Condition(EXPIRED, "Unknown", "InvalidSpec", msg),
+            Condition(REVOKED, "Unknown", "InvalidSpec", msg),
+            Condition(QUOTA_EXHAUSTED, "Unknown", "InvalidSpec", msg),
+        ]
+    reason, message, _next = license_state(lic, now)
+    valid: Status = "True" if reason == "Valid" else "False"
+    expired: Status = "True" if reason == Reason.EXPIRED else "False"
+    revoked: Status = "True" if lic.revoked else "False"
+    return [
+        Condition(VALID, valid, reason, message),
+        Condition(
+            EXPIRED,
+            expired,
+            "Expired" if expired == "True" else "WithinWindow",
+            message if expired == "True" else "",
+        ),
+        Condition(
+            REVOKED,
+            revoked,
+            "Revoked" if lic.revoked else "NotRevoked",
+            lic.revocation_reason or "" if lic.revoked else "",
+        ),
+        Condition(
+            QUOTA_EXHAUSTED,
+            "Unknown",
+            "EnforcedByGateway",
+            "request quotas are counted and enforced by each model's gateway",
+        ),
+    ]
+
+
+def license_status(
+    lic: LicenseSpec | None,
+    generation: int,
+    error: str | None,
+    usage: SeatUsage | None,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    prev = dict(previous or {})
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": merge(
+            prev.get("conditions"), license_conditions(lic, error, now), generation, now
+        ),
+    }
+    if lic is not None and usage is not None:
+        u: dict[str, Any] = {
+            "models": usage.models,
+            "replicas": usage.replicas,
+            "gpus": usage.gpus,
+            "seats": f"{usage.replicas}/{lic.max_replicas}",
+            "gpuSeats": f"{usage.gpus}/{lic.max_gpus}",
+        }
+        old_usage = prev.get("usage")
+        if isinstance(old_usage, Mapping) and "requests" in old_usage:
+            u["requests"] = old_usage["requests"]
+        status["usage"] = u
+    return status

@@ -1,0 +1,149 @@
+"""The Argo CD health checks (Lua) for ProtectedModel and ModelLicense, run by Debian's Lua.
+
+The scripts live in Argo CD's own layout (argocd/resource_customizations/<group>/<kind>/
+health.lua with health_test.yaml and testdata/), so they can be sent upstream as they are.
+Argo CD runs them with the resource as the global ``obj`` and reads ``status`` and
+``message`` from the table they return; ``run_health`` does the same with ``lua5.4``.
+tests/integration/test_chart_install.py runs them again on objects read back from the real
+API server after their status was written through the /status subresource.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CUSTOMIZATIONS = REPO / "argocd" / "resource_customizations" / "modelseal.io"
+KINDS = ("ProtectedModel", "ModelLicense")
+ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
+
+# The harness: the object is the global `obj` (as in Argo CD), the script's returned table
+# is printed as two lines. `os`/`io` stay reachable for the harness only.
+_HARNESS = """
+local script = assert(loadfile(%s))
+local hs = script()
+assert(type(hs) == "table", "health script must return a table")
+io.write(tostring(hs.status), "\\n", tostring(hs.message or ""), "\\n")
+"""
+
+
+def lua_binary() -> str:
+    found = shutil.which("lua5.4") or shutil.which("lua")
+    if found is None:
+        pytest.fail("lua5.4 is missing: run devenv/install-system-deps.sh (Debian package lua5.4)")
+    return found
+
+
+def to_lua(value: Any) -> str:
+    """A Lua literal for a JSON-like value: lists become 1-based arrays, as in Argo CD."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"not representable: {value}")
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string literal is a valid Lua string literal except for \\u escapes and
+        # "/" escapes; ensure_ascii=False keeps non-ASCII as UTF-8 bytes, which Lua passes on.
+        return json.dumps(value, ensure_ascii=False).replace("\\/", "/")
+    if isinstance(value, list):
+        return "{" + ", ".join(to_lua(v) for v in value) + "}"
+    if isinstance(value, dict):
+        items = (f"[{to_lua(str(k))}] = {to_lua(v)}" for k, v in value.items() if v is not None)
+        return "{" + ", ".join(items) + "}"
+    raise TypeError(f"cannot turn {type(value).__name__} into Lua")
+
+
+def run_health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
+    """Run the health script of ``kind`` on ``obj`` with lua5.4; return (status, message)."""
+    script = CUSTOMIZATIONS / kind / "health.lua"
+    program = f"obj = {to_lua(obj)}\n" + _HARNESS % to_lua(str(script))
+    result = subprocess.run(
+        [lua_binary(), "-"], input=program, capture_output=True, text=True, check=False, timeout=30
+    )
+    assert result.returncode == 0, f"lua failed on {kind}: {result.stderr}"
+    status, message = result.stdout.split("\n")[:2]
+    return status, message
+
+
+def _cases() -> list[tuple[str, dict[str, Any], str, str]]:
+    cases = []
+    for kind in KINDS:
+        spec = yaml.safe_load((CUSTOMIZATIONS / kind / "health_test.yaml").read_text())
+        for test in spec["tests"]:
+            obj = yaml.safe_load((CUSTOMIZATIONS / kind / test["inputPath"]).read_text())
+            expected = test["healthStatus"]
+            cases.append((kind, obj, expected["status"], expected["message"]))
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize(
+    ("kind", "obj", "status", "message"),
+    CASES,
+    ids=[f"{c[0]}-{c[1]['metadata']['name']}-{c[2]}-{i}" for i, c in enumerate(CASES)],
+)
+def test_health_matches_argo_test_table(
+    kind: str, obj: dict[str, Any], status: str, message: str
+) -> None:
+    assert run_health(kind, obj) == (status, message)
+
+
+def test_every_state_is_covered() -> None:
+    pm = {c[2] for c in CASES if c[0] == "ProtectedModel"}
+    ml = {c[2] for c in CASES if c[0] == "ModelLicense"}
+    assert {"Healthy", "Progressing", "Degraded"} <= pm
+    assert {"Healthy", "Progressing", "Degraded", "Suspended"} <= ml
+    assert {c[2] for c in CASES} <= ARGO_STATUSES
+
+
+def test_testdata_is_the_crd_kind() -> None:
+    for kind, obj, _, _ in CASES:
+        assert obj["apiVersion"] == "modelseal.io/v1alpha1"
+        assert obj["kind"] == kind
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_script_is_lua_5_1_compatible(kind: str) -> None:
+    """Argo CD embeds gopher-lua (Lua 5.1): no 5.2+ syntax such as goto, //, bit operators."""
+    text = (CUSTOMIZATIONS / kind / "health.lua").read_text()
+    code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+    for token in ("goto ", "::", "//", "<<", ">>", "utf8.", "table.unpack", "&", "|"):
+        assert token not in code, f"{kind}/health.lua uses {token!r}, which Lua 5.1 lacks"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_and_odd_objects_do_not_crash(kind: str) -> None:
+    odd: list[dict[str, Any]] = [
+        {},
+        {"metadata": {}},
+        {"status": {}},
+        {"status": {"conditions": []}},
+        {"metadata": {"generation": 3}, "status": {"conditions": [{"type": "Ready"}]}},
+        {"status": {"conditions": [{"type": "Valid", "status": "False"}]}},
+    ]
+    for obj in odd:
+        status, _ = run_health(kind, obj)
+        assert status in ARGO_STATUSES
+
+
+def test_argocd_cm_snippet_carries_the_scripts() -> None:
+    """argocd/argocd-cm-health.yaml (for users to merge into argocd-cm) has the exact scripts."""
+    cm = yaml.safe_load((REPO / "argocd" / "argocd-cm-health.yaml").read_text())
+    for kind in KINDS:
+        key = f"resource.customizations.health.modelseal.io_{kind}"
+        assert cm["data"][key] == (CUSTOMIZATIONS / kind / "health.lua").read_text()

@@ -1,0 +1,130 @@
+"""Hash-chained audit records with HMAC-signed checkpoints (pure: no I/O).
+
+Every line of an audit log is one JSON object, written in canonical form (keys sorted, no
+spaces, UTF-8). Each carries ``seq`` (0, 1, 2, ... without gaps), ``prev`` (the ``hash`` of
+the line before; 64 zeros for the first) and ``hash`` = SHA-256 of the canonical JSON of
+the object without ``hash``. Editing a line breaks its hash; deleting, inserting or
+reordering lines breaks ``seq`` and ``prev``.
+
+Line types:
+
+* ``genesis``: first line of a chain: ``chain`` (random id), ``gw`` (gateway instance),
+  ``key_id`` of the checkpoint key.
+* ``request``: one per request and decision (fields set by the gateway; see
+  ``modelseal.gateway.auditing``).
+* ``event``: a decision not tied to a request (license loaded, refused, store down, ...).
+* ``checkpoint``: every N records and at shutdown: ``mac`` = HMAC-SHA256 (hex, keyed with
+  the checkpoint key) of the canonical JSON of the checkpoint without ``mac`` and
+  ``hash``. It covers ``prev``, so it signs the whole chain before it: whoever can rewrite
+  the file but does not hold the key cannot recompute the chain past a checkpoint.
+  ``key_id`` = first 16 hex digits of SHA-256(key) says which key signed it.
+
+Without a key, checkpoints are written with ``mac: null`` (the chain still detects edits
+made by anyone who does not recompute every later hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from datetime import UTC, datetime
+from typing import Any, Final
+
+ZERO_HASH: Final = "0" * 64
+FORMAT_VERSION: Final = 1
+
+
+def canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(body: dict[str, Any]) -> str:
+    """SHA-256 of the record without its ``hash`` field."""
+    return hashlib.sha256(canonical({k: v for k, v in body.items() if k != "hash"})).hexdigest()
+
+
+def key_id(key: bytes) -> str:
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def checkpoint_mac(key: bytes, body: dict[str, Any]) -> str:
+    signed = {k: v for k, v in body.items() if k not in ("mac", "hash")}
+    return hmac.new(key, canonical(signed), hashlib.sha256).hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Chain:
+    """Seals records into chained lines. Not thread-safe: one writer owns it."""
+
+    def __init__(
+        self,
+        gateway: str,
+        hmac_key: bytes | None = None,
+        checkpoint_every: int = 100,
+        *,
+        seq: int = 0,
+        prev: str | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.hmac_key = hmac_key
+        self.checkpoint_every = max(1, checkpoint_every)
+        self.seq = seq  # seq of the next line
+        self.prev = prev if prev is not None else ZERO_HASH
+        self.since_checkpoint = 0
+        self.key_id = key_id(hmac_key) if hmac_key else None
+
+    @property
+    def started(self) -> bool:
+        return self.seq > 0
+
+    def _seal(self, body: dict[str, Any]) -> bytes:
+        body["seq"] = self.seq
+        body["prev"] = self.prev
+        body["v"] = FORMAT_VERSION
+        digest = record_hash(body)
+        body["hash"] = digest
+        self.seq += 1
+        self.prev = digest
+        return canonical(body) + b"\n"
+
+    def genesis(self, **extra: Any) -> bytes:
+        body = {
+            "type": "genesis",
+            "ts": now_iso(),
+            "gw": self.gateway,
+            "chain": secrets.token_hex(16),
+            "key_id": self.key_id,
+            **extra,
+        }
+        return self._seal(body)
+
+    def checkpoint(self, reason: str = "interval") -> bytes:
+        body: dict[str, Any] = {
+            "type": "checkpoint",
+            "ts": now_iso(),
+            "gw": self.gateway,
+            "reason": reason,
+            "key_id": self.key_id,
+            "seq": self.seq,
+            "prev": self.prev,
+            "v": FORMAT_VERSION,
+        }
+        body["mac"] = checkpoint_mac(self.hmac_key, body) if self.hmac_key else None
+        self.since_checkpoint = 0
+        return self._seal(body)
+
+    def seal(self, record: dict[str, Any]) -> list[bytes]:
+        """The record as a chained line, followed by a checkpoint when one is due."""
+        lines = []
+        if not self.started:
+            lines.append(self.genesis())
+        lines.append(self._seal(dict(record)))
+        self.since_checkpoint += 1
+        if self.since_checkpoint >= self.checkpoint_every:
+            lines.append(self.checkpoint())
+        return lines

@@ -147,3 +147,156 @@ def test_argocd_cm_snippet_carries_the_scripts() -> None:
     for kind in KINDS:
         key = f"resource.customizations.health.modelseal.io_{kind}"
         assert cm["data"][key] == (CUSTOMIZATIONS / kind / "health.lua").read_text()
+
+
+# --- statuses computed by the operator's own status code ----------------------------------
+# The same pure functions the operator writes status with (modelseal.models.status), fed
+# with observations for each situation; the Lua must read what the operator writes.
+
+
+def _operator_model_cases() -> list[tuple[str, dict[str, Any], str]]:
+    from datetime import UTC, datetime
+
+    from modelseal.models import license as lic_mod
+    from modelseal.models import status as st
+    from modelseal.models.spec import parse_license, parse_meta, parse_model
+
+    base = yaml.safe_load((CUSTOMIZATIONS / "ProtectedModel/testdata/healthy.yaml").read_text())
+    base.pop("status")
+    lic_body = yaml.safe_load((CUSTOMIZATIONS / "ModelLicense/testdata/valid.yaml").read_text())
+    lic_body.pop("status")
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    model, meta, lic = parse_model(base), parse_meta(base), parse_license(lic_body)
+    granted = lic_mod.check_terms(model, lic, now)
+    assert granted.granted, granted
+    key_ok = st.KeyState("True", "KeyProvisioned", "role ok", role="modelseal-t-digits")
+    done = st.WorkloadState(
+        exists=True,
+        desired=1,
+        observed_current=True,
+        replicas=1,
+        updated=1,
+        ready=1,
+        available=1,
+    )
+    verified = st.ArtifactState("True", "Verified", "digest and signature verified")
+
+    def status_of(**kw: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "meta": meta,
+            "spec": model,
+            "decision": granted,
+            "key": key_ok,
+            "workload": done,
+            "artifact": verified,
+            "endpoint": "digits.tenant-a.svc:8000",
+            "granted_replicas": 1,
+        }
+        fields.update(kw)
+        return st.model_status(st.ModelObservation(**fields), None, now)
+
+    expired_lic = parse_license(
+        {**lic_body, "spec": {**lic_body["spec"], "notAfter": "2026-03-01T00:00:00Z"}}
+    )
+    idle = st.WorkloadState(exists=True, desired=0, observed_current=True)
+    scaled = parse_model({**base, "spec": {**base["spec"], "serving": {"replicas": 0}}})
+    cases = [
+        ("serving", status_of(), "Healthy"),
+        (
+            "rolling-out",
+            status_of(workload=st.WorkloadState(True, 1, True, 2, 0, 1, 1)),
+            "Progressing",
+        ),
+        (
+            "not-evaluated",
+            status_of(decision=None, key=None, workload=st.WorkloadState()),
+            "Progressing",
+        ),
+        (
+            "license-expired",
+            status_of(decision=lic_mod.check_terms(model, expired_lic, now), workload=idle),
+            "Degraded",
+        ),
+        (
+            "key-missing",
+            status_of(
+                key=st.KeyState("False", "KeyNotFound", "no transit key digits"),
+                workload=st.WorkloadState(),
+            ),
+            "Degraded",
+        ),
+        (
+            "artifact-tampered",
+            status_of(
+                artifact=st.ArtifactState("False", "DigestMismatch", "bundle digest differs")
+            ),
+            "Degraded",
+        ),
+        (
+            "rollout-stuck",
+            status_of(workload=st.WorkloadState(True, 1, True, 1, 1, 0, 0, deadline_exceeded=True)),
+            "Degraded",
+        ),
+        ("reconcile-error", status_of(error="Vault is unreachable"), "Degraded"),
+        ("scaled-to-zero", status_of(spec=scaled, workload=idle, granted_replicas=0), "Suspended"),
+    ]
+    out = []
+    for name, status, expected in cases:
+        obj = {
+            **base,
+            "metadata": {**base["metadata"], "generation": meta.generation},
+            "status": status,
+        }
+        out.append((name, obj, expected))
+    return out
+
+
+def _operator_license_cases() -> list[tuple[str, dict[str, Any], str]]:
+    from datetime import UTC, datetime
+
+    from modelseal.models import status as st
+    from modelseal.models.license import SeatUsage
+    from modelseal.models.spec import parse_license
+
+    body = yaml.safe_load((CUSTOMIZATIONS / "ModelLicense/testdata/valid.yaml").read_text())
+    body.pop("status")
+    usage = SeatUsage(models=1, replicas=1, gpus=1)
+
+    def obj_at(when: datetime, **spec: Any) -> dict[str, Any]:
+        b = {**body, "spec": {**body["spec"], **spec}}
+        status = st.license_status(parse_license(b), 1, None, usage, None, when)
+        return {**b, "status": status}
+
+    june = datetime(2026, 6, 1, tzinfo=UTC)
+    return [
+        ("valid", obj_at(june), "Healthy"),
+        ("expired", obj_at(datetime(2027, 6, 1, tzinfo=UTC)), "Degraded"),
+        ("not-yet-valid", obj_at(datetime(2025, 6, 1, tzinfo=UTC)), "Suspended"),
+        ("revoked", obj_at(june, revoked=True, revocationReason="contract ended"), "Degraded"),
+        (
+            "invalid-spec",
+            {
+                **body,
+                "status": st.license_status(None, 1, "spec.seats is required", None, None, june),
+            },
+            "Degraded",
+        ),
+    ]
+
+
+OPERATOR_CASES = [("ProtectedModel", *c) for c in _operator_model_cases()] + [
+    ("ModelLicense", *c) for c in _operator_license_cases()
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "obj", "status"),
+    OPERATOR_CASES,
+    ids=[f"{c[0]}-{c[1]}" for c in OPERATOR_CASES],
+)
+def test_health_of_operator_written_status(
+    kind: str, name: str, obj: dict[str, Any], status: str
+) -> None:
+    got, message = run_health(kind, obj)
+    assert got == status, (name, message, obj["status"]["conditions"])
+    assert message

@@ -6,7 +6,7 @@
 --   Revoked=True or Expired=True                          -> Degraded
 --   QuotaExhausted=True                                   -> Degraded (calls get 429)
 --   Valid=True                                            -> Healthy
---   Valid=False, reason NotYetValid (window not begun)    -> Suspended
+--   Valid=False, reason LicenseNotYetValid (not begun)   -> Suspended
 --   Valid=False otherwise                                 -> Degraded
 --   Valid Unknown or missing                              -> Progressing
 local hs = {}
@@ -83,7 +83,7 @@ if valid ~= nil and valid.status == "True" then
 end
 
 if valid ~= nil and valid.status == "False" then
-  if valid.reason == "NotYetValid" then
+  if valid.reason == "LicenseNotYetValid" then
     hs.status = "Suspended"
     hs.message = describe(valid, "The license's validity window has not begun")
     return hs

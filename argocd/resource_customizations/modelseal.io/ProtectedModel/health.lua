@@ -7,6 +7,7 @@
 --   Ready=True, Progressing=True (a rollout)              -> Progressing
 --   Ready=True                                            -> Healthy
 --   Ready=False, Progressing=True (still converging)      -> Progressing
+--   Ready=False, reason ScaledToZero (replicas: 0)        -> Suspended
 --   Ready=False otherwise (license, Vault, artifact...)   -> Degraded
 --   Ready Unknown or missing                              -> Progressing
 local hs = {}
@@ -92,6 +93,11 @@ if ready ~= nil and ready.status == "False" then
   if rolling then
     hs.status = "Progressing"
     hs.message = describe(ready, "Not ready yet")
+    return hs
+  end
+  if ready.reason == "ScaledToZero" then
+    hs.status = "Suspended"
+    hs.message = describe(ready, "Scaled to zero")
     return hs
   end
   hs.status = "Degraded"

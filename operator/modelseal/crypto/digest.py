@@ -24,7 +24,7 @@ from .format import BundleHeader, format_digest
 _DOMAIN = b"modelseal/v1/digest\x00"
 
 
-def leaf_hash(record: memoryview | bytes) -> bytes:
+def leaf_hash(record: memoryview | bytes | bytearray) -> bytes:
     return hashlib.sha256(record).digest()
 
 

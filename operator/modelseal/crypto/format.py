@@ -147,10 +147,19 @@ class CoreHeader:
 
 
 _CORE_FIELDS = {
-    "bundle_id", "cipher", "kdf", "chunk_size", "nonce_prefix", "key_commitment",
-    "manifest_size", "manifest_sha256", "plaintext_size", "file_count", "created_at",
+    "bundle_id",
+    "cipher",
+    "kdf",
+    "chunk_size",
+    "nonce_prefix",
+    "key_commitment",
+    "manifest_size",
+    "manifest_sha256",
+    "plaintext_size",
+    "file_count",
+    "created_at",
     "model_name",
-}  # fmt: skip
+}
 
 
 def parse_core(data: bytes) -> CoreHeader:
@@ -335,8 +344,9 @@ def with_envelope(header: BundleHeader, envelope: Envelope) -> tuple[BundleHeade
     env_bytes = envelope.pack()
     if len(env_bytes) > MAX_ENVELOPE_LEN:
         raise FormatError("key envelope too long")
-    prefix = Prefix(header.prefix.version, header.prefix.flags, header.prefix.core_len,
-                    len(env_bytes))  # fmt: skip
+    prefix = Prefix(
+        header.prefix.version, header.prefix.flags, header.prefix.core_len, len(env_bytes)
+    )
     new = BundleHeader(prefix, header.core, header.core_bytes, envelope)
     return new, prefix.pack() + header.core_bytes + env_bytes
 

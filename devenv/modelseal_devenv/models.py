@@ -1,11 +1,11 @@
 """Demo models for the test Triton server: Python-backend model directories built from scratch.
 
 `build_digits_model` trains a real classifier (multinomial logistic regression on
-scikit-learn's bundled 8x8 digits data set, no download) and writes it as a Triton
-Python-backend model: the weights as `.npy` files (no pickle), a numpy-only `model.py`
-that returns softmax probabilities, `config.pbtxt` and `labels.txt` (so Triton's
-classification extension returns "score:index:label" strings). The build is deterministic:
-the same inputs give byte-identical files.
+scikit-learn's bundled 8x8 digits data set, no download; the trained weights are cached)
+and writes it as a Triton Python-backend model: the weights as `.npy` files (no pickle),
+a numpy-only `model.py` that returns softmax probabilities, `config.pbtxt` and
+`labels.txt` (so Triton's classification extension returns "score:index:label" strings).
+The build is deterministic: the same inputs give byte-identical files.
 
 `build_identity_model` writes an echo model (OUTPUT = INPUT) for gateway benchmarks.
 
@@ -20,12 +20,23 @@ Layout written under `dest/<name>/`:
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gzip
+import hashlib
+import importlib.metadata
+import importlib.util
+import io
+import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+
+from modelseal_devenv.common import cache_dir
 
 DIGITS_INPUT: Final = "INPUT"
 DIGITS_OUTPUT: Final = "PROBABILITIES"
@@ -51,6 +62,8 @@ IDENTITY_OUTPUT: Final = "OUTPUT"
 _SPLIT_SEED: Final = 0
 _TEST_SIZE: Final = 360  # held-out samples served by sample_digits()
 _MAX_BATCH: Final = 64
+_C: Final = 1.0
+_TOL: Final = 1e-6
 
 _DIGITS_MODEL_PY: Final = '''\
 """Digits classifier (multinomial logistic regression), numpy only.
@@ -173,29 +186,88 @@ _IDENTITY_DTYPES: Final = frozenset(
 )
 
 
+def _digits_csv() -> Path:
+    """scikit-learn's bundled digits.csv.gz, found without importing scikit-learn (slow)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scikit-learn is not installed; it ships the digits data set")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise RuntimeError(f"scikit-learn ships no digits data at {path}")
+    return path
+
+
+@functools.cache
+def _digits_data() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], str]:
+    """(images [1797, 64], labels [1797], sha256 of the file) — what load_digits() returns."""
+    raw = _digits_csv().read_bytes()
+    table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.float64)
+    images = np.ascontiguousarray(table[:, :-1], dtype=np.float32)
+    labels = np.ascontiguousarray(table[:, -1], dtype=np.int64)
+    return images, labels, hashlib.sha256(raw).hexdigest()
+
+
 def _digits_split() -> tuple[
     npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]
 ]:
     """The digits data set and a fixed, seeded train/test split (indices)."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = np.asarray(data.data, dtype=np.float32)
-    labels = np.asarray(data.target, dtype=np.int64)
+    images, labels, _ = _digits_data()
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(labels)).astype(np.int64)
     return images, labels, order[:-_TEST_SIZE], order[-_TEST_SIZE:]
 
 
-def train_digits() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Train the classifier; returns (coef [10, 64], intercept [10]) as float32."""
+def _fit_digits() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     from sklearn.linear_model import LogisticRegression
 
     images, labels, train, _ = _digits_split()
-    model = LogisticRegression(C=1.0, max_iter=2000, tol=1e-6)
+    model = LogisticRegression(C=_C, max_iter=2000, tol=_TOL)
     model.fit(images[train] / PIXEL_MAX, labels[train])
     coef = np.ascontiguousarray(model.coef_, dtype=np.float32)
     intercept = np.ascontiguousarray(model.intercept_, dtype=np.float32)
     assert coef.shape == (DIGITS_CLASSES, DIGITS_FEATURES)
+    assert intercept.shape == (DIGITS_CLASSES,)
+    return coef, intercept
+
+
+def train_digits(use_cache: bool = True) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Train the classifier; returns (coef [10, 64], intercept [10]) as float32.
+
+    Importing scikit-learn and fitting take seconds, so the weights are kept in the cache
+    dir, keyed by the data, the training settings and the scikit-learn and numpy versions.
+    """
+    if not use_cache:
+        return _fit_digits()
+    key_src = json.dumps(
+        {
+            "data": _digits_data()[2],
+            "seed": _SPLIT_SEED,
+            "test": _TEST_SIZE,
+            "C": _C,
+            "tol": _TOL,
+            "sklearn": importlib.metadata.version("scikit-learn"),
+            "numpy": np.__version__,
+        },
+        sort_keys=True,
+    )
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    folder = cache_dir() / "models" / f"digits-{key}"
+    try:
+        coef = np.load(folder / "coef.npy", allow_pickle=False)
+        intercept = np.load(folder / "intercept.npy", allow_pickle=False)
+        if coef.shape == (DIGITS_CLASSES, DIGITS_FEATURES) and intercept.shape == (DIGITS_CLASSES,):
+            return coef.astype(np.float32), intercept.astype(np.float32)
+    except (OSError, ValueError):
+        pass
+    coef, intercept = _fit_digits()
+    with contextlib.suppress(OSError):  # a read-only cache only costs time
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=folder.parent))
+        np.save(staging / "coef.npy", coef, allow_pickle=False)
+        np.save(staging / "intercept.npy", intercept, allow_pickle=False)
+        try:
+            staging.rename(folder)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # another process was first
     return coef, intercept
 
 

@@ -194,6 +194,11 @@ class TritonServer:
     then obeys the repository API (`load_model` / `unload_model`). Ports are picked once
     and kept, so `stop()` then `start()` gives the same URLs.
 
+    `restrict_model_control=(header, value)` makes the repository API (index, load, unload)
+    answer only requests that carry that header, over HTTP and gRPC, as the serving pod
+    does; this object's own helpers send it. (gRPC clients send it as metadata
+    "triton-grpc-protocol-<header>"; Triton adds that prefix on the gRPC side.)
+
     URLs: `http_url` "http://127.0.0.1:P", `http_address` and `grpc_url` "127.0.0.1:P"
     (what tritonclient.http / tritonclient.grpc and grpc channels take), `metrics_url`
     "http://127.0.0.1:P/metrics".
@@ -211,6 +216,7 @@ class TritonServer:
         log_verbose: int = 0,
         strict_readiness: bool = True,
         repository_poll_secs: int = 2,
+        restrict_model_control: tuple[str, str] | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         if load_models and model_control_mode != "explicit":
@@ -223,6 +229,7 @@ class TritonServer:
         self.log_verbose = log_verbose
         self.strict_readiness = strict_readiness
         self.repository_poll_secs = repository_poll_secs
+        self.restrict_model_control = restrict_model_control
         self.extra_args = list(extra_args)
         self._own_log_dir = log_dir is None
         self.log_dir = (
@@ -297,6 +304,12 @@ class TritonServer:
             f"--log-verbose={self.log_verbose}",
         ]
         args += cpu_args(backends_root, self.shm_prefix)
+        if self.restrict_model_control is not None:
+            header, value = self.restrict_model_control
+            args += [
+                f"--http-restricted-api=model-repository:{header}={value}",
+                f"--grpc-restricted-protocol=model-repository:{header}={value}",
+            ]
         if self.model_control_mode == "poll":
             args.append(f"--repository-poll-secs={self.repository_poll_secs}")
         args += [f"--load-model={name}" for name in self.load_models]
@@ -390,6 +403,8 @@ class TritonServer:
         req = urllib.request.Request(self.http_url + path, data=data, method=method)  # noqa: S310
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if self.restrict_model_control is not None and path.startswith("/v2/repository"):
+            req.add_header(*self.restrict_model_control)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback
                 return int(resp.status), bytes(resp.read())

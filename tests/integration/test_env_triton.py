@@ -20,6 +20,7 @@ from modelseal_devenv.models import (
     IDENTITY_INPUT,
     IDENTITY_OUTPUT,
     build_digits_model,
+    build_identity_model,
     sample_digits,
 )
 from modelseal_devenv.triton import TritonServer
@@ -161,12 +162,34 @@ def test_model_load_failure_is_a_start_error(tmp_path: Path, tmpfs_path: Path) -
     assert not server.running
 
 
-def test_kill_then_start_keeps_ports_and_cleans_shm(tmp_path: Path, tmpfs_path: Path) -> None:
+def test_restricted_model_control_and_kill_then_start(tmp_path: Path, tmpfs_path: Path) -> None:
+    """Repository API behind a header; kill -9 then start again on the same ports."""
     build_digits_model(tmpfs_path, "digits")
-    server = TritonServer(tmpfs_path, log_dir=tmp_path)  # control mode "none": load all
+    build_identity_model(tmpfs_path, "identity")
+    header = ("modelseal-control-key", "k-123")
+    server = TritonServer(
+        tmpfs_path,
+        model_control_mode="explicit",
+        load_models=["digits"],
+        restrict_model_control=header,
+        log_dir=tmp_path,
+    )
     with server:
         http_url = server.http_url
-        assert server.model_ready("digits")
+        with httpclient.InferenceServerClient(server.http_address) as client:
+            with pytest.raises(InferenceServerException, match=r"\[403\].*restricted"):
+                client.load_model("identity")
+            client.load_model("identity", headers=dict([header]))
+            assert client.is_model_ready("identity")  # inference side is not restricted
+        with grpcclient.InferenceServerClient(server.grpc_url) as grpc:
+            with pytest.raises(InferenceServerException, match="restricted"):
+                grpc.unload_model("identity")
+            # over gRPC Triton expects the key as metadata "triton-grpc-protocol-<key>"
+            grpc.unload_model("identity", headers={f"triton-grpc-protocol-{header[0]}": header[1]})
+        server.wait_model_unloaded("identity")
+        server.load_model("identity")  # the helper sends the header itself
+        assert server.model_ready("identity")
+
         assert list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
         server.kill()
         assert not server.running
@@ -174,5 +197,6 @@ def test_kill_then_start_keeps_ports_and_cleans_shm(tmp_path: Path, tmpfs_path: 
         server.start()
         assert server.http_url == http_url
         assert server.model_ready("digits")
+        assert not server.model_ready("identity")  # explicit mode: only --load-model ones
     assert not server.running
     assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))

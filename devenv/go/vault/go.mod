@@ -6,6 +6,13 @@ module modelseal.local/devenv/vault
 
 go 1.25.3
 
+// Vault v1.21.4 is built from its release branch with its in-tree ./sdk, which is NOT the
+// published sdk v0.21.0 that its go.mod names (v0.21.0 comes from main and changed
+// framework.Backend.ActivationFunc to three arguments; vault/identity_store.go:119 fails).
+// sdk v0.20.0 is the published sdk the 1.21 branch started from (v1.21.0-v1.21.2 require
+// it); every other module in the graph asks for at most v0.20.0.
+replace github.com/hashicorp/vault/sdk => github.com/hashicorp/vault/sdk v0.20.0
+
 // Copied from github.com/hashicorp/vault v1.21.4 go.mod (non-local replaces only).
 replace github.com/99designs/keyring => github.com/Jeffail/keyring v1.2.3
 

@@ -212,9 +212,10 @@ def license_usage(
     lic: LicenseSpec, models: Iterable[ModelSpec], now: datetime
 ) -> tuple[SeatUsage, Mapping[str, SeatGrant]]:
     """Seat usage of a license over the models that name it (for the license's status)."""
-    eligible = [m for m in models if check_terms(m, lic, now).granted]
+    named = list(models)
+    eligible = [m for m in named if check_terms(m, lic, now).granted]
     grants, usage = allocate_seats(lic, (claim_of(m) for m in eligible))
-    return usage, grants
+    return SeatUsage(models=len(named), replicas=usage.replicas, gpus=usage.gpus), grants
 
 
 def license_state(lic: LicenseSpec, now: datetime) -> tuple[str, str, datetime | None]:

@@ -1,0 +1,70 @@
+"""Names and labels of everything the operator creates for one ProtectedModel. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelseal.models.spec import API_VERSION, MODEL_KIND, ModelSpec
+
+MANAGED_BY = "modelseal-operator"
+LABEL_MODEL = "modelseal.io/model"
+LABEL_TENANT = "modelseal.io/tenant"
+LABEL_VERSION = "modelseal.io/version"
+ANNOTATION_DIGEST = "modelseal.io/digest"
+ANNOTATION_URI = "modelseal.io/source-uri"
+
+
+@dataclass(frozen=True)
+class Names:
+    service_account: str
+    deployment: str
+    service: str
+    license_config: str
+    network_policy: str
+    control_secret: str
+    vault_role: str
+    vault_policy: str
+
+
+def names_for(namespace: str, name: str, prefix: str = "modelseal") -> Names:
+    vault_name = f"{prefix}-{namespace}-{name}"
+    return Names(
+        service_account=name,
+        deployment=name,
+        service=name,
+        license_config=f"{name}-license",
+        network_policy=name,
+        control_secret=f"{name}-triton-control",
+        vault_role=vault_name,
+        vault_policy=vault_name,
+    )
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """The Deployment selector (immutable, so it never carries the version)."""
+    return {"app.kubernetes.io/name": "modelseal-model", LABEL_MODEL: name}
+
+
+def common_labels(model: ModelSpec) -> dict[str, str]:
+    return {
+        **selector_labels(model.name),
+        "app.kubernetes.io/instance": model.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "modelseal",
+        LABEL_TENANT: model.tenant,
+    }
+
+
+def owner_reference(model: ModelSpec) -> dict[str, object]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": MODEL_KIND,
+        "name": model.name,
+        "uid": model.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def endpoint(model: ModelSpec, http_port: int) -> str:
+    return f"{model.name}.{model.namespace}.svc:{http_port}"

@@ -36,7 +36,8 @@ fi
 
 mkdir -p "$dest_dir"
 # One build at a time (a test session and a manual run may race); the loser waits, then
-# finds the binary in place.
+# finds the binary in place. Children get `9>&-` so that an orphaned compiler process
+# (after the build is killed) cannot keep holding the lock.
 exec 9>"$dest_dir/.build.lock"
 flock 9
 if [[ "${VAULT_BUILD_FORCE:-0}" != 1 ]] && binary_ok; then
@@ -45,7 +46,7 @@ if [[ "${VAULT_BUILD_FORCE:-0}" != 1 ]] && binary_ok; then
 fi
 
 # Reproducible metadata: the module's publication time stands in for the build date.
-build_date="$(go mod download -json "github.com/hashicorp/vault@v$version" \
+build_date="$(go mod download -json "github.com/hashicorp/vault@v$version" 9>&- \
     | sed -n 's/.*"Time": *"\([^"]*\)".*/\1/p')"
 build_date="${build_date:-1970-01-01T00:00:00Z}"
 
@@ -60,7 +61,7 @@ CGO_ENABLED=0 nice -n "${VAULT_BUILD_NICE:-0}" go build \
     -tags vault \
     -ldflags "-s -w -X github.com/hashicorp/vault/version.GitCommit=v$version -X github.com/hashicorp/vault/version.BuildDate=$build_date" \
     -o "$tmp" \
-    github.com/hashicorp/vault
+    github.com/hashicorp/vault 9>&-
 mv -f "$tmp" "$dest"
 trap - EXIT
 echo "built vault $version in $(( $(date +%s) - start ))s" >&2

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import hvac.exceptions
@@ -136,47 +134,45 @@ def test_inmem_restart_gives_fresh_server_with_engines() -> None:
 
 
 @pytest.fixture
-def k8s_namespace(kube_cluster: Any) -> Iterator[str]:
+def two_service_accounts(kube_api: Any, kube_namespace: str) -> str:
+    """``model-a`` and ``model-b`` in a fresh namespace; returns the namespace."""
     from kubernetes import client as k8s
 
-    name = f"vault-auth-{secrets.token_hex(4)}"
-    with kube_cluster.api_client() as api:
-        core = k8s.CoreV1Api(api)
-        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-        for sa in ("model-a", "model-b"):
-            core.create_namespaced_service_account(
-                name, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=sa))
-            )
-    yield name
+    core = k8s.CoreV1Api(kube_api)
+    for sa in ("model-a", "model-b"):
+        core.create_namespaced_service_account(
+            kube_namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=sa))
+        )
+    return kube_namespace
 
 
 def test_kubernetes_auth_login_bound_to_one_service_account(
-    vault_with_k8s_auth: VaultServer, kube_cluster: Any, k8s_namespace: str, transit_key: str
+    vault_with_k8s_auth: VaultServer, kube_api: Any, two_service_accounts: str, transit_key: str
 ) -> None:
     vault = vault_with_k8s_auth
+    namespace = two_service_accounts
     policy = f"decrypt-{transit_key}"
     vault.write_policy(
         policy, f'path "{TRANSIT_MOUNT}/decrypt/{transit_key}" {{ capabilities = ["update"] }}\n'
     )
-    role = f"model-a-{k8s_namespace}"
+    role = f"model-a-{namespace}"
     vault.create_kubernetes_role(
         role,
         service_account="model-a",
-        namespace=k8s_namespace,
+        namespace=namespace,
         policies=[policy],
         audience="vault",
     )
     plaintext, ciphertext = _datakey(vault.client(), transit_key)
 
-    with kube_cluster.api_client() as api:
-        jwt_a = request_sa_token(api, k8s_namespace, "model-a", ["vault"])
-        jwt_b = request_sa_token(api, k8s_namespace, "model-b", ["vault"])
-        jwt_a_wrong_audience = request_sa_token(api, k8s_namespace, "model-a", [])
+    jwt_a = request_sa_token(kube_api, namespace, "model-a", ["vault"])
+    jwt_b = request_sa_token(kube_api, namespace, "model-b", ["vault"])
+    jwt_a_wrong_audience = request_sa_token(kube_api, namespace, "model-a", [])
 
     model = vault.client(token="")
     login = model.auth.kubernetes.login(role=role, jwt=jwt_a)
     assert set(login["auth"]["policies"]) == {"default", policy}
-    assert login["auth"]["metadata"]["service_account_namespace"] == k8s_namespace
+    assert login["auth"]["metadata"]["service_account_namespace"] == namespace
     same = hmac.compare_digest(_decrypt(model, transit_key, ciphertext), plaintext)
     assert same, "the model's login token could not unwrap its data key"
     # The policy allows decrypt only: no datakey, no key reads.

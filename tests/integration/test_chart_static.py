@@ -1,0 +1,417 @@
+"""The Helm chart without a cluster: lint, render, values schema, RBAC and pod settings.
+
+helm is built from its Go module by devenv/build-helm.sh (cached); tests that need it are
+marked integration. The Dockerfile and CRD-copy checks need nothing and run as unit tests.
+tests/integration/test_chart_install.py sends what is rendered here to a real API server.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "modelseal"
+ALL_ON = CHART / "ci" / "all-on-values.yaml"
+RELEASE_NS = "modelseal-system"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def build_helm() -> Path:
+    """devenv/build-helm.sh: a no-op when the cached binary is current."""
+    result = subprocess.run(
+        ["bash", str(REPO / "devenv" / "build-helm.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=3600,
+    )
+    assert result.returncode == 0, f"build-helm.sh failed:\n{result.stderr[-4000:]}"
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    return build_helm()
+
+
+def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, check=False, timeout=300
+    )
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stderr}"
+    return result
+
+
+def render(
+    helm: Path, *values_files: Path, sets: tuple[str, ...] = (), release: str = "ms"
+) -> list[dict[str, Any]]:
+    args = ["template", release, str(CHART), "--namespace", RELEASE_NS]
+    for f in values_files:
+        args += ["-f", str(f)]
+    for s in sets:
+        args += ["--set", s]
+    out = run_helm(helm, *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            yield d["metadata"]["name"], d["spec"]["template"]["spec"]
+
+
+# --------------------------------------------------------------------------- lint/render
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("values", [None, ALL_ON], ids=["defaults", "all-on"])
+def test_helm_lint(helm: Path, values: Path | None) -> None:
+    args = ["lint", str(CHART), "--strict", "--namespace", RELEASE_NS]
+    if values:
+        args += ["-f", str(values)]
+    out = run_helm(helm, *args).stdout
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+@pytest.mark.integration
+def test_defaults_render_the_core(helm: Path) -> None:
+    docs = render(helm)
+    kinds = sorted({d["kind"] for d in docs})
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
+    # Optional blocks stay off by default.
+    assert not by_kind(docs, "ServiceMonitor")
+    assert not by_kind(docs, "PodMonitor")
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-redis")]
+
+
+@pytest.mark.integration
+def test_every_optional_block_renders(helm: Path) -> None:
+    docs = render(helm, ALL_ON)
+    kinds = {d["kind"] for d in docs}
+    for kind in ("ServiceMonitor", "PodMonitor", "PersistentVolumeClaim", "ConfigMap"):
+        assert kind in kinds, kind
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("Deployment", "ms-modelseal-redis") in names
+    assert ("ValidatingAdmissionPolicy", "ms-modelseal-output-policy") in names
+    dashboard = by_kind(docs, "ConfigMap")[0]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+@pytest.mark.integration
+def test_operator_runs_one_replica_with_recreate(helm: Path) -> None:
+    dep = next(
+        d
+        for d in by_kind(render(helm), "Deployment")
+        if d["metadata"]["name"] == "ms-modelseal-operator"
+    )
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    env = {
+        e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MODELSEAL_VAULT_ADDR"].startswith("http")
+    assert env["MODELSEAL_NAMESPACES"] == "[]"
+    assert env["MODELSEAL_OPERATOR_TOKEN_FILE"] == "/var/run/secrets/modelseal/vault/token"
+
+
+@pytest.mark.integration
+def test_settings_passed_to_the_operator_exist(helm: Path) -> None:
+    """Every MODELSEAL_* variable the chart sets is a field of modelseal.config.Settings."""
+    from modelseal.config import Settings
+
+    fields = {f"MODELSEAL_{name.upper()}" for name in Settings.model_fields}
+    for values in (None, ALL_ON):
+        docs = render(helm, *([values] if values else []))
+        for _, spec in pod_specs(docs):
+            for container in spec["containers"]:
+                for e in container.get("env", []):
+                    if e["name"].startswith("MODELSEAL_"):
+                        assert e["name"] in fields, f"{e['name']} is not a setting"
+
+
+# --------------------------------------------------------------------------- schema
+
+
+BAD_VALUES = [
+    ("operator.replicas=two", "operator.replicas", "integer"),
+    ("operator.replicas=2", "operator.replicas", "maximum"),
+    ("admission.outputPolicy.allowedModes={full,everything}", "allowedModes", "full"),
+    ("operator.logLevel=LOUD", "operator.logLevel", "INFO"),
+    ("vault.addr=vault:8200", "vault.addr", "pattern"),
+    ("admission.breakGlassGroup=system:masters", "breakGlassGroup", "not"),
+    ("admission.validationActions={Deny,Warn}", "validationActions", "not"),
+    ("operator.watchNamespaces={Bad_Name}", "watchNamespaces", "pattern"),
+    ("operatr.replicas=1", "operatr", "additional"),
+    ("operator.image.digest=latest", "digest", "pattern"),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("setting", "path", "word"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_schema_refuses_wrong_values(helm: Path, setting: str, path: str, word: str) -> None:
+    result = run_helm(helm, "template", "ms", str(CHART), "--set", setting, check=False)
+    assert result.returncode != 0, f"--set {setting} was accepted"
+    err = result.stderr
+    assert "values don't meet the specifications of the schema" in err, err
+    assert path.split(".")[-1] in err, err
+    assert word.lower() in err.lower(), err
+
+
+@pytest.mark.integration
+def test_schema_refuses_a_string_replica_count_from_a_file(helm: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('operator:\n  replicas: "1"\n')
+    result = run_helm(helm, "template", "ms", str(CHART), "-f", str(bad), check=False)
+    assert result.returncode != 0
+    assert "/operator/replicas" in result.stderr or "operator.replicas" in result.stderr
+    assert "got string, want integer" in result.stderr or "expected integer" in result.stderr
+
+
+@pytest.mark.integration
+def test_release_name_may_not_collide_with_model_names(helm: Path) -> None:
+    result = run_helm(
+        helm, "template", "sealed-x", str(CHART), "--set", "fullnameOverride=sealed-x", check=False
+    )
+    assert result.returncode != 0
+    assert "reserve" in result.stderr
+
+
+# --------------------------------------------------------------------------- CRDs
+
+
+def test_chart_crds_are_copies_of_crds_folder() -> None:
+    """charts/modelseal/files/crds is made by `make chart-crds`, never edited by hand."""
+    source = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    copies = {p.name: p.read_bytes() for p in (CHART / "files" / "crds").glob("*.yaml")}
+    assert source, "crds/ is empty"
+    stale = sorted(n for n in source.keys() | copies.keys() if source.get(n) != copies.get(n))
+    assert not stale, f"run `make chart-crds`: {stale} differ between crds/ and the chart"
+
+
+@pytest.mark.integration
+def test_rendered_crds_are_the_source_with_a_keep_policy(helm: Path) -> None:
+    docs = {d["metadata"]["name"]: d for d in by_kind(render(helm), "CustomResourceDefinition")}
+    for path in (REPO / "crds").glob("*.yaml"):
+        src = yaml.safe_load(path.read_text())
+        crd = docs[src["metadata"]["name"]]
+        assert crd["spec"] == src["spec"], f"{path.name} changed on the way through the chart"
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    no_keep = render(helm, sets=("crds.keep=false",))
+    for crd in by_kind(no_keep, "CustomResourceDefinition"):
+        assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+    assert not by_kind(render(helm, sets=("crds.install=false",)), "CustomResourceDefinition")
+
+
+# --------------------------------------------------------------------------- RBAC
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("values", [None, ALL_ON], ids=["defaults", "all-on"])
+def test_rbac_is_least_privilege(helm: Path, values: Path | None) -> None:
+    docs = render(helm, *([values] if values else []))
+    roles = by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+    assert {r["metadata"]["name"] for r in roles} == {
+        "ms-modelseal-kopf-cluster",
+        "ms-modelseal-kopf",
+        "ms-modelseal-operator",
+    }
+    for role in roles:
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"], role["metadata"]["name"]
+            assert "*" not in rule["resources"], role["metadata"]["name"]
+            assert "*" not in rule.get("apiGroups", []), role["metadata"]["name"]
+            assert "secrets" not in rule["resources"], "no Secret access at all"
+            for danger in ("escalate", "bind", "impersonate"):
+                assert danger not in rule["verbs"]
+    cluster_role = next(r for r in roles if r["metadata"]["name"] == "ms-modelseal-kopf-cluster")
+    for rule in cluster_role["rules"]:
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}, "cluster-wide part is read-only"
+
+
+@pytest.mark.integration
+def test_watch_namespaces_bind_only_there(helm: Path) -> None:
+    docs = render(helm, ALL_ON)
+    crbs = by_kind(docs, "ClusterRoleBinding")
+    assert [b["roleRef"]["name"] for b in crbs] == ["ms-modelseal-kopf-cluster"]
+    rbs = by_kind(docs, "RoleBinding")
+    assert sorted((b["metadata"]["namespace"], b["roleRef"]["name"]) for b in rbs) == [
+        ("models-a", "ms-modelseal-kopf"),
+        ("models-a", "ms-modelseal-operator"),
+        ("models-b", "ms-modelseal-kopf"),
+        ("models-b", "ms-modelseal-operator"),
+    ]
+    for b in by_kind(docs, "ValidatingAdmissionPolicyBinding"):
+        values = b["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"]
+        assert values == ["models-a", "models-b"]
+
+
+# --------------------------------------------------------------------------- pods
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """The Pod Security `restricted` rules that a pod spec can break, checked statically.
+
+    The real API server checks them again in test_chart_install.py.
+    """
+    bad: list[str] = []
+    pod_sc = spec.get("securityContext", {})
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            bad.append(flag)
+    for vol in spec.get("volumes", []):
+        allowed = {"name", "emptyDir", "secret", "configMap", "projected", "persistentVolumeClaim"}
+        if set(vol) - allowed:
+            bad.append(f"volume {vol['name']}: {set(vol) - allowed}")
+    containers = spec.get("containers", []) + spec.get("initContainers", [])
+    for c in containers:
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation")
+        if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+            bad.append(f"{name}: capabilities.drop")
+        if set(sc.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: capabilities.add")
+        if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+            bad.append(f"{name}: runAsNonRoot")
+        if (sc.get("runAsUser", pod_sc.get("runAsUser")) or 1) == 0:
+            bad.append(f"{name}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: seccompProfile")
+        if sc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if c.get("ports") and any(p.get("hostPort") for p in c["ports"]):
+            bad.append(f"{name}: hostPort")
+        # Our own bar, above `restricted`: read-only root and resource limits on memory.
+        if sc.get("readOnlyRootFilesystem") is not True:
+            bad.append(f"{name}: readOnlyRootFilesystem")
+        if "memory" not in c.get("resources", {}).get("limits", {}):
+            bad.append(f"{name}: no memory limit")
+    return bad
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("values", [None, ALL_ON], ids=["defaults", "all-on"])
+def test_pods_meet_restricted_statically(helm: Path, values: Path | None) -> None:
+    docs = render(helm, *([values] if values else []))
+    specs = list(pod_specs(docs))
+    assert specs
+    for name, spec in specs:
+        assert restricted_violations(spec) == [], name
+
+
+# --------------------------------------------------------------------------- admission
+
+
+@pytest.mark.integration
+def test_admission_policies_are_bound_and_name_modelseal(helm: Path) -> None:
+    docs = render(helm, ALL_ON)
+    policies = {p["metadata"]["name"]: p for p in by_kind(docs, "ValidatingAdmissionPolicy")}
+    bindings = {b["spec"]["policyName"] for b in by_kind(docs, "ValidatingAdmissionPolicyBinding")}
+    assert set(policies) == bindings
+    assert {
+        "ms-modelseal-interactive-access",
+        "ms-modelseal-sa-borrowing-pods",
+        "ms-modelseal-sa-borrowing-workloads",
+        "ms-modelseal-sa-borrowing-tokens",
+        "ms-modelseal-owned-objects",
+        "ms-modelseal-output-policy",
+    } == set(policies)
+    for p in policies.values():
+        assert p["spec"]["failurePolicy"] == "Fail"
+        assert p["spec"]["matchConditions"][0]["name"] == "not-break-glass"
+        for v in p["spec"]["validations"]:
+            assert v["messageExpression"].startswith("'Modelseal: ")
+    ops = {
+        tuple(r["operations"]): r["resources"]
+        for r in policies["ms-modelseal-interactive-access"]["spec"]["matchConstraints"][
+            "resourceRules"
+        ]
+    }
+    assert ops == {
+        ("CONNECT",): ["pods/exec", "pods/attach", "pods/portforward"],
+        ("UPDATE",): ["pods/ephemeralcontainers"],
+    }
+
+
+@pytest.mark.integration
+def test_admission_off_renders_no_policy(helm: Path) -> None:
+    docs = render(helm, sets=("admission.enabled=false",))
+    assert not by_kind(docs, "ValidatingAdmissionPolicy")
+
+
+# --------------------------------------------------------------------------- images
+
+
+DIGEST_PIN = re.compile(r"^ARG (\w+_IMAGE)=(\S+)@sha256:[0-9a-f]{64}$", re.M)
+
+
+def test_base_image_pins_every_external_base_by_digest() -> None:
+    text = (REPO / "images" / "base" / "Dockerfile").read_text()
+    pins = dict((m.group(1), m.group(2)) for m in DIGEST_PIN.finditer(text))
+    assert set(pins) == {"BUILDER_IMAGE", "RUNTIME_IMAGE"}
+    assert "distroless" in pins["RUNTIME_IMAGE"], "final stage: no shell, no package manager"
+    froms = re.findall(r"^FROM (\S+)", text, re.M)
+    assert froms == ["${BUILDER_IMAGE}", "${RUNTIME_IMAGE}"]
+    assert ":latest" not in text
+
+
+@pytest.mark.parametrize("role", ["base", "operator", "unsealer", "gateway"])
+def test_images_run_as_non_root_with_labels(role: str) -> None:
+    text = (REPO / "images" / role / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users, f"{role}: no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"{role}: final USER must be a numeric non-root UID"
+    for label in ("title", "description", "version", "revision"):
+        assert f"org.opencontainers.image.{label}=" in text, f"{role}: label {label}"
+    assert 'ENTRYPOINT ["/opt/modelseal/bin/python", "-m", "modelseal"]' in text
+    if role != "base":
+        assert f'CMD ["{role}"]' in text
+
+
+def test_make_images_says_so_without_a_builder(tmp_path: Path) -> None:
+    """With no docker engine, podman or buildah on PATH, `make images` explains and succeeds."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "sed", "head", "git", "date", "cat", "env"):
+        found = subprocess.run(["which", tool], capture_output=True, text=True, check=False)
+        if found.returncode == 0:
+            (bin_dir / tool).symlink_to(found.stdout.strip())
+    make = subprocess.run(["which", "make"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [make.stdout.strip(), "-s", "-C", str(REPO), "images"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no container builder" in result.stdout

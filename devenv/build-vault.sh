@@ -53,17 +53,49 @@ build_date="${build_date:-1970-01-01T00:00:00Z}"
 echo "building vault $version -> $dest (cold builds take a long while)" >&2
 start=$(date +%s)
 tmp="$dest_dir/vault.tmp.$$"
-trap 'rm -f "$tmp"' EXIT
+overlay_dir="$(mktemp -d)"
+trap 'rm -rf "$tmp" "$overlay_dir"' EXIT
+
+# Source fixes applied through `go build -overlay` (see the comment in go/vault/go.mod):
+# the published sdk v0.21.0 has ActivationFunc(ctx, req, flagName); Vault 1.21.x calls it
+# with two arguments. Each fix names a file, the exact text and its replacement; a fix
+# whose text is not found (another Vault version) is skipped with a note.
+vault_dir="$(go list -m -f '{{.Dir}}' github.com/hashicorp/vault 9>&-)"
+overlay_json="$overlay_dir/overlay.json"
+overlay_entries=()
+fix() { # fix REL_PATH OLD NEW
+    local src="$vault_dir/$1" dst="$overlay_dir/${1//\//_}"
+    if [[ -f "$dst" ]]; then src="$dst"; fi
+    if ! grep -qF -- "$2" "$src"; then
+        echo "note: source fix not applied (text not found in $1): $2" >&2
+        return 0
+    fi
+    OLD="$2" NEW="$3" perl -pe 's/\Q$ENV{OLD}\E/$ENV{NEW}/g' "$src" >"$dst.new"
+    mv -f "$dst.new" "$dst"
+    local entry="\"$vault_dir/$1\": \"$dst\""
+    [[ " ${overlay_entries[*]} " == *"$entry"* ]] || overlay_entries+=("$entry")
+}
+fix vault/identity_store.go \
+    'ActivationFunc: iStore.activateDeduplication,' \
+    'ActivationFunc: func(ctx context.Context, req *logical.Request, _ string) error { return iStore.activateDeduplication(ctx, req) },'
+fix vault/logical_system_activation_flags.go \
+    'b.idStoreBackend.ActivationFunc(ctx, nil)' \
+    'b.idStoreBackend.ActivationFunc(ctx, nil, "")'
+overlay_args=()
+if ((${#overlay_entries[@]})); then
+    (IFS=,; echo "{\"Replace\": {${overlay_entries[*]}}}") >"$overlay_json"
+    overlay_args=(-overlay "$overlay_json")
+fi
 # No `ui` build tag: the web UI is not embedded (http/assets_stub.go). CGO off, as upstream
 # release builds. version.Version comes from the module's embedded VERSION file.
 CGO_ENABLED=0 nice -n "${VAULT_BUILD_NICE:-0}" go build \
     -trimpath \
+    "${overlay_args[@]}" \
     -tags vault \
     -ldflags "-s -w -X github.com/hashicorp/vault/version.GitCommit=v$version -X github.com/hashicorp/vault/version.BuildDate=$build_date" \
     -o "$tmp" \
     github.com/hashicorp/vault 9>&-
 mv -f "$tmp" "$dest"
-trap - EXIT
 echo "built vault $version in $(( $(date +%s) - start ))s" >&2
 "$dest" version >&2
 echo "$dest"

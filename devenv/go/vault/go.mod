@@ -6,13 +6,12 @@ module modelseal.local/devenv/vault
 
 go 1.25.3
 
-// Vault v1.21.4 is built from its release branch with its in-tree ./sdk, which is NOT the
-// published sdk v0.21.0 that its go.mod names (v0.21.0 comes from main and changed
-// framework.Backend.ActivationFunc to three arguments; vault/identity_store.go:119 fails).
-// sdk v0.20.0 is the published sdk the 1.21 branch started from (v1.21.0-v1.21.2 require
-// it); every other module in the graph asks for at most v0.20.0.
-replace github.com/hashicorp/vault/sdk => github.com/hashicorp/vault/sdk v0.20.0
-
+// Vault v1.21.4 is cut from its release branch and compiled there against its in-tree
+// ./sdk, which was never published: the sdk v0.21.0 its go.mod names comes from main,
+// where framework.Backend.ActivationFunc takes a third argument (the flag name), and
+// sdk v0.20.0 lacks TryRecordObservationWithRequest, which 1.21.4 uses. So the build
+// uses sdk v0.21.0 and build-vault.sh adapts Vault's two ActivationFunc sites through a
+// Go -overlay (generated patched copies; the module cache stays untouched).
 // Copied from github.com/hashicorp/vault v1.21.4 go.mod (non-local replaces only).
 replace github.com/99designs/keyring => github.com/Jeffail/keyring v1.2.3
 

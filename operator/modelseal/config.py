@@ -168,46 +168,53 @@ class Settings(BaseSettings):
         "or reject them with 503.",
     )
     audit_webhook_token_file: Path | None = Field(
-        None, description="File holding a bearer token the webhook sink sends."
+        default=None, description="File holding a bearer token the webhook sink sends."
     )
-    audit_batch_max: int = Field(512, description="Most audit records per sink write.")
-    gateway_host: str = Field("0.0.0.0", description="Address the gateway's ports bind to.")
+    audit_batch_max: int = Field(default=512, description="Most audit records per sink write.")
+    gateway_host: str = Field(default="0.0.0.0", description="Address the gateway's ports bind to.")
     gateway_instance: str = Field(
-        "", description="Name of this gateway in audit records; empty means the host name."
+        default="",
+        description="Name of this gateway in audit records; empty means the host name.",
     )
     gateway_body_timeout_s: float = Field(
-        10.0, description="Time a client has to send a request body (slow clients get 408)."
+        default=10.0,
+        description="Time a client has to send a request body (slow clients get 408).",
     )
     gateway_idle_timeout_s: float = Field(
-        75.0,
+        default=75.0,
         description="Idle keep-alive connections, and connections that never finish their "
         "request headers, are closed after this many seconds.",
     )
     gateway_upstream_timeout_s: float = Field(
-        60.0, description="Longest wait for Triton's answer (then 504)."
+        default=60.0, description="Longest wait for Triton's answer (then 504)."
     )
     gateway_upstream_connections: int = Field(
-        256, description="Most pooled connections to Triton's HTTP endpoint."
+        default=256, description="Most pooled connections to Triton's HTTP endpoint."
     )
     gateway_reload_interval_s: float = Field(
-        1.0, description="How often the license and API keys files are checked for changes."
+        default=1.0,
+        description="How often the license and API keys files are checked for changes.",
     )
     gateway_metadata_ttl_s: float = Field(
-        30.0, description="How long model metadata from Triton is cached."
+        default=30.0, description="How long model metadata from Triton is cached."
     )
     redis_password_file: Path | None = Field(
-        None, description="File holding the Redis password (never put it in redis_url)."
+        default=None,
+        description="File holding the Redis password (never put it in redis_url).",
     )
-    redis_key_prefix: str = Field("modelseal", description="Prefix of the gateway's Redis keys.")
+    redis_key_prefix: str = Field(
+        default="modelseal", description="Prefix of the gateway's Redis keys."
+    )
     redis_timeout_s: float = Field(
-        1.0, description="Redis connect and call timeout; past it the gateway answers 503."
+        default=1.0,
+        description="Redis connect and call timeout; past it the gateway answers 503.",
     )
     quota_lease_s: float = Field(
-        120.0,
+        default=120.0,
         description="Redis concurrency slots held by a gateway that died expire after this.",
     )
     quota_fsync_interval_s: float = Field(
-        1.0, description="How often the embedded store's journal is fsync-ed."
+        default=1.0, description="How often the embedded store's journal is fsync-ed."
     )
 
 

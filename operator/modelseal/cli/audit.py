@@ -20,17 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from modelseal.audit.keyfile import read_key
 from modelseal.audit.verify import verify_file
-
-
-def read_key(path: Path) -> bytes:
-    """The HMAC key file: its bytes, with one trailing newline removed."""
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        data = data[:-1]
-    if not data:
-        raise ValueError(f"key file {path} is empty")
-    return data
 
 
 def _verify(args: argparse.Namespace) -> int:

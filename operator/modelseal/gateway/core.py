@@ -1,0 +1,420 @@
+"""The gateway's decisions, shared by the HTTP and gRPC front ends.
+
+Every metered request goes through the same steps, in this order, and each refusal has
+its status, its reason, an audit record and its metrics:
+
+1. room in the audit queue is reserved (``block``: wait; ``reject``: 503), so the record
+   of a request that is let through can always be written;
+2. the API key → consumer → tenant (401, one message for every failure);
+3. the tenant's license: loaded, not revoked, inside its validity window, the model
+   allowed (403; 503 when the license or keys file is missing or broken);
+4. the request itself: size (413), body arrival time (408), JSON and tensors checked
+   against the model's metadata (400), unknown model (404), the output policy (403);
+5. the quotas, in one atomic store call (429 with ``Retry-After``; 503 if the store is
+   unreachable: never an unmetered request);
+6. Triton; its answer is cut to the output policy; the concurrency slot is given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from modelseal.audit.chain import now_iso
+from modelseal.audit.keyfile import read_key
+from modelseal.audit.log import AuditLog, AuditOverflow
+from modelseal.audit.sinks import FileSink, Sink, StdoutSink, WebhookSink
+from modelseal.config import Settings
+from modelseal.gateway.keys import Consumer, KeyRing, KeyTable, parse_keys, presented_key
+from modelseal.gateway.metrics import GatewayMetrics
+from modelseal.gateway.reload import Change, WatchedFile
+from modelseal.gateway.upstream import Upstream
+from modelseal.quota.license import License, check_license, parse_licenses
+from modelseal.quota.policy import LIMIT_MESSAGES, retry_after_seconds
+from modelseal.store.base import CounterStore, Lease, StoreUnavailable, scopes_for
+from modelseal.store.embedded import EmbeddedStore
+from modelseal.store.redis import RedisStore
+
+log = logging.getLogger("modelseal.gateway")
+
+Decision = Literal["allow", "deny", "reject", "error"]
+
+GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+UNAUTHORIZED = "missing or invalid API key"
+
+
+class GatewayError(Exception):
+    """A refusal: HTTP status, message for the client, audit decision."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        decision: Decision = "reject",
+        limit: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.decision: Decision = decision
+        self.limit = limit
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.message}
+        if self.limit is not None:
+            out["limit"] = self.limit
+        if self.retry_after is not None:
+            out["retry_after_s"] = self.retry_after
+        return out
+
+
+@dataclass(slots=True)
+class Ctx:
+    """What one request did, for its audit record and metrics."""
+
+    proto: str
+    route: str
+    remote: str | None
+    t0: float
+    consumer: Consumer | None = None
+    license: License | None = None
+    model: str = ""
+    version: str = ""
+    decision: Decision = "reject"
+    limit: str | None = None
+    status: int = 0
+    reason: str = ""
+    upstream_s: float = 0.0
+    req_bytes: int = 0
+    resp_bytes: int = 0
+    input_sha256: str | None = None
+    request_id: str | None = None
+    reserved: bool = False
+    lease: Lease | None = None
+    meter: bool = False  # counted against quotas (inference)
+
+
+def build_store(settings: Settings) -> CounterStore:
+    if settings.quota_store == "redis":
+        url = settings.redis_url
+        if settings.redis_password_file is not None:
+            password = read_key(settings.redis_password_file).decode()
+            scheme, _, rest = url.partition("://")
+            url = f"{scheme}://:{password}@{rest.rpartition('@')[2]}"
+        return RedisStore(
+            url,
+            prefix=settings.redis_key_prefix,
+            timeout_s=settings.redis_timeout_s,
+            lease_ms=int(settings.quota_lease_s * 1000),
+        )
+    return EmbeddedStore(settings.quota_state_dir, fsync_interval_s=settings.quota_fsync_interval_s)
+
+
+def build_sink(settings: Settings) -> Sink:
+    if settings.audit_sink == "file":
+        return FileSink(settings.audit_file)
+    if settings.audit_sink == "webhook":
+        if not settings.audit_webhook_url:
+            raise ValueError("audit_sink=webhook needs audit_webhook_url")
+        token = None
+        if settings.audit_webhook_token_file is not None:
+            token = read_key(settings.audit_webhook_token_file).decode()
+        return WebhookSink(settings.audit_webhook_url, token=token)
+    return StdoutSink()
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: CounterStore | None = None,
+        sink: Sink | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.instance = settings.gateway_instance or socket.gethostname()
+        self.metrics = metrics or GatewayMetrics()
+        self.store = store or build_store(settings)
+        self.store_kind = self.store.kind
+        hmac_key = None
+        if settings.audit_hmac_key_file is not None:
+            hmac_key = read_key(settings.audit_hmac_key_file)
+        else:
+            log.warning("audit_hmac_key_file is not set: audit checkpoints are not signed")
+        self.sink = sink or build_sink(settings)
+        self.sink.on_error = self._sink_error
+        self.audit = AuditLog(
+            self.sink,
+            gateway=self.instance,
+            hmac_key=hmac_key,
+            checkpoint_every=settings.audit_checkpoint_every,
+            capacity=settings.audit_queue_size,
+            overflow=settings.audit_overflow_policy,
+            batch_max=settings.audit_batch_max,
+        )
+        self.audit.on_depth = self.metrics.audit_depth.set
+        self.keys = KeyRing()
+        self.licenses_file: WatchedFile[dict[str, License]] = WatchedFile(
+            settings.license_file, parse_licenses, "license file"
+        )
+        self.keys_file: WatchedFile[KeyTable] = WatchedFile(
+            settings.api_keys_file, parse_keys, "API keys file"
+        )
+        self.upstream = Upstream(
+            settings.triton_http_url,
+            settings.triton_grpc_url,
+            timeout_s=settings.gateway_upstream_timeout_s,
+            connections=settings.gateway_upstream_connections,
+            metadata_ttl_s=settings.gateway_metadata_ttl_s,
+            max_message_bytes=max(settings.max_request_bytes, 64 * 1024 * 1024),
+        )
+        self._lease_ids = itertools.count()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._reload_task: asyncio.Task[None] | None = None
+        self._store_ok = True
+        self._written_seen = 0
+
+    # -- life cycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.start()
+        await self.audit.start()
+        await self.upstream.start()
+        self.reload()
+        self.metrics.store_up.labels(self.store_kind).set(1)
+        self._reload_task = asyncio.create_task(self._reload_loop(), name="gateway-reload")
+        self.event("gateway_started", store=self.store_kind)
+
+    async def stop(self) -> None:
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            await asyncio.gather(self._reload_task, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self.event("gateway_stopped")
+        await self.upstream.close()
+        await self.audit.close()
+        await self.store.close()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- followed files -------------------------------------------------------------------
+    def reload(self) -> None:
+        for watched, label in ((self.licenses_file, "license"), (self.keys_file, "api_keys")):
+            change = watched.poll()
+            if change is None:
+                continue
+            self._on_change(label, change)
+            if watched is self.keys_file:
+                self.keys.replace(self.keys_file.value)
+        self.metrics.audit_records.inc(self.audit.written - self._written_seen)
+        self._written_seen = self.audit.written
+
+    def _on_change(self, label: str, change: Change) -> None:
+        ok = change.what == "loaded"
+        self.metrics.config_state.labels(label).set(1 if ok else 0)
+        self.metrics.config_reloads.labels(label, change.what).inc()
+        details: dict[str, Any] = {"file": label, "result": change.what, "message": change.message}
+        if ok and label == "license" and self.licenses_file.value is not None:
+            details["licenses"] = sorted(
+                f"{lic.id}{' (revoked)' if lic.revoked else ''}"
+                for lic in self.licenses_file.value.values()
+            )
+        if ok:
+            log.info("%s", change.message)
+        else:
+            log.error("%s: refusing every request until it is fixed", change.message)
+        self.event("config_" + change.what, **details)
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.gateway_reload_interval_s)
+            try:
+                self.reload()
+            except Exception:
+                log.exception("reload failed")
+
+    # -- audit and metrics ----------------------------------------------------------------
+    def _sink_error(self, reason: str) -> None:
+        self.metrics.audit_sink_errors.labels(self.sink.name).inc()
+
+    def event(self, what: str, **details: Any) -> None:
+        self.audit.emit(
+            {"type": "event", "ts": now_iso(), "gw": self.instance, "event": what, **details}
+        )
+
+    async def reserve_audit(self, ctx: Ctx) -> None:
+        if self.audit.try_reserve():
+            ctx.reserved = True
+            return
+        self.metrics.audit_overflow.labels(self.audit.overflow).inc()
+        try:
+            await self.audit.reserve()
+        except AuditOverflow as exc:
+            log.error("audit queue full: request refused (policy reject)")
+            raise GatewayError(503, str(exc), decision="error") from None
+        ctx.reserved = True
+
+    def finish(self, ctx: Ctx) -> None:
+        """Write the audit record (under the reservation) and the metrics of a request."""
+        latency = time.perf_counter() - ctx.t0
+        lic = ctx.license
+        tenant = ctx.consumer.tenant if ctx.consumer else ""
+        record = {
+            "type": "request",
+            "ts": now_iso(),
+            "gw": self.instance,
+            "proto": ctx.proto,
+            "route": ctx.route,
+            "remote": ctx.remote,
+            "tenant": tenant or None,
+            "consumer": ctx.consumer.id if ctx.consumer else None,
+            "license": lic.id if lic else None,
+            "model": ctx.model or None,
+            "version": ctx.version or None,
+            "decision": ctx.decision,
+            "limit": ctx.limit,
+            "status": ctx.status,
+            "reason": ctx.reason[:500] or None,
+            "latency_ms": round(latency * 1000, 3),
+            "upstream_ms": round(ctx.upstream_s * 1000, 3),
+            "req_bytes": ctx.req_bytes,
+            "resp_bytes": ctx.resp_bytes,
+            "input_sha256": ctx.input_sha256,
+            "request_id": ctx.request_id,
+        }
+        if ctx.reserved:
+            ctx.reserved = False
+            self.audit.submit(record)
+        else:
+            self.audit.emit(record)
+        m = self.metrics
+        m.requests.labels(tenant, ctx.model, str(ctx.status), ctx.proto).inc()
+        if ctx.upstream_s:
+            m.upstream.labels(ctx.proto).observe(ctx.upstream_s)
+        m.overhead.labels(ctx.proto).observe(max(0.0, latency - ctx.upstream_s))
+        m.audit_depth.set(self.audit.depth)
+
+    # -- the steps ------------------------------------------------------------------------
+    async def authenticate(
+        self, ctx: Ctx, authorization: list[str], api_keys: list[str]
+    ) -> Consumer:
+        if self.keys_file.value is None:
+            raise GatewayError(503, f"gateway not ready: {self.keys_file.error}", decision="error")
+        key = presented_key(authorization, api_keys)
+        consumer = None
+        if key is not None:
+            consumer, _, slow = self.keys.lookup_fast(key)
+            if slow:
+                consumer = await self.keys.lookup(key)
+        if consumer is None:
+            self.metrics.auth_failures.inc()
+            raise GatewayError(401, UNAUTHORIZED)
+        ctx.consumer = consumer
+        return consumer
+
+    def license_for(self, ctx: Ctx, consumer: Consumer, model: str) -> License:
+        licenses = self.licenses_file.value
+        if licenses is None:
+            raise GatewayError(
+                503, f"gateway not ready: {self.licenses_file.error}", decision="error"
+            )
+        lic = licenses.get(consumer.tenant)
+        if lic is None:
+            raise GatewayError(403, f"no license for tenant {consumer.tenant}")
+        ctx.license = lic
+        refusal = check_license(lic, model, datetime.now(UTC))
+        if refusal is not None:
+            raise GatewayError(403, refusal.message, limit=refusal.reason)
+        return lic
+
+    async def admit(self, ctx: Ctx, lic: License, model: str) -> None:
+        scopes = scopes_for(lic, model)
+        lease_id = f"{self.instance}:{next(self._lease_ids)}"
+        now_ms = int(time.time() * 1000)
+        try:
+            admission = await self.store.admit(scopes, now_ms, lease_id)
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels(self.store_kind).inc()
+            if self._store_ok:
+                self._store_ok = False
+                self.metrics.store_up.labels(self.store_kind).set(0)
+                log.error("quota store unavailable, refusing requests: %s", exc)
+                self.event("store_unavailable", store=self.store_kind, message=str(exc))
+            raise GatewayError(
+                503,
+                f"quota store unavailable ({self.store_kind}): request not served",
+                decision="error",
+            ) from None
+        if not self._store_ok:
+            self._store_ok = True
+            self.metrics.store_up.labels(self.store_kind).set(1)
+            log.info("quota store available again")
+            self.event("store_available", store=self.store_kind)
+        decision = admission.decision
+        rem = decision.remaining
+        gauge = self.metrics.remaining
+        tenant = lic.tenant
+        gauge.labels(tenant, model, "tokens").set(rem.tokens)
+        gauge.labels(tenant, model, "per_day").set(rem.per_day)
+        gauge.labels(tenant, model, "per_month").set(rem.per_month)
+        gauge.labels(tenant, model, "total").set(rem.total)
+        if not decision.allowed:
+            limit = decision.limit or "unknown"
+            self.metrics.quota_rejections.labels(tenant, model, limit).inc()
+            scope = "tenant" if decision.scope == 0 else f"model {model}"
+            raise GatewayError(
+                429,
+                f"quota exceeded ({scope}): {LIMIT_MESSAGES.get(limit, limit)}",
+                decision="deny",
+                limit=limit,
+                retry_after=retry_after_seconds(decision),
+            )
+        ctx.decision = "allow"
+        ctx.lease = admission.lease
+
+    def release(self, ctx: Ctx) -> None:
+        lease = ctx.lease
+        if lease is not None:
+            ctx.lease = None
+            self.spawn(self.store.release(lease))
+
+
+def settings_for_tests(tmp: Path, **over: Any) -> Settings:
+    """Settings with every path under ``tmp`` (for tests and the benchmark)."""
+    base: dict[str, Any] = {
+        "license_file": tmp / "license.json",
+        "api_keys_file": tmp / "keys.json",
+        "quota_state_dir": tmp / "quota",
+        "audit_sink": "file",
+        "audit_file": tmp / "audit.jsonl",
+    }
+    base.update(over)
+    return Settings(**base)

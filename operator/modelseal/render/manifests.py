@@ -300,6 +300,10 @@ def gateway_env(model: ModelSpec, settings: Settings, p: Ports) -> list[Json]:
         _env("MODELSEAL_QUOTA_STATE_DIR", str(settings.quota_state_dir)),
         _env("MODELSEAL_MAX_REQUEST_BYTES", settings.max_request_bytes),
         _env("MODELSEAL_AUDIT_SINK", settings.audit_sink),
+        {
+            "name": "MODELSEAL_GATEWAY_INSTANCE",
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+        },
     ]
     if model.gateway.quota_store == "redis" and model.gateway.redis_url:
         env.append(_env("MODELSEAL_REDIS_URL", model.gateway.redis_url))
@@ -322,8 +326,9 @@ def _gateway(model: ModelSpec, settings: Settings, p: Ports) -> Json:
             {"name": "grpc", "containerPort": p.gateway_grpc, "protocol": "TCP"},
             {"name": "metrics", "containerPort": p.gateway_metrics, "protocol": "TCP"},
         ],
-        "readinessProbe": _http_probe("/v2/health/ready", "http", 5, 3),
-        "livenessProbe": _http_probe("/v2/health/live", "http", 10, 6, delay=10),
+        # The gateway's /readyz covers the license file, the keys file and Triton's readiness.
+        "readinessProbe": _http_probe("/readyz", "metrics", 5, 3),
+        "livenessProbe": _http_probe("/healthz", "metrics", 10, 6, delay=10),
         "resources": {
             "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"memory": "512Mi"},

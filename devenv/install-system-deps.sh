@@ -3,23 +3,27 @@
 # Idempotent: runs `apt-get update` and `apt-get install` only when a package is missing,
 # so a second run on a ready machine does nothing and needs no network.
 #
-#   redis-server   the Redis test server (tests/fixtures/redis.py)
+# Required:
+#   redis-server   the Redis test server (modelseal_devenv/redis.py)
 #   age, lua5.4    used by the demo and by Redis-script tests
-#   libpython3.11  the Python backend stub of the pytriton-bundled tritonserver links
-#                  libpython3.11.so.1.0; Debian's python3.11 binary is static, so the
-#                  shared library is a separate package
 #   libstdc++6, libgcc-s1, zlib1g, libexpat1, libc6
-#                  system libraries that tritonserver, its backends and the libraries
-#                  in nvidia_pytriton.libs need at run time (checked with ldd); everything
-#                  else ships inside the wheel
-#   procps         pgrep/ps used by the process helpers' diagnostics
+#                  system libraries that tritonserver, its Python backend, the backend
+#                  stub and the libraries in nvidia_pytriton.libs load at run time (checked
+#                  with ldd); everything else ships inside the nvidia-pytriton wheel
+#   procps, ca-certificates
+# For Python 3.11 (the project's interpreter), installed when the distribution has them:
+#   libpython3.11    the Python-backend stub links libpython3.11.so.1.0; Debian's python3.11
+#                    binary is static, so the shared library is a separate package (a pyenv
+#                    or python.org build brings its own, see modelseal_devenv/triton.py)
+#   python3.11-venv  `python3.11 -m venv` (the Makefile's venv) on Debian's python3.11
 set -euo pipefail
 
-PACKAGES=(
+PYVER="${MODELSEAL_PYTHON_VERSION:-3.11}"
+
+REQUIRED=(
     redis-server
     age
     lua5.4
-    libpython3.11
     libstdc++6
     libgcc-s1
     zlib1g
@@ -28,22 +32,38 @@ PACKAGES=(
     procps
     ca-certificates
 )
+IF_AVAILABLE=(
+    "libpython${PYVER}"
+    "python${PYVER}-venv"
+)
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-system-deps: needs a Debian-based system (dpkg, apt-get); install by hand: ${PACKAGES[*]}" >&2
+    echo "install-system-deps: needs a Debian-based system (dpkg, apt-get);" \
+        "install by hand: ${REQUIRED[*]} ${IF_AVAILABLE[*]}" >&2
     exit 1
 fi
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
-    if [[ "$status" != "installed" ]]; then
-        missing+=("$pkg")
-    fi
+installed() {
+    [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" == "installed" ]]
+}
+
+has_candidate() {
+    local candidate
+    candidate="$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}')"
+    [[ -n "$candidate" && "$candidate" != "(none)" ]]
+}
+
+missing_required=()
+for pkg in "${REQUIRED[@]}"; do
+    installed "$pkg" || missing_required+=("$pkg")
+done
+missing_optional=()
+for pkg in "${IF_AVAILABLE[@]}"; do
+    installed "$pkg" || missing_optional+=("$pkg")
 done
 
-if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "install-system-deps: all present (${PACKAGES[*]})"
+if [[ ${#missing_required[@]} -eq 0 && ${#missing_optional[@]} -eq 0 ]]; then
+    echo "install-system-deps: all present (${REQUIRED[*]} ${IF_AVAILABLE[*]})"
     exit 0
 fi
 
@@ -52,21 +72,35 @@ if [[ "$(id -u)" -ne 0 ]]; then
     if command -v sudo >/dev/null 2>&1; then
         SUDO=(sudo)
     else
-        echo "install-system-deps: missing ${missing[*]} and not root (no sudo)" >&2
+        echo "install-system-deps: missing ${missing_required[*]} ${missing_optional[*]}" \
+            "and not root (no sudo)" >&2
         exit 1
     fi
 fi
 
-echo "install-system-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+echo "install-system-deps: apt-get update (missing: ${missing_required[*]} ${missing_optional[*]})"
 "${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+to_install=("${missing_required[@]}")
+for pkg in "${missing_optional[@]}"; do
+    if has_candidate "$pkg"; then
+        to_install+=("$pkg")
+    else
+        echo "install-system-deps: $pkg is not in this distribution; skipped" \
+            "(the Python interpreter must then bring its own shared libpython)" >&2
+    fi
+done
+
+if [[ ${#to_install[@]} -gt 0 ]]; then
+    echo "install-system-deps: installing ${to_install[*]}"
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${to_install[@]}"
+fi
 
 # The Debian package starts a system-wide redis-server on port 6379 where an init system
 # runs; the tests start their own on free ports and never use it, so it is left alone.
-for pkg in "${PACKAGES[@]}"; do
-    status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
-    if [[ "$status" != "installed" ]]; then
+for pkg in "${REQUIRED[@]}"; do
+    if ! installed "$pkg"; then
         echo "install-system-deps: $pkg still not installed" >&2
         exit 1
     fi

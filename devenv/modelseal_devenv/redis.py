@@ -17,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 
 import redis as redis_py
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from modelseal_devenv.common import LOOPBACK, ManagedProcess, StartError, free_port, wait_until
 
@@ -50,6 +52,15 @@ def redis_server_version(binary: Path | None = None) -> str:
     raise StartError(f"cannot read the redis-server version from {out!r}")
 
 
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 class RedisServer:
     """redis-server on 127.0.0.1:<free port> with its data in `workdir` (default: a temp dir).
 
@@ -72,6 +83,7 @@ class RedisServer:
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "redis.conf"
         self.log_path = self.workdir / "redis.log"
+        self._port_fixed = port is not None  # a free port we picked may be re-picked
         self.port = port or free_port()
         self.password = password
         self.startup_timeout = startup_timeout
@@ -142,21 +154,44 @@ class RedisServer:
             socket_connect_timeout=2,
         )
 
-    def ping(self) -> bool:
-        with self.client() as client:
-            return bool(client.ping())
+    def ping(self, timeout: float = 1.0) -> bool:
+        """One quick PING (no retries), so start-up notices a dead server at once."""
+        quick = redis_py.Redis(
+            host=LOOPBACK,
+            port=self.port,
+            password=self.password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        with quick:
+            return bool(quick.ping())
 
     def start(self) -> RedisServer:
         """Start (or start again, same port and data folder); waits for PING."""
         if self.running:
             return self
         binary = redis_server_binary()
-        self._write_config()
         t0 = time.monotonic()
-        self._process = ManagedProcess(
-            "redis-server", [str(binary), str(self.config_path)], self.log_path, cwd=self.workdir
-        ).start()
-        wait_until(self.ping, "redis PING", self.startup_timeout, self._process)
+        for attempt in range(3):
+            self._write_config()
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._process = ManagedProcess(
+                "redis-server",
+                [str(binary), str(self.config_path)],
+                self.log_path,
+                cwd=self.workdir,
+            ).start()
+            try:
+                wait_until(self.ping, "redis PING", self.startup_timeout, self._process)
+                break
+            except StartError:
+                self._process.stop(timeout=5)
+                clash = "Address already in use" in _read_from(self.log_path, offset)
+                if self._port_fixed or attempt == 2 or not clash:
+                    raise
+                self.port = free_port()  # taken between free_port() and the bind
+        self._port_fixed = True  # restarts come back on the same port
         self.start_seconds = time.monotonic() - t0
         with self.client(decode_responses=True) as client:
             info = client.info("server")

@@ -31,6 +31,15 @@ def moto_version() -> str:
     return importlib.metadata.version("moto")
 
 
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 class S3Server:
     """moto's S3 (and other AWS APIs) on http://127.0.0.1:<free port>."""
 
@@ -46,6 +55,7 @@ class S3Server:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="modelseal-s3-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "moto.log"
+        self._port_fixed = port is not None  # a free port we picked may be re-picked
         self.port = port or free_port()
         self.region = region
         self.access_key = ACCESS_KEY
@@ -96,25 +106,44 @@ class S3Server:
         with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback http
             return int(resp.status) == 200
 
-    def start(self) -> S3Server:
-        if self.running:
-            return self
-        argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
-        env = {
+    def _argv(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
+
+    def _env(self) -> dict[str, str]:
+        return {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(self.workdir),
             "PYTHONUNBUFFERED": "1",
             "PYTHONWARNINGS": "ignore",  # the server's own warnings must not reach the tests
+            "NO_COLOR": "1",
             "MOTO_PORT": str(self.port),
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": self.region,
         }
+
+    def start(self) -> S3Server:
+        if self.running:
+            return self
         t0 = time.monotonic()
-        self._process = ManagedProcess(
-            "moto-server", argv, self.log_path, env=env, cwd=self.workdir
-        ).start()
-        wait_until(self._alive, "moto server /moto-api", self.startup_timeout, self._process)
+        for attempt in range(3):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._process = ManagedProcess(
+                "moto-server", self._argv(), self.log_path, env=self._env(), cwd=self.workdir
+            ).start()
+            try:
+                wait_until(
+                    self._alive, "moto server /moto-api", self.startup_timeout, self._process
+                )
+                break
+            except StartError:
+                self._process.stop(timeout=5)
+                log = _read_from(self.log_path, offset)
+                clash = "already in use" in log or "in use by another program" in log
+                if self._port_fixed or attempt == 2 or not clash:
+                    raise
+                self.port = free_port()  # taken between free_port() and the bind
+        self._port_fixed = True  # restarts come back on the same port
         self.start_seconds = time.monotonic() - t0
         return self
 

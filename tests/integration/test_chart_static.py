@@ -192,15 +192,6 @@ def test_schema_refuses_a_string_replica_count_from_a_file(helm: Path, tmp_path:
     assert "got string, want integer" in result.stderr or "expected integer" in result.stderr
 
 
-@pytest.mark.integration
-def test_release_name_may_not_collide_with_model_names(helm: Path) -> None:
-    result = run_helm(
-        helm, "template", "sealed-x", str(CHART), "--set", "fullnameOverride=sealed-x", check=False
-    )
-    assert result.returncode != 0
-    assert "reserve" in result.stderr
-
-
 # --------------------------------------------------------------------------- CRDs
 
 
@@ -335,6 +326,9 @@ def test_admission_policies_are_bound_and_name_modelseal(helm: Path) -> None:
     policies = {p["metadata"]["name"]: p for p in by_kind(docs, "ValidatingAdmissionPolicy")}
     bindings = {b["spec"]["policyName"] for b in by_kind(docs, "ValidatingAdmissionPolicyBinding")}
     assert set(policies) == bindings
+    for b in by_kind(docs, "ValidatingAdmissionPolicyBinding"):
+        if "paramKind" in policies[b["spec"]["policyName"]]["spec"]:
+            assert b["spec"]["paramRef"] == {"selector": {}, "parameterNotFoundAction": "Allow"}
     assert {
         "ms-modelseal-interactive-access",
         "ms-modelseal-sa-borrowing-pods",
@@ -343,8 +337,14 @@ def test_admission_policies_are_bound_and_name_modelseal(helm: Path) -> None:
         "ms-modelseal-owned-objects",
         "ms-modelseal-output-policy",
     } == set(policies)
-    for p in policies.values():
+    for name, p in policies.items():
         assert p["spec"]["failurePolicy"] == "Fail"
+        if not name.endswith("output-policy"):
+            # The ProtectedModels of the request's namespace are the parameters.
+            assert p["spec"]["paramKind"] == {
+                "apiVersion": "modelseal.io/v1alpha1",
+                "kind": "ProtectedModel",
+            }
         assert p["spec"]["matchConditions"][0]["name"] == "not-break-glass"
         for v in p["spec"]["validations"]:
             assert v["messageExpression"].startswith("'Modelseal: ")
@@ -415,3 +415,41 @@ def test_make_images_says_so_without_a_builder(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "no container builder" in result.stdout
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def known_metric_series() -> set[str]:
+    """Every series name the gateway (and, once it has them, the operator) exports."""
+    from prometheus_client import CollectorRegistry
+
+    from modelseal.gateway.metrics import GatewayMetrics
+
+    registry = CollectorRegistry()
+    GatewayMetrics(registry)
+    names: set[str] = set()
+    for family in registry.collect():
+        if family.type == "counter":
+            names |= {family.name + "_total", family.name + "_created"}
+        elif family.type == "histogram":
+            names |= {family.name + s for s in ("_bucket", "_sum", "_count", "_created")}
+        else:
+            names.add(family.name)
+    return names
+
+
+def test_dashboard_uses_only_exported_metrics() -> None:
+    import json
+
+    dash = json.loads((CHART / "files" / "dashboards" / "modelseal.json").read_text())
+    assert dash["uid"] == "modelseal-overview"
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", []) if "expr" in t] + [
+        v["query"]["query"] for v in dash["templating"]["list"] if isinstance(v.get("query"), dict)
+    ]
+    used = {m for e in exprs for m in re.findall(r"\bmodelseal_[a-z_]+\b", e)}
+    assert used, "the dashboard queries no Modelseal metric"
+    unknown = used - known_metric_series()
+    assert not unknown, f"dashboard queries metrics nobody exports: {sorted(unknown)}"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))

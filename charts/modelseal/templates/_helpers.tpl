@@ -90,27 +90,31 @@ seccompProfile:
 {{- end }}
 
 {{/*
-The contract with the operator's renderer (operator/modelseal/render), which the admission
-guards, the PodMonitor and the Redis NetworkPolicy rely on:
-  * a model's Deployment and ServiceAccount are named  <modelNamePrefix><ProtectedModel name>,
-    so its Pods are named <modelNamePrefix><name>-<hash>-<suffix>. Names are immutable, so a
-    guard keyed on them cannot be dodged by relabelling (for CONNECT requests the API server
-    shows the policy only the pod's name and the exec/attach/port-forward options);
+The contract with the operator's renderer (operator/modelseal/render/names.py), which the
+admission guards, the PodMonitor and the Redis NetworkPolicy rely on:
+  * a model's ServiceAccount and Deployment are named after its ProtectedModel, so the
+    model's Pods are named <ProtectedModel name>-<pod-template-hash>-<suffix>, where hash
+    and suffix use only Kubernetes' "safe" alphabet (bcdfghjklmnpqrstvwxz2456789). The
+    guards take the ProtectedModels of the request's namespace as their parameters
+    (paramKind), so they know which ServiceAccounts and Pods are a model's without any label
+    a tenant could edit. For CONNECT requests the API server shows a policy only the pod's
+    name and the exec/attach/port-forward options, hence the name pattern;
   * every object it owns carries a controller ownerReference to its ProtectedModel;
-  * model Pods carry the labels of modelseal.modelPodSelector and name the gateway's metrics
-    container port as modelseal.modelPodMetricsPort.
+  * model Pods carry the labels of modelseal.modelPodSelector, and the gateway's metrics
+    container port is named modelseal.modelPodMetricsPort.
 */}}
-{{- define "modelseal.modelNamePrefix" -}}
-sealed-
-{{- end }}
-
 {{- define "modelseal.modelPodSelector" -}}
+app.kubernetes.io/name: modelseal-model
 app.kubernetes.io/managed-by: modelseal-operator
-app.kubernetes.io/component: model
 {{- end }}
 
 {{- define "modelseal.modelPodMetricsPort" -}}
-gw-metrics
+metrics
+{{- end }}
+
+{{/* CEL: is the pod named request.name one of the pods of the model params? */}}
+{{- define "modelseal.cel.isModelPodName" -}}
+request.name.matches('^' + params.metadata.name + '-[bcdfghjklmnpqrstvwxz2456789-]+$')
 {{- end }}
 
 {{/* Kubernetes' own controllers, under per-controller credentials

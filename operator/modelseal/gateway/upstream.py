@@ -76,7 +76,7 @@ class Upstream:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
         options = [
             ("grpc.max_send_message_length", self.max_message_bytes),

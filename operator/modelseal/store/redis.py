@@ -66,6 +66,7 @@ class RedisStore(CounterStore):
         timeout_s: float = 1.0,
         lease_ms: int = 120_000,
         max_connections: int = 64,
+        pool_timeout_s: float = 10.0,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -73,7 +74,7 @@ class RedisStore(CounterStore):
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=timeout_s,
+            timeout=pool_timeout_s,  # waiting for a free connection is not Redis being down
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),

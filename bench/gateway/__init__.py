@@ -1,0 +1,1 @@
+"""Gateway benchmark and the process harness its integration tests share."""

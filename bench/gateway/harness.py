@@ -205,3 +205,40 @@ def triton_success_count(triton_http_url: str, model: str) -> int:
         int(m["inference_stats"]["success"]["count"]) + int(m["inference_stats"]["fail"]["count"])
         for m in stats["model_stats"]
     )
+
+
+def digits_body(n: int = 1) -> bytes:
+    from modelseal_devenv.models import sample_digits
+
+    images, _ = sample_digits(n)
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "INPUT",
+                    "datatype": "FP32",
+                    "shape": [n, 64],
+                    "data": images.flatten().tolist(),
+                }
+            ]
+        }
+    ).encode()
+
+
+def call(
+    url: str,
+    body: bytes | None = None,
+    key: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    method: str | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request: (status, headers, body), errors included."""
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    if key is not None:
+        all_headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, data=body, headers=all_headers, method=method)  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
+            return int(resp.status), dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), dict(exc.headers), exc.read()

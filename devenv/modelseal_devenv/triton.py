@@ -239,6 +239,7 @@ class TritonServer:
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.metrics_port = free_port()
+        self._ports_fixed = False
         self.shm_prefix = f"modelseal-triton-{os.getpid()}-{secrets.token_hex(4)}"
         self.version = ""
         self.start_seconds = 0.0
@@ -285,7 +286,7 @@ class TritonServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.close()
 
     def argv(self, backends_root: Path) -> list[str]:
         args = [
@@ -345,9 +346,11 @@ class TritonServer:
                 fresh = self._log_since(start_offset)
                 self._process.stop(timeout=10)
                 self._cleanup_shm()
-                if attempt < 2 and any(s in fresh for s in _PORT_CLASH):
+                clash = any(s in fresh for s in _PORT_CLASH)
+                if attempt < 2 and clash and not self._ports_fixed:
                     continue
                 raise
+        self._ports_fixed = True  # restarts come back on the same ports
         self.start_seconds = time.monotonic() - t0
         self.version = str(self.metadata().get("version", ""))
         return self

@@ -402,6 +402,7 @@ class GrpcFront:
                 raise GatewayError(
                     504 if exc.timeout else 502, str(exc), decision="error"
                 ) from None
+            ctx.version = version or meta.served_version
             policy = lic.output_policy
             plan = None
             forward = request

@@ -255,6 +255,7 @@ class HttpFront:
             raise GatewayError(404, str(exc)) from None
         except UpstreamError as exc:
             raise GatewayError(504 if exc.timeout else 502, str(exc), decision="error") from None
+        ctx.version = version or meta.served_version
         policy = lic.output_policy
         plan = None
         headers = {"Content-Type": "application/json"}
@@ -306,8 +307,6 @@ class HttpFront:
         if dropped:
             gw.metrics.policy_dropped.labels(lic.tenant, model).inc(len(dropped))
             ctx.reason = f"output policy withheld {dropped}"
-        if isinstance(answer.get("model_version"), str):
-            ctx.version = answer["model_version"]
         return _json(200, restricted)
 
 

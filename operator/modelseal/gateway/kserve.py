@@ -79,6 +79,12 @@ class ModelMeta:
         return None
 
     @property
+    def served_version(self) -> str:
+        """The version an unversioned request gets (Triton's default policy: the latest)."""
+        numeric = [v for v in self.versions if v.isdigit()]
+        return max(numeric, key=int) if numeric else ""
+
+    @property
     def output_types(self) -> list[tuple[str, str]]:
         return [(t.name, t.datatype) for t in self.outputs]
 

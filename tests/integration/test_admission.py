@@ -1,0 +1,493 @@
+"""The chart's admission guards (ValidatingAdmissionPolicy) against a real API server.
+
+A tenant with admin rights in its namespace (``mallory``) attacks a protected model:
+exec / attach / port-forward / debug containers into its pods, pods, workloads and tokens
+that borrow its ServiceAccount, edits of what the operator owns. Each is refused with a
+message naming Modelseal; the same actions on an ordinary pod, or by the break-glass
+group, pass admission. The model's pods themselves are created through the real chain
+(operator → Deployment → deployment controller → ReplicaSet → replicaset controller → Pod).
+
+There is no kubelet (kwok fakes the nodes), so an exec that passes admission still fails,
+later, with the API server's own error about reaching the kubelet; the tests tell the two
+apart by the status and message.
+
+These tests run on a control plane of their own (see test_chart_install.py for why).
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from tests.integration.test_chart_static import CHART, build_helm
+from tests.unit.test_argocd_health import CUSTOMIZATIONS
+
+from modelseal_devenv.kube import KubeCluster, ensure_binaries
+
+pytestmark = pytest.mark.integration
+
+RELEASE, RELEASE_NS = "ms", "modelseal-system"
+OPERATOR = f"system:serviceaccount:{RELEASE_NS}:ms-modelseal-operator"
+BREAK_GLASS = "modelseal:break-glass"
+MODEL = "digits"
+GROUP, VERSION = "modelseal.io", "v1alpha1"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except ApiException as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def client_as(cluster: KubeCluster, user: str, group: str | None = None) -> Any:
+    """An ApiClient that impersonates ``user`` (the admin kubeconfig may impersonate)."""
+    api = cluster.api_client()
+    api.set_default_header("Impersonate-User", user)
+    if group:
+        api.set_default_header("Impersonate-Group", group)
+    return api
+
+
+def refused(call: Callable[[], Any]) -> ApiException:
+    with pytest.raises(ApiException) as info:
+        call()
+    return info.value
+
+
+def assert_refused_by_modelseal(exc: ApiException, *words: str) -> None:
+    assert exc.status == 403, (exc.status, exc.body)
+    assert "ValidatingAdmissionPolicy" in exc.body, exc.body
+    assert "Modelseal: " in exc.body, exc.body
+    for word in words:
+        assert word in exc.body, (word, exc.body)
+
+
+def assert_not_refused_by_policy(exc: ApiException) -> None:
+    """The request got past admission: whatever failed, it was not one of our policies."""
+    assert "ValidatingAdmissionPolicy" not in (exc.body or ""), exc.body
+    assert "Modelseal" not in (exc.body or ""), exc.body
+    assert exc.status != 403, (exc.status, exc.body)
+
+
+def connect(api: Any, ns: str, pod: str, kind: str) -> Any:
+    """One CONNECT request (plain POST, no stream upgrade): exec, attach or portforward."""
+    core = k8s.CoreV1Api(api)
+    if kind == "exec":
+        return core.connect_post_namespaced_pod_exec(
+            pod,
+            ns,
+            command=["cat", "/models/digits/1/model.py"],
+            stdout=True,
+            _request_timeout=20,
+        )
+    if kind == "attach":
+        return core.connect_post_namespaced_pod_attach(pod, ns, stdout=True, _request_timeout=20)
+    return core.connect_post_namespaced_pod_portforward(pod, ns, ports=8000, _request_timeout=20)
+
+
+DEBUG_CONTAINER = {
+    "name": "debugger",
+    "image": "busybox",
+    "command": ["sh"],
+    "stdin": True,
+    "tty": True,
+    "targetContainerName": "triton",
+}
+
+
+def add_debug_container(api: Any, ns: str, pod: str) -> Any:
+    core = k8s.CoreV1Api(api)
+    live = core.read_namespaced_pod(pod, ns)
+    body = api.sanitize_for_serialization(live)
+    body["spec"]["ephemeralContainers"] = [
+        *(body["spec"].get("ephemeralContainers") or []),
+        {**DEBUG_CONTAINER, "name": f"debugger-{uuid.uuid4().hex[:4]}"},
+    ]
+    return core.replace_namespaced_pod_ephemeralcontainers(pod, ns, body)
+
+
+def pod_body(name: str, service_account: str = "default") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "serviceAccountName": service_account,
+            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}],
+        },
+    }
+
+
+def workload_body(kind: str, name: str, service_account: str) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": service_account,
+                    "containers": [{"name": "thief", "image": "busybox"}],
+                },
+            },
+        },
+    }
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[KubeCluster]:
+    with KubeCluster(nodes=1, bin_dir=ensure_binaries()) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def admin(cluster: KubeCluster) -> Iterator[Any]:
+    api = cluster.api_client()
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture(scope="module")
+def chart(cluster: KubeCluster, admin: Any) -> str:
+    """The chart, installed with helm; returns once the guards refuse a probe request."""
+    helm = build_helm()
+    result = subprocess.run(
+        [
+            str(helm),
+            f"--kubeconfig={cluster.kubeconfig}",
+            "install",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            RELEASE_NS,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "180s",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    # The break-glass group gets its rights from RBAC like anyone (here: cluster-admin).
+    rbac = k8s.RbacAuthorizationV1Api(admin)
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": "break-glass-admins"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [
+                {"kind": "Group", "name": BREAK_GLASS, "apiGroup": "rbac.authorization.k8s.io"}
+            ],
+        }
+    )
+    return RELEASE
+
+
+@pytest.fixture(scope="module")
+def tenant(cluster: KubeCluster, admin: Any, chart: str) -> dict[str, Any]:
+    """A tenant namespace with one ProtectedModel, its objects made by the 'operator', its
+    pods made by Kubernetes' controllers, and an ordinary pod beside it."""
+    ns = f"tenant-{uuid.uuid4().hex[:6]}"
+    core = k8s.CoreV1Api(admin)
+    core.create_namespace({"metadata": {"name": ns}})
+    # mallory administers the namespace: the usual rights of a tenant team.
+    k8s.RbacAuthorizationV1Api(admin).create_namespaced_role_binding(
+        ns,
+        {
+            "metadata": {"name": "mallory-admin"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "admin",
+            },
+            "subjects": [
+                {"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}
+            ],
+        },
+    )
+    doc = yaml.safe_load((CUSTOMIZATIONS / "ProtectedModel/testdata/healthy.yaml").read_text())
+    pm = k8s.CustomObjectsApi(admin).create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        "protectedmodels",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ProtectedModel",
+            "metadata": {"name": MODEL},
+            "spec": doc["spec"],
+        },
+    )
+    owner = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ProtectedModel",
+        "name": MODEL,
+        "uid": pm["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    # What the operator renders, written with the operator's own identity and RBAC.
+    op = client_as(cluster, OPERATOR)
+    op_core, op_apps = k8s.CoreV1Api(op), k8s.AppsV1Api(op)
+    meta = {
+        "name": MODEL,
+        "ownerReferences": [owner],
+        "labels": {"app.kubernetes.io/managed-by": "modelseal-operator"},
+    }
+    op_core.create_namespaced_service_account(ns, {"metadata": meta})
+    op_core.create_namespaced_config_map(
+        ns, {"metadata": {**meta, "name": f"{MODEL}-license"}, "data": {"license.json": "{}"}}
+    )
+    dep = workload_body("Deployment", MODEL, MODEL)
+    dep["metadata"] = copy.deepcopy(meta)
+    dep["spec"]["template"]["spec"]["containers"] = [
+        {"name": "triton", "image": "nvcr.io/nvidia/tritonserver:24.08-py3"}
+    ]
+    op_apps.create_namespaced_deployment(ns, dep)
+    pods = wait_for(
+        lambda: [
+            p
+            for p in core.list_namespaced_pod(ns, label_selector=f"app={MODEL}").items
+            if p.spec.node_name
+        ],
+        "the model's pod, created by the ReplicaSet controller and scheduled",
+        timeout=90,
+    )
+    model_pod = pods[0].metadata.name
+    # An ordinary pod beside it, made by the tenant.
+    mallory = client_as(cluster, "mallory")
+    k8s.CoreV1Api(mallory).create_namespaced_pod(ns, pod_body("web"))
+    wait_for(
+        lambda: core.read_namespaced_pod("web", ns).spec.node_name, "the ordinary pod scheduled"
+    )
+    # The guards are live once a probe is refused (policies take a moment to load).
+    wait_for(
+        lambda: "Modelseal" in ((_try_exec(mallory, ns, model_pod) or ApiException()).body or ""),
+        "the admission policies to be active",
+    )
+    return {"ns": ns, "model_pod": model_pod, "mallory": mallory, "operator": op}
+
+
+def _try_exec(api: Any, ns: str, pod: str) -> ApiException | None:
+    try:
+        connect(api, ns, pod, "exec")
+    except ApiException as exc:
+        return exc
+    return None
+
+
+# --------------------------------------------------------------------------- interactive
+
+
+@pytest.mark.parametrize("kind", ["exec", "attach", "portforward"])
+def test_connect_to_a_model_pod_is_refused(tenant: dict[str, Any], kind: str) -> None:
+    exc = refused(lambda: connect(tenant["mallory"], tenant["ns"], tenant["model_pod"], kind))
+    assert_refused_by_modelseal(exc, tenant["model_pod"], f"protected model {MODEL}")
+
+
+@pytest.mark.parametrize("kind", ["exec", "attach", "portforward"])
+def test_connect_to_a_model_pod_is_refused_to_cluster_admins_too(
+    admin: Any, tenant: dict[str, Any], kind: str
+) -> None:
+    exc = refused(lambda: connect(admin, tenant["ns"], tenant["model_pod"], kind))
+    assert_refused_by_modelseal(exc, "Break-glass")
+
+
+@pytest.mark.parametrize("kind", ["exec", "attach", "portforward"])
+def test_connect_to_an_ordinary_pod_passes_admission(tenant: dict[str, Any], kind: str) -> None:
+    # No kubelet: the API server fails after admission, with its own error (not a 403).
+    exc = refused(lambda: connect(tenant["mallory"], tenant["ns"], "web", kind))
+    assert_not_refused_by_policy(exc)
+
+
+def test_break_glass_group_passes(cluster: KubeCluster, tenant: dict[str, Any]) -> None:
+    responder = client_as(cluster, "oncall", BREAK_GLASS)
+    exc = refused(lambda: connect(responder, tenant["ns"], tenant["model_pod"], "exec"))
+    assert_not_refused_by_policy(exc)
+
+
+def test_debug_container_on_a_model_pod_is_refused(tenant: dict[str, Any]) -> None:
+    exc = refused(lambda: add_debug_container(tenant["mallory"], tenant["ns"], tenant["model_pod"]))
+    assert_refused_by_modelseal(exc, "ephemeral (debug) container")
+
+
+def test_debug_container_on_an_ordinary_pod_is_allowed(tenant: dict[str, Any]) -> None:
+    pod = add_debug_container(tenant["mallory"], tenant["ns"], "web")
+    assert any(c.name.startswith("debugger-") for c in pod.spec.ephemeral_containers)
+
+
+# --------------------------------------------------------------------------- borrowing
+
+
+def test_pod_borrowing_the_models_service_account_is_refused(
+    admin: Any, tenant: dict[str, Any]
+) -> None:
+    for api in (tenant["mallory"], admin):
+        exc = refused(
+            lambda api=api: k8s.CoreV1Api(api).create_namespaced_pod(
+                tenant["ns"], pod_body(f"thief-{uuid.uuid4().hex[:4]}", MODEL)
+            )
+        )
+        assert_refused_by_modelseal(exc, f"ServiceAccount {MODEL}", "own Deployment")
+
+
+def test_pod_with_its_own_service_account_is_allowed(tenant: dict[str, Any]) -> None:
+    pod = k8s.CoreV1Api(tenant["mallory"]).create_namespaced_pod(
+        tenant["ns"], pod_body(f"ok-{uuid.uuid4().hex[:4]}")
+    )
+    assert pod.spec.service_account_name == "default"
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "ReplicaSet", "StatefulSet"])
+def test_workloads_borrowing_the_service_account_are_refused(
+    tenant: dict[str, Any], kind: str
+) -> None:
+    apps = k8s.AppsV1Api(tenant["mallory"])
+    create = {
+        "Deployment": apps.create_namespaced_deployment,
+        "ReplicaSet": apps.create_namespaced_replica_set,
+        "StatefulSet": apps.create_namespaced_stateful_set,
+    }[kind]
+    body = workload_body(kind, f"borrow-{kind.lower()}", MODEL)
+    if kind == "StatefulSet":
+        # The StatefulSet itself is not guarded, but its controller may not create the pod:
+        # it records the refusal as a FailedCreate event.
+        body["spec"]["serviceName"] = "x"
+        create(tenant["ns"], body)
+        name = body["metadata"]["name"]
+        core = k8s.CoreV1Api(tenant["mallory"])
+        event = wait_for(
+            lambda: [
+                e
+                for e in core.list_namespaced_event(
+                    tenant["ns"], field_selector=f"involvedObject.name={name}"
+                ).items
+                if e.reason == "FailedCreate"
+            ],
+            "the StatefulSet controller's FailedCreate event",
+        )[0]
+        assert "Modelseal: " in event.message, event.message
+        assert core.list_namespaced_pod(tenant["ns"], label_selector=f"app={name}").items == []
+        return
+    exc = refused(lambda: create(tenant["ns"], body))
+    assert_refused_by_modelseal(exc, "only be written by the Modelseal operator")
+
+
+def test_token_for_the_models_service_account_is_refused(
+    admin: Any, tenant: dict[str, Any]
+) -> None:
+    request = {"spec": {"audiences": ["vault"], "expirationSeconds": 600}}
+    for api in (tenant["mallory"], admin):
+        exc = refused(
+            lambda api=api: k8s.CoreV1Api(api).create_namespaced_service_account_token(
+                MODEL, tenant["ns"], request
+            )
+        )
+        assert_refused_by_modelseal(exc, "only be issued to the kubelet")
+    token = k8s.CoreV1Api(tenant["mallory"]).create_namespaced_service_account_token(
+        "default", tenant["ns"], request
+    )
+    assert token.status.token
+
+
+def test_long_lived_token_secret_for_the_model_is_refused(tenant: dict[str, Any]) -> None:
+    body = {
+        "metadata": {
+            "name": "stolen-token",
+            "annotations": {"kubernetes.io/service-account.name": MODEL},
+        },
+        "type": "kubernetes.io/service-account-token",
+    }
+    exc = refused(
+        lambda: k8s.CoreV1Api(tenant["mallory"]).create_namespaced_secret(tenant["ns"], body)
+    )
+    assert_refused_by_modelseal(exc, "ServiceAccount digits")
+
+
+# --------------------------------------------------------------------------- owned objects
+
+
+def test_edits_of_owned_objects_are_refused(tenant: dict[str, Any]) -> None:
+    ns, mallory = tenant["ns"], tenant["mallory"]
+    apps, core = k8s.AppsV1Api(mallory), k8s.CoreV1Api(mallory)
+    new_image = {
+        "spec": {"template": {"spec": {"containers": [{"name": "triton", "image": "evil"}]}}}
+    }
+    assert_refused_by_modelseal(
+        refused(lambda: apps.patch_namespaced_deployment(MODEL, ns, new_image)),
+        f"Deployment {ns}/{MODEL}",
+        "change the ProtectedModel instead",
+    )
+    assert_refused_by_modelseal(
+        refused(
+            lambda: apps.patch_namespaced_deployment_scale(MODEL, ns, {"spec": {"replicas": 9}})
+        )
+    )
+    assert_refused_by_modelseal(
+        refused(
+            lambda: core.patch_namespaced_config_map(
+                f"{MODEL}-license", ns, {"data": {"license.json": '{"quotas": "none"}'}}
+            )
+        ),
+        "ConfigMap",
+    )
+    assert_refused_by_modelseal(
+        refused(lambda: core.delete_namespaced_config_map(f"{MODEL}-license", ns)), "delete"
+    )
+    assert_refused_by_modelseal(
+        refused(lambda: core.delete_namespaced_service_account(MODEL, ns)), "ServiceAccount"
+    )
+
+
+def test_the_operator_may_edit_what_it_owns(tenant: dict[str, Any]) -> None:
+    core = k8s.CoreV1Api(tenant["operator"])
+    cm = core.patch_namespaced_config_map(
+        f"{MODEL}-license", tenant["ns"], {"data": {"license.json": '{"v": 2}'}}
+    )
+    assert cm.data["license.json"] == '{"v": 2}'
+
+
+def test_namespace_without_models_is_not_guarded(cluster: KubeCluster, admin: Any) -> None:
+    """No ProtectedModel in the namespace: nothing is protected, even a look-alike name."""
+    ns = f"plain-{uuid.uuid4().hex[:6]}"
+    core = k8s.CoreV1Api(admin)
+    core.create_namespace({"metadata": {"name": ns}})
+    core.create_namespaced_service_account(ns, {"metadata": {"name": MODEL}})
+    pod = core.create_namespaced_pod(ns, pod_body(f"{MODEL}-7c9d8b5f4-x2x4z", MODEL))
+    assert pod.metadata.name.startswith(MODEL)
+    exc = refused(lambda: connect(admin, ns, pod.metadata.name, "exec"))
+    assert_not_refused_by_policy(exc)

@@ -386,3 +386,49 @@ def _next_slot(
         if progress:
             progress(plain_len)
     return slots.take(), 0
+
+
+def digest_records(
+    header: BundleHeader,
+    stream: BinaryIO,
+    *,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> tuple[bytes, Trailer]:
+    """Hash the chunk records that follow the header (no key needed); read the trailer.
+
+    Returns the bundle digest and the trailer. Proves nothing about authenticity: that
+    needs the key (`open_payload`).
+    """
+    core = header.core
+    workers = workers or default_workers()
+    tree = TreeDigest(header)
+    slots = _Slots(max(2, 2 * workers), core.chunk_size)
+    failure = _Failure()
+
+    def work(i: int, slot: tuple[bytearray, bytearray], rec_len: int) -> None:
+        try:
+            tree.add(i, leaf_hash(memoryview(slot[0])[:rec_len]))
+            if progress:
+                progress(rec_len)
+        except BaseException as exc:
+            failure.set(exc)
+        finally:
+            slots.give(slot)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="digest") as pool:
+        try:
+            for i in range(core.chunk_count):
+                slot = slots.take()
+                rec_len = core.chunk_plain_len(i) + TAG_SIZE
+                try:
+                    readinto_exact(stream, memoryview(slot[0])[:rec_len], f"chunk {i}")
+                except BaseException:
+                    slots.give(slot)
+                    raise
+                pool.submit(work, i, slot, rec_len)
+        except BaseException as exc:
+            failure.set(exc)
+    failure.check()
+    trailer = read_trailer(stream)
+    return tree.finish(), trailer

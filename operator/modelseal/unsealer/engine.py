@@ -1,0 +1,408 @@
+"""Unseal a bundle stream into a directory: verify, decrypt in parallel, publish atomically.
+
+Used by the unsealer role and by `modelseal unseal`. The steps:
+
+1. refuse a destination whose parent is not tmpfs/ramfs (unless `allow_non_tmpfs`), and
+   one whose filesystem lacks room for the plaintext size the header declares;
+2. unwrap the data key through the caller's `unwrap` (Vault Transit), check it against the
+   header's key commitment, and keep only the derived cipher;
+3. decrypt into a private staging directory (mode 0700) next to the destination, in the
+   same filesystem; only authenticated chunks are ever written;
+4. when every chunk, the manifest, the trailer, the digest pin and the signature check out,
+   set the modes and rename the staging directory to the destination in one step.
+
+On any failure the staging directory is overwritten with zeros and removed, so no
+plaintext byte stays behind, and the error propagates. Nothing here logs or raises key
+bytes or plaintext.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import secrets
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from modelseal.crypto import BundleError
+from modelseal.crypto import format as fmt
+from modelseal.crypto.manifest import Manifest
+from modelseal.crypto.pipeline import OpenResult, Progress, default_workers, open_payload
+from modelseal.crypto.stream import ChunkCipher, SecretBytes
+
+log = logging.getLogger("modelseal.unsealer")
+
+TMPFS_MAGIC = 0x01021994
+RAMFS_MAGIC = 0x858458F6
+MEMORY_FS = {"tmpfs": TMPFS_MAGIC, "ramfs": RAMFS_MAGIC}
+STAGING_PREFIX = ".modelseal-staging-"
+_OPEN_FDS_LIMIT = 512
+_ZEROS = bytes(1 << 20)
+
+
+class UnsealError(Exception):
+    """The unseal cannot proceed (bad target, no room, key mismatch...)."""
+
+
+class NotTmpfsError(UnsealError):
+    """The target is not a memory filesystem."""
+
+
+# ------------------------------------------------------------------------- filesystem
+
+
+def _statfs_magic(path: Path) -> int | None:
+    """f_type of statfs(2), or None when it cannot be called (not Linux/glibc 64-bit)."""
+    if sys.platform != "linux" or ctypes.sizeof(ctypes.c_long) != 8:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit
+        if libc.statfs(os.fsencode(path), buf) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return int.from_bytes(buf.raw[:8], sys.byteorder, signed=False)
+
+
+def _unescape_mount(field: str) -> str:
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def _mountinfo_fstype(path: Path, mountinfo: str | None = None) -> str | None:
+    """fstype of the mount that holds `path`, from /proc/self/mountinfo."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        mount_point = _unescape_mount(fields[4])
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, right.split()[0]
+    return best_type
+
+
+def filesystem_type(path: Path) -> str:
+    """'tmpfs', 'ramfs', or a description of another filesystem."""
+    magic = _statfs_magic(path)
+    if magic is not None:
+        for name, value in MEMORY_FS.items():
+            if magic == value:
+                return name
+        return _mountinfo_fstype(path) or f"magic 0x{magic:08x}"
+    return _mountinfo_fstype(path) or "unknown"
+
+
+def check_memory_fs(path: Path, allow_non_tmpfs: bool) -> str:
+    fstype = filesystem_type(path)
+    if fstype in MEMORY_FS:
+        return fstype
+    if allow_non_tmpfs:
+        log.warning(
+            "target %s is %s, not tmpfs: decrypted model files will reach that filesystem "
+            "(allowed by the development flag)",
+            path,
+            fstype,
+        )
+        return fstype
+    raise NotTmpfsError(
+        f"refusing to unseal into {path}: it is on {fstype}, not tmpfs; plaintext may only "
+        "live in memory (mount an emptyDir with medium: Memory, or set the development "
+        "flag allow_non_tmpfs)"
+    )
+
+
+def check_room(path: Path, header: fmt.BundleHeader) -> None:
+    core = header.core
+    st = os.statvfs(path)
+    block = st.f_frsize or 4096
+    need = core.plaintext_size + (core.file_count + 1) * block
+    free = st.f_bavail * block
+    if need > free:
+        raise UnsealError(
+            f"{path} has {free} bytes free, the bundle needs about {need} "
+            f"(plaintext size {core.plaintext_size}); size the memory volume from the "
+            "bundle's plaintext size"
+        )
+    if st.f_files and st.f_favail < core.file_count + 1:
+        raise UnsealError(f"{path} has too few free inodes for {core.file_count} files")
+
+
+# ----------------------------------------------------------------------------- wiping
+
+
+def wipe_tree(path: Path, overwrite: bool = True) -> None:
+    """Overwrite every regular file under `path` with zeros, then remove the tree.
+
+    Never follows symlinks. Best effort: keeps going past errors, raises the first one at
+    the end if something could not be removed.
+    """
+    first_error: OSError | None = None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        _wipe_file(path, overwrite)
+        return
+    for root, dirs, files, root_fd in os.fwalk(path, topdown=False, follow_symlinks=False):
+        for name in files + dirs:
+            try:
+                st = os.lstat(name, dir_fd=root_fd)
+                if stat.S_ISDIR(st.st_mode):
+                    os.chmod(name, 0o700, dir_fd=root_fd)
+                    os.rmdir(name, dir_fd=root_fd)
+                    continue
+                if overwrite and stat.S_ISREG(st.st_mode) and st.st_size:
+                    _zero(name, st.st_size, root_fd)
+                os.unlink(name, dir_fd=root_fd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                first_error = first_error or exc
+        del root
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        first_error = first_error or exc
+    if first_error is not None:
+        raise UnsealError(f"could not wipe {path} completely: {first_error.strerror}")
+
+
+def _zero(name: str | Path, size: int, dir_fd: int | None = None) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        pos = 0
+        while pos < size:
+            pos += os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), size - pos)], pos)
+    finally:
+        os.close(fd)
+
+
+def _wipe_file(path: Path, overwrite: bool) -> None:
+    st = os.lstat(path)
+    if overwrite and stat.S_ISREG(st.st_mode) and st.st_size:
+        _zero(path, st.st_size)
+    os.unlink(path)
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+class DirectorySink:
+    """Creates the manifest's tree under a staging directory and writes file pieces."""
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.files = manifest.files
+        self.fds: list[int] = []
+        self._lock = threading.Lock()
+        for entry in manifest.entries:
+            if entry.type == "dir":
+                (root / entry.path).mkdir(mode=0o700, parents=True, exist_ok=True)
+        keep_open = len(self.files) <= _OPEN_FDS_LIMIT
+        for entry in self.files:
+            target = root / entry.path
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(
+                target,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
+            if keep_open:
+                self.fds.append(fd)
+            else:
+                os.close(fd)
+
+    def write(self, file_index: int, offset: int, data: memoryview) -> None:
+        if self.fds:
+            _pwrite_all(self.fds[file_index], data, offset)
+            return
+        path = self.root / self.files[file_index].path
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            _pwrite_all(fd, data, offset)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def finalize_modes(self) -> None:
+        for entry in reversed(self.manifest.entries):
+            path = self.root / entry.path
+            if entry.type == "file":
+                os.chmod(path, entry.mode & 0o755)
+            else:
+                os.chmod(path, (entry.mode & 0o755) | 0o700)
+        os.chmod(self.root, 0o755)  # noqa: S103 - Triton (same pod) reads the tree
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
+# ---------------------------------------------------------------------------- unseal
+
+
+@dataclass(frozen=True)
+class UnsealOptions:
+    workers: int = 0
+    pinned_digest: bytes | None = None
+    trusted_keys: Sequence[Ed25519PublicKey] | None = None
+    allow_non_tmpfs: bool = False
+    expected_key_name: str | None = None
+    progress: Progress | None = None
+    wipe_overwrite: bool = True
+
+
+@dataclass(frozen=True)
+class UnsealReport:
+    destination: Path
+    header: fmt.BundleHeader
+    result: OpenResult
+    fstype: str
+    seconds: float
+
+    @property
+    def digest(self) -> str:
+        return fmt.format_digest(self.result.digest)
+
+
+Unwrap = Callable[[fmt.Envelope], SecretBytes]
+
+
+def unseal_stream(
+    stream: BinaryIO,
+    destination: Path,
+    unwrap: Unwrap,
+    options: UnsealOptions | None = None,
+    on_header: Callable[[fmt.BundleHeader], None] | None = None,
+) -> UnsealReport:
+    """Unseal the bundle read from `stream` into `destination` (which must not exist)."""
+    opts = options or UnsealOptions()
+    started = time.monotonic()
+    destination = Path(os.path.abspath(destination))
+    parent = destination.parent
+    if not parent.is_dir():
+        raise UnsealError(f"{parent} does not exist or is not a directory")
+    if os.path.lexists(destination):
+        raise UnsealError(f"{destination} already exists; refusing to overwrite it")
+    fstype = check_memory_fs(parent, opts.allow_non_tmpfs)
+
+    header = fmt.read_header(stream)
+    if on_header is not None:
+        on_header(header)
+    env = header.envelope
+    if opts.expected_key_name and env.key_name != opts.expected_key_name:
+        raise UnsealError(
+            f"the bundle's data key is wrapped by Transit key {env.key_name!r}, but this "
+            f"unsealer may use only {opts.expected_key_name!r}"
+        )
+    check_room(parent, header)
+
+    key = unwrap(env)
+    try:
+        cipher = ChunkCipher(header, key)
+    finally:
+        key.wipe()
+
+    staging = parent / f"{STAGING_PREFIX}{destination.name}-{secrets.token_hex(6)}"
+    os.mkdir(staging, 0o700)
+    sinks: list[DirectorySink] = []
+    try:
+
+        def on_manifest(manifest: Manifest) -> DirectorySink:
+            sinks.append(DirectorySink(staging, manifest))
+            return sinks[-1]
+
+        result = open_payload(
+            header,
+            stream,
+            cipher,
+            on_manifest,
+            workers=opts.workers or default_workers(),
+            pinned_digest=opts.pinned_digest,
+            trusted_keys=opts.trusted_keys,
+            progress=opts.progress,
+        )
+        sink = sinks[0]
+        sink.close()
+        sink.finalize_modes()
+        try:
+            os.rename(staging, destination)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise UnsealError(f"{destination} appeared while unsealing") from None
+            raise
+    except BaseException:
+        for s in sinks:
+            s.close()
+        try:
+            wipe_tree(staging, overwrite=opts.wipe_overwrite)
+        except Exception as wipe_exc:  # report, but the original error matters more
+            log.error("cleanup after a failed unseal: %s", wipe_exc)
+        raise
+    return UnsealReport(destination, header, result, fstype, time.monotonic() - started)
+
+
+def clean_stale_staging(parent: Path, overwrite: bool = True) -> int:
+    """Remove staging directories a crashed unseal left behind; returns how many."""
+    count = 0
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return 0
+    for name in names:
+        if name.startswith(STAGING_PREFIX):
+            wipe_tree(parent / name, overwrite=overwrite)
+            count += 1
+    return count
+
+
+__all__ = [
+    "BundleError",
+    "NotTmpfsError",
+    "UnsealError",
+    "UnsealOptions",
+    "UnsealReport",
+    "check_memory_fs",
+    "clean_stale_staging",
+    "filesystem_type",
+    "unseal_stream",
+    "wipe_tree",
+]

@@ -453,3 +453,20 @@ def test_dashboard_uses_only_exported_metrics() -> None:
     assert not unknown, f"dashboard queries metrics nobody exports: {sorted(unknown)}"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+
+
+# --------------------------------------------------------------------------- examples
+
+
+@pytest.mark.integration
+def test_argocd_example_installs_this_chart_with_valid_values(helm: Path, tmp_path: Path) -> None:
+    apps = list(yaml.safe_load_all((REPO / "examples" / "argocd-application.yaml").read_text()))
+    chart_app = next(a for a in apps if a["spec"]["source"]["path"] == "charts/modelseal")
+    assert chart_app["kind"] == "Application"
+    assert "ServerSideApply=true" in chart_app["spec"]["syncPolicy"]["syncOptions"]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(chart_app["spec"]["source"]["helm"]["valuesObject"]))
+    docs = render(helm, values, release=chart_app["spec"]["source"]["helm"]["releaseName"])
+    assert by_kind(docs, "PodMonitor")
+    tenants = [a for a in apps if a["spec"]["source"]["path"] == "examples"]
+    assert tenants and tenants[0]["spec"]["syncPolicy"]["automated"]["prune"] is False

@@ -1,1 +1,4 @@
-"""Real test servers (Kubernetes, Vault, Triton, Redis, S3) started on 127.0.0.1 for tests, env-check and the demo."""
+"""Real test servers (Kubernetes, Vault, Triton, Redis, S3) on 127.0.0.1.
+
+Used by the tests, `make env-check` and `make demo`.
+"""

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -57,6 +59,13 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 _LIVE: list[ManagedProcess] = []
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the parent dies, so a killed test run leaves no servers."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class ManagedProcess:
@@ -89,6 +98,10 @@ class ManagedProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,  # so stop() can signal the whole process group
+                # The death signal follows the starting *thread*: only tie it to the main one.
+                preexec_fn=_die_with_parent
+                if threading.current_thread() is threading.main_thread()
+                else None,
             )
         except OSError as exc:
             raise StartError(f"{self.name}: cannot run {self.argv[0]}: {exc}") from exc
@@ -110,7 +123,8 @@ class ManagedProcess:
         return tail(self.log_path, lines)
 
     def fail(self, what: str) -> StartError:
-        state = "running" if self.running else f"exited with {self.proc.returncode if self.proc else '?'}"
+        code = self.proc.returncode if self.proc else "?"
+        state = "running" if self.running else f"exited with {code}"
         return StartError(
             f"{self.name} {what} ({state}); last lines of {self.log_path}:\n{self.log_tail()}"
         )
@@ -153,7 +167,7 @@ def wait_until(
         try:
             if check():
                 return
-        except Exception:  # noqa: S112 - not ready yet; keep polling until the deadline
+        except Exception:  # noqa: S110 - not ready yet; keep polling until the deadline
             pass
         time.sleep(interval)
     if process is not None:
@@ -164,7 +178,11 @@ def wait_until(
 def run_checked(argv: Sequence[str], what: str, **kwargs: object) -> str:
     """Run a short command; on failure raise with its output."""
     result = subprocess.run(
-        [str(a) for a in argv], capture_output=True, text=True, check=False, **kwargs  # type: ignore[call-overload]
+        [str(a) for a in argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        **kwargs,  # type: ignore[call-overload]
     )
     if result.returncode != 0:
         raise StartError(f"{what} failed ({result.returncode}): {result.stdout}\n{result.stderr}")

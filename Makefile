@@ -49,13 +49,13 @@ typecheck: venv
 unit: venv
 	$(VENV)/bin/pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
-test: venv system-deps testservers lint typecheck
+test: system-deps venv testservers lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-env-check: venv system-deps testservers
+env-check: system-deps venv testservers
 	$(PY) -m modelseal_devenv.envcheck
 
-demo: venv system-deps testservers
+demo: system-deps venv testservers
 	$(PY) -m modelseal_devenv.demo
 
 clean:

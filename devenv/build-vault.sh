@@ -53,44 +53,43 @@ build_date="${build_date:-1970-01-01T00:00:00Z}"
 echo "building vault $version -> $dest (cold builds take a long while)" >&2
 start=$(date +%s)
 tmp="$dest_dir/vault.tmp.$$"
-overlay_dir="$(mktemp -d)"
-trap 'rm -rf "$tmp" "$overlay_dir"' EXIT
+work="$(mktemp -d)"
+src="$cache/src/vault-$version"
+trap 'rm -rf "$tmp" "$work" "$src"' EXIT
 
-# Source fixes applied through `go build -overlay` (see the comment in go/vault/go.mod):
-# the published sdk v0.21.0 has ActivationFunc(ctx, req, flagName); Vault 1.21.x calls it
-# with two arguments. Each fix names a file, the exact text and its replacement; a fix
-# whose text is not found (another Vault version) is skipped with a note.
+# Vault 1.21.x needs two source fixes to build against the published sdk (see the comment
+# in go/vault/go.mod). `go build -overlay` may not replace files in the module cache, so
+# the module is copied (58 MB), fixed there, and the wrapper is built with a temporary
+# go.mod that adds `replace github.com/hashicorp/vault => <copy>`; the committed
+# go.mod/go.sum stay as they are. Each fix names a file, the exact text and its
+# replacement; a fix whose text is not found (another Vault version) is skipped with a note.
 vault_dir="$(go list -m -f '{{.Dir}}' github.com/hashicorp/vault 9>&-)"
-overlay_json="$overlay_dir/overlay.json"
-overlay_entries=()
+rm -rf "$src"
+mkdir -p "$(dirname "$src")"
+cp -a "$vault_dir" "$src"
+chmod -R u+w "$src"
 fix() { # fix REL_PATH OLD NEW
-    local src="$vault_dir/$1" dst="$overlay_dir/${1//\//_}"
-    if [[ -f "$dst" ]]; then src="$dst"; fi
-    if ! grep -qF -- "$2" "$src"; then
+    if ! grep -qF -- "$2" "$src/$1"; then
         echo "note: source fix not applied (text not found in $1): $2" >&2
         return 0
     fi
-    OLD="$2" NEW="$3" perl -pe 's/\Q$ENV{OLD}\E/$ENV{NEW}/g' "$src" >"$dst.new"
-    mv -f "$dst.new" "$dst"
-    local entry="\"$vault_dir/$1\": \"$dst\""
-    [[ " ${overlay_entries[*]} " == *"$entry"* ]] || overlay_entries+=("$entry")
+    OLD="$2" NEW="$3" perl -pi -e 's/\Q$ENV{OLD}\E/$ENV{NEW}/g' "$src/$1"
 }
+# sdk v0.21.0 has framework.Backend.ActivationFunc(ctx, req, flagName); 1.21.x passes two.
 fix vault/identity_store.go \
     'ActivationFunc: iStore.activateDeduplication,' \
     'ActivationFunc: func(ctx context.Context, req *logical.Request, _ string) error { return iStore.activateDeduplication(ctx, req) },'
 fix vault/logical_system_activation_flags.go \
     'b.idStoreBackend.ActivationFunc(ctx, nil)' \
     'b.idStoreBackend.ActivationFunc(ctx, nil, "")'
-overlay_args=()
-if ((${#overlay_entries[@]})); then
-    (IFS=,; echo "{\"Replace\": {${overlay_entries[*]}}}") >"$overlay_json"
-    overlay_args=(-overlay "$overlay_json")
-fi
+cp go.mod go.sum "$work/"
+go mod edit -modfile="$work/go.mod" -replace "github.com/hashicorp/vault=$src" 9>&-
+
 # No `ui` build tag: the web UI is not embedded (http/assets_stub.go). CGO off, as upstream
 # release builds. version.Version comes from the module's embedded VERSION file.
 CGO_ENABLED=0 nice -n "${VAULT_BUILD_NICE:-0}" go build \
     -trimpath \
-    "${overlay_args[@]}" \
+    -modfile="$work/go.mod" \
     -tags vault \
     -ldflags "-s -w -X github.com/hashicorp/vault/version.GitCommit=v$version -X github.com/hashicorp/vault/version.BuildDate=$build_date" \
     -o "$tmp" \

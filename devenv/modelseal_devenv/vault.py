@@ -164,7 +164,11 @@ class VaultServer:
     # --- life cycle -------------------------------------------------------------------
 
     def __enter__(self) -> VaultServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(
         self,
@@ -193,6 +197,9 @@ class VaultServer:
         """Start the process, initialise (first time or inmem) and unseal it, mount engines."""
         if self.running:
             return self
+        if self.process is not None:  # after crash(): reap it, drop clients of the old one
+            self._stop_process()
+        self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
         env["HOME"] = str(self.workdir)  # no ~/.vault-token, no user CLI config
@@ -226,7 +233,8 @@ class VaultServer:
         return self
 
     def stop(self) -> None:
-        """Stop the server and remove its work folder (when this object made it)."""
+        """Stop the server and remove its work folder (when this object made it), so a
+        later start() begins from scratch; restart() is the one that keeps the data."""
         self._stop_process()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)

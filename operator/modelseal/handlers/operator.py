@@ -1,0 +1,144 @@
+"""kopf wiring: which events wake which reconcile. The only module that imports kopf.
+
+* ProtectedModel events → reconcile the model (create, update, resume, and any change of
+  its status or metadata: the reconcile is level-triggered and writes nothing when in sync).
+* ProtectedModel deletion → withdraw its Vault access under our finalizer
+  (``<api_group>/finalizer``); ownerReferences remove its objects.
+* ModelLicense events → reconcile the license, which re-evaluates the models naming it.
+* Events of objects we own (labelled ``app.kubernetes.io/managed-by``) → reconcile their
+  model: a drifted Deployment is put back within a watch event's delay.
+
+kopf's own persistence uses our prefix (annotations ``<api_group>/…``), posts no Events
+of its own (we post ours), and runs standalone (no peering objects to write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+
+from modelseal.config import Settings
+from modelseal.handlers.reconciler import Reconciler
+from modelseal.models.spec import GROUP, LICENSE_PLURAL, MODEL_PLURAL, VERSION
+from modelseal.render.names import LABEL_MODEL, MANAGED_BY
+from modelseal.vault.auth import VaultError
+
+log = logging.getLogger("modelseal.operator")
+
+OWNED = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "serviceaccounts"),
+    ("", "v1", "pods"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+)
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings, api_group: str) -> None:
+    p = kopf_settings.persistence
+    p.finalizer = f"{api_group}/finalizer"
+    p.progress_storage = kopf.AnnotationsProgressStorage(prefix=api_group)
+    p.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api_group, key="last-handled-configuration"
+    )
+    kopf_settings.posting.enabled = False
+    kopf_settings.peering.standalone = True
+    kopf_settings.watching.server_timeout = 300
+    kopf_settings.watching.client_timeout = 330
+    kopf_settings.networking.request_timeout = 60
+
+
+def build_registry(
+    settings: Settings, reconciler: Reconciler, background: list[asyncio.Task[None]]
+) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In-cluster ServiceAccount, else KUBECONFIG (the same as the reconciler's client).
+        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+        return info
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings, _api_group)
+        await reconciler.auditor.start()
+        background.append(asyncio.create_task(_periodic(reconciler, _resync_s), name="resync"))
+
+    _api_group = settings.api_group
+    _resync_s = settings.resync_interval_s
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await reconciler.queue.close()
+        await reconciler.auditor.close()
+        reconciler.vault.close()
+
+    @kopf.on.event(GROUP, VERSION, MODEL_PLURAL, registry=registry)
+    async def model_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        meta = body.get("metadata") or {}
+        if type == "DELETED":
+            return
+        reconciler.enqueue_model(str(meta.get("namespace")), str(meta.get("name")))
+
+    @kopf.on.delete(GROUP, VERSION, MODEL_PLURAL, registry=registry, optional=False)
+    async def model_deleted(body: kopf.Body, **_: Any) -> None:
+        try:
+            await reconciler.delete_model(dict(body))
+        except VaultError as exc:
+            raise kopf.TemporaryError(f"cannot withdraw Vault access yet: {exc}", delay=5) from exc
+
+    @kopf.on.event(GROUP, VERSION, LICENSE_PLURAL, registry=registry)
+    async def license_event(body: kopf.Body, **_: Any) -> None:
+        meta = body.get("metadata") or {}
+        reconciler.enqueue_license(str(meta.get("namespace")), str(meta.get("name")))
+
+    for group, version, plural in OWNED:
+
+        @kopf.on.event(
+            group,
+            version,
+            plural,
+            labels={"app.kubernetes.io/managed-by": MANAGED_BY, LABEL_MODEL: kopf.PRESENT},
+            registry=registry,
+            id=f"owned-{plural}",
+        )
+        async def owned_event(body: kopf.Body, **_: Any) -> None:
+            meta = body.get("metadata") or {}
+            model = (meta.get("labels") or {}).get(LABEL_MODEL)
+            if model:
+                reconciler.enqueue_model(str(meta.get("namespace")), str(model))
+
+    @kopf.on.probe(id="queue", registry=registry)
+    def queue_probe(**_: Any) -> int:
+        return reconciler.queue.pending()
+
+    return registry
+
+
+async def _periodic(reconciler: Reconciler, interval_s: float) -> None:
+    """Resync every model and license, and collect orphaned Vault roles, now and then."""
+    first = True
+    while True:
+        await asyncio.sleep(min(30.0, interval_s) if first else interval_s)
+        first = False
+        try:
+            removed = await reconciler.collect_vault_garbage()
+            if removed:
+                log.warning("collected %d orphaned Vault role(s)", len(removed))
+        except Exception:
+            log.exception("Vault garbage collection failed")
+        try:
+            await reconciler.resync_all()
+        except Exception:
+            log.exception("resync failed")

@@ -1,0 +1,887 @@
+"""The operator's reconcile loop for ProtectedModels and ModelLicenses (no kopf here).
+
+Level-triggered: whatever woke it (a watch event on the model, its license or one of its
+objects, a timer, a resync), a reconcile reads the current state, decides with the pure
+modules (`modelseal.models`, `modelseal.render`) and writes only what differs:
+
+1. the model and its license (and the other models drawing on the license's seats);
+2. the license decision; then Vault: the Transit key must exist, and the model's policy
+   and role are created or repaired while the license grants it, and withdrawn otherwise;
+3. the owned objects (ServiceAccount, triton-control Secret, license ConfigMap, Service,
+   NetworkPolicy, Deployment): created when missing, put back when they drifted, with
+   zero replicas while the model may not run;
+4. the status (conditions with observedGeneration, endpoint, replicas, served version),
+   patched only when it changed, with an Event and an audit record per decision.
+
+Nothing is written when nothing changed, so a resync or an operator restart costs reads
+only. Vault access is never provisioned before kopf's finalizer is on the model, so a
+deletion always passes through `delete_model`, which withdraws it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from modelseal.config import Settings
+from modelseal.handlers.auditing import Auditor
+from modelseal.handlers.metrics import Metrics
+from modelseal.handlers.vaultio import VaultSession
+from modelseal.handlers.workqueue import RetryLater, WorkQueue
+from modelseal.k8s import api as k8s
+from modelseal.k8s.api import ApiError, Kube
+from modelseal.models import conditions as cond
+from modelseal.models.license import LicenseDecision, decide, license_state, license_usage
+from modelseal.models.spec import (
+    API_VERSION,
+    GROUP,
+    LICENSE_KIND,
+    LICENSE_PLURAL,
+    MODEL_KIND,
+    MODEL_PLURAL,
+    VERSION,
+    LicenseSpec,
+    ModelSpec,
+    ObjectMeta,
+    SpecError,
+    parse_license,
+    parse_meta,
+    parse_model,
+)
+from modelseal.models.status import (
+    ARTIFACT_VERIFIED,
+    DEGRADED,
+    KEY_ACCESSIBLE,
+    LICENSE_VALID,
+    MODEL_CONDITIONS,
+    READY,
+    VALID,
+    ArtifactState,
+    KeyState,
+    ModelObservation,
+    WorkloadState,
+    license_status,
+    model_status,
+)
+from modelseal.render import manifests
+from modelseal.render.compare import conflict, differences, update_body
+from modelseal.render.model import Rendered, render_model
+from modelseal.render.names import ANNOTATION_DIGEST, LABEL_MODEL, LABEL_VERSION, names_for
+from modelseal.render.vault import vault_access
+from modelseal.vault import provision
+from modelseal.vault.auth import VaultError, VaultUnreachableError
+
+log = logging.getLogger("modelseal.operator")
+
+MODELS = k8s.custom_kind(MODEL_KIND, GROUP, VERSION, MODEL_PLURAL)
+LICENSES = k8s.custom_kind(LICENSE_KIND, GROUP, VERSION, LICENSE_PLURAL)
+ANNOTATION_RENDERED = "modelseal.io/rendered-hash"
+COMPONENT = "modelseal-operator"
+#: Conditions whose transitions become Events (and, for the license, audit records).
+EVENT_CONDITIONS = (READY, LICENSE_VALID, KEY_ACCESSIBLE, ARTIFACT_VERIFIED, DEGRADED)
+APPLY_ORDER = ("ServiceAccount", "ConfigMap", "Service", "NetworkPolicy", "Deployment")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ref(kind: str, meta: ObjectMeta | Mapping[str, Any]) -> dict[str, str]:
+    if isinstance(meta, ObjectMeta):
+        return {
+            "apiVersion": API_VERSION,
+            "kind": kind,
+            "namespace": meta.namespace,
+            "name": meta.name,
+            "uid": meta.uid,
+        }
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "namespace": str(meta.get("namespace", "")),
+        "name": str(meta.get("name", "")),
+        "uid": str(meta.get("uid", "")),
+    }
+
+
+def _stamp(desired: dict[str, Any]) -> dict[str, Any]:
+    """The desired object with a hash of itself in an annotation (tells drift from updates)."""
+    digest = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()[:16]
+    out = copy.deepcopy(desired)
+    out["metadata"].setdefault("annotations", {})[ANNOTATION_RENDERED] = digest
+    return out
+
+
+def _merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning `old` into `new` (lists are replaced whole)."""
+    patch: dict[str, Any] = {}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            sub = _merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif before != value:
+            patch[key] = value
+    return patch
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        kube: Kube,
+        vault: VaultSession,
+        metrics: Metrics,
+        auditor: Auditor,
+        now: Callable[[], datetime] = _now,
+    ) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.vault = vault
+        self.metrics = metrics
+        self.auditor = auditor
+        self.now = now
+        self.finalizer = f"{settings.api_group}/finalizer"
+        self.queue = WorkQueue(self._work, concurrency=4, on_depth=metrics.queue_depth.set)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._model_claims: dict[str, tuple[Any, ...]] = {}
+        self._license_seen: dict[str, tuple[Any, ...]] = {}
+        self._model_conditions: dict[str, dict[str, str]] = {}
+
+    # --- queue ---------------------------------------------------------------------------
+    def enqueue_model(self, namespace: str, name: str, delay: float = 0.0) -> None:
+        self.queue.add(f"pm/{namespace}/{name}", delay)
+
+    def enqueue_license(self, namespace: str, name: str, delay: float = 0.0) -> None:
+        self.queue.add(f"ml/{namespace}/{name}", delay)
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def _work(self, key: str) -> float | None:
+        kind, namespace, name = key.split("/", 2)
+        started = time.monotonic()
+        label = "ProtectedModel" if kind == "pm" else "ModelLicense"
+        try:
+            if kind == "pm":
+                async with self._lock(f"{namespace}/{name}"):
+                    result = await self.reconcile_model(namespace, name)
+            else:
+                result = await self.reconcile_license(namespace, name)
+        except Exception as exc:
+            stage = "kubernetes" if isinstance(exc, ApiError) else "internal"
+            self.metrics.errors.labels(label, stage).inc()
+            self.metrics.reconciles.labels(label, "error").inc()
+            raise
+        finally:
+            self.metrics.reconcile_seconds.labels(label).observe(time.monotonic() - started)
+        self.metrics.reconciles.labels(label, "ok").inc()
+        return result
+
+    # --- Events --------------------------------------------------------------------------
+    async def event(
+        self, involved: Mapping[str, str], type_: str, reason: str, message: str
+    ) -> None:
+        """Post a core/v1 Event about a custom resource (best effort)."""
+        now = self.now()
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{involved['name']}.",
+                "namespace": involved["namespace"],
+                "labels": {"app.kubernetes.io/managed-by": COMPONENT},
+            },
+            "involvedObject": dict(involved),
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            await self.kube.create(k8s.EVENT, involved["namespace"], body)
+        except ApiError as exc:
+            log.warning("could not post Event %s: %s", reason, exc)
+
+    def _log(self, level: int, ref: Mapping[str, str], msg: str, *args: Any) -> None:
+        log.log(level, msg, *args, extra={"k8s_ref": dict(ref)})
+
+    # --- ProtectedModel ------------------------------------------------------------------
+    async def reconcile_model(self, namespace: str, name: str) -> float | None:
+        body = await self.kube.get(MODELS, namespace, name)
+        key = f"{namespace}/{name}"
+        if body is None:
+            self._forget_model(key)
+            return None
+        meta = parse_meta(body)
+        ref = _ref(MODEL_KIND, meta)
+        if meta.deleting:
+            return None  # the delete handler withdraws access; owners' GC removes the rest
+        if self.finalizer not in ((body.get("metadata") or {}).get("finalizers") or []):
+            # kopf adds the finalizer first; provisioning waits for it (see module docs).
+            self._log(logging.DEBUG, ref, "waiting for the finalizer before reconciling")
+            return None
+        status_before = dict(body.get("status") or {})
+        now = self.now()
+        try:
+            spec: ModelSpec | None = parse_model(body)
+            spec_error = None
+        except SpecError as exc:
+            spec, spec_error = None, str(exc)
+
+        if spec is None:
+            obs = await self._invalid_model(meta, spec_error or "invalid spec")
+            await self._write_model_status(body, ref, obs, status_before, now, None)
+            return None
+
+        lic, lic_error = await self._license_for(spec)
+        peers = await self._peers(spec) if lic is not None else []
+        decision = decide(spec, lic, peers, now, lic_error)
+        live = await self._live_objects(spec)
+        preview = render_model(spec, lic, decision.granted, self.settings)
+        conflicts = [
+            c
+            for obj in preview.objects()
+            if (found := live.get(obj["kind"])) is not None and (c := conflict(obj, found))
+        ]
+        secret_live = live.get("Secret")
+        secret_name = preview.names.control_secret
+        if secret_live is not None:
+            c = conflict(manifests.control_secret(spec, self.settings, ""), secret_live)
+            if c:
+                conflicts.append(c)
+        conflict_msg = "; ".join(conflicts) or None
+
+        key_state, vault_error = await self._vault_step(spec, decision, conflict_msg, ref)
+        error = vault_error
+        effective = decision.granted and key_state.ok and not conflict_msg
+        rendered = render_model(spec, lic, effective, self.settings)
+        if key_state.reason == "VaultUnavailable" and decision.granted and not conflict_msg:
+            # Vault is down: leave running Pods alone (they hold their model already).
+            dep = live.get("Deployment")
+            keep = int(((dep or {}).get("spec") or {}).get("replicas") or 0)
+            rendered = _with_replicas(rendered, keep)
+
+        deployment = live.get("Deployment")
+        if not conflict_msg:
+            await self._ensure_control_secret(spec, secret_live, secret_name, ref)
+            deployment = await self._apply(rendered, live, ref)
+
+        workload = _workload(deployment, rendered.replicas)
+        artifact = await self._artifact(spec, workload)
+        obs = ModelObservation(
+            meta=meta,
+            spec=spec,
+            decision=decision,
+            key=key_state,
+            workload=workload,
+            artifact=artifact,
+            conflict=conflict_msg,
+            error=error,
+            endpoint=rendered.endpoint,
+            granted_replicas=rendered.replicas,
+        )
+        await self._write_model_status(body, ref, obs, status_before, now, spec)
+
+        # The license's seat usage follows its models.
+        claim = (spec.license_name, spec.serving.replicas, spec.serving.total_gpus, effective)
+        if self._model_claims.get(key) != claim:
+            self._model_claims[key] = claim
+            self.enqueue_license(namespace, spec.license_name)
+
+        if error:
+            raise RetryLater(error)
+        return _seconds_until(decision.next_change, now)
+
+    async def _invalid_model(self, meta: ObjectMeta, message: str) -> ModelObservation:
+        """A spec the operator cannot act on: no Vault access, no Pods."""
+        names = names_for(meta.namespace, meta.name, self.settings.vault_policy_prefix)
+        ref = _ref(MODEL_KIND, meta)
+        key = KeyState("False", "AccessWithdrawn", "no Vault access for an invalid spec")
+        error = None
+        try:
+            await self._withdraw(names.vault_policy, names.vault_role, ref, "invalid spec")
+        except VaultError as exc:
+            key = KeyState("Unknown", "VaultUnavailable", str(exc))
+            error = str(exc)
+        dep = await self.kube.get(k8s.DEPLOYMENT, meta.namespace, names.deployment)
+        if dep is not None and _owned(dep, meta.uid) and (dep.get("spec") or {}).get("replicas"):
+            await self.kube.merge_patch(
+                k8s.DEPLOYMENT, meta.namespace, names.deployment, {"spec": {"replicas": 0}}
+            )
+            dep = await self.kube.get(k8s.DEPLOYMENT, meta.namespace, names.deployment)
+        return ModelObservation(
+            meta=meta,
+            spec=None,
+            spec_error=message,
+            key=key,
+            workload=_workload(dep, 0)
+            if dep is not None and _owned(dep, meta.uid)
+            else WorkloadState(),
+            error=error,
+        )
+
+    async def _license_for(self, spec: ModelSpec) -> tuple[LicenseSpec | None, str | None]:
+        body = await self.kube.get(LICENSES, spec.namespace, spec.license_name)
+        if body is None:
+            return None, None
+        try:
+            return parse_license(body), None
+        except SpecError as exc:
+            return None, str(exc)
+
+    async def _peers(self, spec: ModelSpec) -> list[ModelSpec]:
+        peers: list[ModelSpec] = []
+        for item in await self.kube.list(MODELS, spec.namespace):
+            meta = parse_meta(item)
+            if meta.name == spec.name or meta.deleting:
+                continue
+            try:
+                peer = parse_model(item)
+            except SpecError:
+                continue
+            if peer.license_name == spec.license_name:
+                peers.append(peer)
+        return peers
+
+    async def _live_objects(self, spec: ModelSpec) -> dict[str, dict[str, Any]]:
+        names = names_for(spec.namespace, spec.name, self.settings.vault_policy_prefix)
+        wanted = {
+            "ServiceAccount": (k8s.SERVICE_ACCOUNT, names.service_account),
+            "ConfigMap": (k8s.CONFIG_MAP, names.license_config),
+            "Service": (k8s.SERVICE, names.service),
+            "NetworkPolicy": (k8s.NETWORK_POLICY, names.network_policy),
+            "Deployment": (k8s.DEPLOYMENT, names.deployment),
+            "Secret": (k8s.SECRET, names.control_secret),
+        }
+        results = await asyncio.gather(
+            *(self.kube.get(kind, spec.namespace, name) for kind, name in wanted.values())
+        )
+        return {k: v for k, v in zip(wanted, results, strict=True) if v is not None}
+
+    # --- Vault ---------------------------------------------------------------------------
+    async def _withdraw(
+        self, policy: str, role: str, ref: Mapping[str, str], why: str
+    ) -> provision.Change:
+        mount = self.settings.vault_kubernetes_mount
+        change = await self.vault.run(
+            "withdraw", lambda c: provision.withdraw_access(c, mount, policy, role)
+        )
+        if change.changed:
+            if change.role_deleted:
+                self.metrics.vault_writes.labels("role_delete").inc()
+            if change.policy_deleted:
+                self.metrics.vault_writes.labels("policy_delete").inc()
+            self._log(logging.INFO, ref, "Vault access withdrawn (%s): role %s", why, role)
+            self.auditor.record(
+                "key_access.withdrawn",
+                dict(ref),
+                vault_role=role,
+                vault_policy=policy,
+                reason=why,
+            )
+            await self.event(ref, "Normal", "VaultAccessWithdrawn", f"role {role} removed: {why}")
+        return change
+
+    async def _vault_step(
+        self,
+        spec: ModelSpec,
+        decision: LicenseDecision,
+        conflict_msg: str | None,
+        ref: Mapping[str, str],
+    ) -> tuple[KeyState, str | None]:
+        access = vault_access(spec, self.settings)
+        account = str(access.role["bound_service_account_names"][0])  # type: ignore[index]
+        s = self.settings
+        try:
+            if not decision.granted or conflict_msg:
+                why = decision.message if not decision.granted else (conflict_msg or "")
+                await self._withdraw(access.policy_name, access.role_name, ref, why)
+                return KeyState("False", "AccessWithdrawn", f"no Vault role while: {why}"), None
+            exists = await self.vault.run(
+                "key_check",
+                lambda c: provision.transit_key_exists(c, s.vault_transit_mount, spec.transit_key),
+            )
+            if not exists:
+                await self._withdraw(
+                    access.policy_name, access.role_name, ref, "Transit key missing"
+                )
+                return (
+                    KeyState(
+                        "False",
+                        "KeyNotFound",
+                        f"Transit key {s.vault_transit_mount}/{spec.transit_key} does not exist "
+                        f"in Vault at {s.vault_addr}",
+                    ),
+                    None,
+                )
+            change = await self.vault.run(
+                "provision",
+                lambda c: provision.ensure_access(
+                    c,
+                    s.vault_kubernetes_mount,
+                    access.policy_name,
+                    access.policy,
+                    access.role_name,
+                    access.role,
+                ),
+            )
+            if change.changed:
+                if change.policy_written:
+                    self.metrics.vault_writes.labels("policy_write").inc()
+                if change.role_written:
+                    self.metrics.vault_writes.labels("role_write").inc()
+                self._log(logging.INFO, ref, "Vault access provisioned: role %s", access.role_name)
+                self.auditor.record(
+                    "key_access.provisioned",
+                    dict(ref),
+                    tenant=spec.tenant,
+                    license=spec.license_name,
+                    vault_role=access.role_name,
+                    vault_policy=access.policy_name,
+                    transit_key=f"{s.vault_transit_mount}/{spec.transit_key}",
+                    service_account=f"{spec.namespace}/{account}",
+                    token_ttl=access.role["token_ttl"],
+                )
+                await self.event(
+                    ref,
+                    "Normal",
+                    "VaultAccessProvisioned",
+                    f"role {access.role_name} (ServiceAccount {spec.namespace}/{spec.name}) may "
+                    f"decrypt with {s.vault_transit_mount}/{spec.transit_key} only",
+                )
+            return (
+                KeyState(
+                    "True",
+                    "KeyProvisioned",
+                    f"role {access.role_name} may decrypt with "
+                    f"{s.vault_transit_mount}/{spec.transit_key} only",
+                    role=access.role_name,
+                ),
+                None,
+            )
+        except VaultUnreachableError as exc:
+            self.metrics.errors.labels("ProtectedModel", "vault").inc()
+            return KeyState("Unknown", "VaultUnavailable", str(exc)), str(exc)
+        except VaultError as exc:
+            self.metrics.errors.labels("ProtectedModel", "vault").inc()
+            return KeyState("Unknown", "VaultError", str(exc)), str(exc)
+
+    # --- objects -------------------------------------------------------------------------
+    async def _ensure_control_secret(
+        self, spec: ModelSpec, live: dict[str, Any] | None, name: str, ref: Mapping[str, str]
+    ) -> None:
+        """The random token for Triton's restricted APIs: created once, never compared."""
+        key = manifests.CONTROL_TOKEN_KEY
+        if live is not None and key in (live.get("data") or {}):
+            return
+        token = secrets.token_hex(32)
+        desired = manifests.control_secret(spec, self.settings, token)
+        if live is None:
+            await self.kube.create(k8s.SECRET, spec.namespace, desired)
+        else:
+            body = update_body(desired, live)
+            body["stringData"] = desired["stringData"]
+            await self.kube.replace(k8s.SECRET, spec.namespace, name, body)
+            await self.event(ref, "Warning", "DriftRepaired", f"Secret {name} lost its token")
+
+    async def _apply(
+        self, rendered: Rendered, live: Mapping[str, dict[str, Any]], ref: Mapping[str, str]
+    ) -> dict[str, Any] | None:
+        """Create what is missing and put back what drifted; returns the live Deployment."""
+        created: list[str] = []
+        deployment = live.get("Deployment")
+        for obj in rendered.objects():
+            desired = _stamp(obj)
+            kind = k8s.KINDS[obj["kind"]]
+            name = obj["metadata"]["name"]
+            namespace = obj["metadata"]["namespace"]
+            found = live.get(obj["kind"])
+            if found is None:
+                try:
+                    result = await self.kube.create(kind, namespace, desired)
+                except ApiError as exc:
+                    if not exc.conflict:
+                        raise
+                    raise RetryLater(f"{obj['kind']} {name} appeared meanwhile") from None
+                created.append(f"{obj['kind']} {name}")
+            else:
+                diffs = differences(desired, found)
+                if not diffs:
+                    result = found
+                else:
+                    ours = (found.get("metadata") or {}).get("annotations") or {}
+                    drift = (
+                        ours.get(ANNOTATION_RENDERED)
+                        == desired["metadata"]["annotations"][ANNOTATION_RENDERED]
+                    )
+                    result = await self.kube.replace(
+                        kind, namespace, name, update_body(desired, found)
+                    )
+                    if drift:
+                        self.metrics.drift_repairs.labels(obj["kind"]).inc()
+                        shown = ", ".join(diffs[:6]) + (" …" if len(diffs) > 6 else "")
+                        self._log(
+                            logging.WARNING,
+                            ref,
+                            "%s %s drifted (%s); put back",
+                            obj["kind"],
+                            name,
+                            shown,
+                        )
+                        await self.event(
+                            ref,
+                            "Warning",
+                            "DriftRepaired",
+                            f"{obj['kind']} {name} was changed outside the operator ({shown}); "
+                            "put back",
+                        )
+                    else:
+                        self._log(logging.INFO, ref, "%s %s updated", obj["kind"], name)
+                        if obj["kind"] == "Deployment":
+                            await self.event(
+                                ref,
+                                "Normal",
+                                "Updated",
+                                f"Deployment {name}: {rendered.replicas} replica(s), version "
+                                f"{obj['spec']['template']['metadata']['labels'][LABEL_VERSION]}",
+                            )
+            if obj["kind"] == "Deployment":
+                deployment = result
+        if created:
+            await self.event(ref, "Normal", "Created", "created " + ", ".join(created))
+        return deployment
+
+    async def _artifact(self, spec: ModelSpec, workload: WorkloadState) -> ArtifactState:
+        """What the unsealers of the current version say about the bundle."""
+        pods = await self.kube.list(k8s.POD, spec.namespace, f"{LABEL_MODEL}={spec.name}")
+        current = [
+            p
+            for p in pods
+            if ((p.get("metadata") or {}).get("labels") or {}).get(LABEL_VERSION) == spec.version
+            and ((p.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_DIGEST)
+            == spec.source.digest
+            and not (p.get("metadata") or {}).get("deletionTimestamp")
+        ]
+        failure = None
+        verified = None
+        for pod in current:
+            status = pod.get("status") or {}
+            for cs in status.get("initContainerStatuses") or []:
+                if cs.get("name") != "unsealer":
+                    continue
+                last = ((cs.get("lastState") or {}).get("terminated")) or {}
+                now_term = ((cs.get("state") or {}).get("terminated")) or {}
+                for term in (now_term, last):
+                    if term and int(term.get("exitCode") or 0) != 0:
+                        text = str(term.get("message") or term.get("reason") or "").strip()
+                        failure = (
+                            f"unsealer in Pod {pod['metadata']['name']} failed "
+                            f"(exit {term.get('exitCode')}): {text[-400:]}"
+                        )
+                if cs.get("started") or cs.get("ready"):
+                    verified = pod["metadata"]["name"]
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or []
+            )
+            if ready:
+                verified = pod["metadata"]["name"]
+        if verified:
+            return ArtifactState(
+                "True",
+                "Verified",
+                f"bundle {spec.source.digest} verified and decrypted into memory (Pod {verified})",
+            )
+        if failure:
+            return ArtifactState("False", "UnsealFailed", failure)
+        if workload.desired == 0:
+            return ArtifactState(
+                "Unknown", "NotRunning", f"no Pods of version {spec.version} are asked for"
+            )
+        return ArtifactState(
+            "Unknown", "Pending", f"waiting for an unsealer of version {spec.version}"
+        )
+
+    # --- status --------------------------------------------------------------------------
+    async def _write_model_status(
+        self,
+        body: Mapping[str, Any],
+        ref: Mapping[str, str],
+        obs: ModelObservation,
+        before: dict[str, Any],
+        now: datetime,
+        spec: ModelSpec | None,
+    ) -> None:
+        after = model_status(obs, before, now)
+        key = f"{ref['namespace']}/{ref['name']}"
+        self._track_conditions(key, after)
+        if after == before:
+            return
+        patch = _merge_patch(before, after)
+        await self.kube.merge_patch(
+            MODELS, ref["namespace"], ref["name"], {"status": patch}, sub="status"
+        )
+        for change in cond.transitions(before.get("conditions"), after["conditions"]):
+            ctype = str(change["type"])
+            if ctype not in EVENT_CONDITIONS:
+                continue
+            good = (change["status"] == "True") != (ctype == DEGRADED)
+            await self.event(
+                ref,
+                "Normal" if good else "Warning",
+                str(change["reason"]),
+                f"{ctype}={change['status']}: {change['message']}",
+            )
+            if ctype == LICENSE_VALID:
+                self.metrics.license_decisions.labels(str(change["reason"])).inc()
+                self.auditor.record(
+                    "license.decision",
+                    dict(ref),
+                    tenant=spec.tenant if spec else None,
+                    license=spec.license_name if spec else None,
+                    granted=change["status"] == "True",
+                    reason=change["reason"],
+                    message=change["message"],
+                    replicas=obs.granted_replicas,
+                    gpus=(spec.serving.gpus_per_replica * obs.granted_replicas) if spec else 0,
+                )
+            level = logging.INFO if good else logging.WARNING
+            self._log(
+                level,
+                ref,
+                "%s=%s (%s): %s",
+                ctype,
+                change["status"],
+                change["reason"],
+                change["message"],
+            )
+
+    def _track_conditions(self, key: str, status: Mapping[str, Any]) -> None:
+        self._model_conditions[key] = {
+            str(c["type"]): str(c["status"]) for c in status.get("conditions") or []
+        }
+        self._refresh_model_gauge()
+
+    def _refresh_model_gauge(self) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for ctype in MODEL_CONDITIONS:
+            for value in ("True", "False", "Unknown"):
+                counts[(ctype, value)] = 0
+        for conds in self._model_conditions.values():
+            for ctype, value in conds.items():
+                counts[(ctype, value)] = counts.get((ctype, value), 0) + 1
+        for (ctype, value), n in counts.items():
+            self.metrics.models.labels(ctype, value).set(n)
+
+    def _forget_model(self, key: str) -> None:
+        self._model_conditions.pop(key, None)
+        self._model_claims.pop(key, None)
+        self._locks.pop(key, None)
+        self._refresh_model_gauge()
+
+    # --- deletion --------------------------------------------------------------------------
+    async def delete_model(self, body: Mapping[str, Any]) -> None:
+        """Finalizer work: withdraw the model's Vault access (raises to be retried)."""
+        meta = parse_meta(body)
+        names = names_for(meta.namespace, meta.name, self.settings.vault_policy_prefix)
+        ref = _ref(MODEL_KIND, meta)
+        async with self._lock(meta.key):
+            await self._withdraw(names.vault_policy, names.vault_role, ref, "model deleted")
+        self._forget_model(meta.key)
+        spec = (body.get("spec") or {}) if isinstance(body.get("spec"), Mapping) else {}
+        lic_ref = spec.get("licenseRef") if isinstance(spec.get("licenseRef"), Mapping) else None
+        if lic_ref and isinstance(lic_ref.get("name"), str):
+            # Seats freed: the license's other models may now fit.
+            self.enqueue_license(meta.namespace, lic_ref["name"])
+            self._license_seen.pop(f"{meta.namespace}/{lic_ref['name']}", None)
+
+    # --- ModelLicense --------------------------------------------------------------------
+    async def reconcile_license(self, namespace: str, name: str) -> float | None:
+        body = await self.kube.get(LICENSES, namespace, name)
+        key = f"{namespace}/{name}"
+        models = await self.kube.list(MODELS, namespace)
+        named = [
+            m
+            for m in models
+            if isinstance((m.get("spec") or {}).get("licenseRef"), Mapping)
+            and m["spec"]["licenseRef"].get("name") == name
+        ]
+        if body is None:
+            if self._license_seen.pop(key, None) is not None or named:
+                for m in named:
+                    self.enqueue_model(namespace, m["metadata"]["name"])
+            return None
+        meta = parse_meta(body)
+        ref = _ref(LICENSE_KIND, meta)
+        now = self.now()
+        try:
+            lic: LicenseSpec | None = parse_license(body)
+            error = None
+        except SpecError as exc:
+            lic, error = None, str(exc)
+        parsed: list[ModelSpec] = []
+        for m in named:
+            try:
+                parsed.append(parse_model(m))
+            except SpecError:
+                continue
+        usage = license_usage(lic, parsed, now)[0] if lic is not None else None
+        before = dict(body.get("status") or {})
+        after = license_status(lic, meta.generation, error, usage, before, now)
+        if after != before:
+            await self.kube.merge_patch(
+                LICENSES, namespace, name, {"status": _merge_patch(before, after)}, sub="status"
+            )
+            for change in cond.transitions(before.get("conditions"), after["conditions"]):
+                if change["type"] != VALID:
+                    continue
+                good = change["status"] == "True"
+                await self.event(
+                    ref,
+                    "Normal" if good else "Warning",
+                    str(change["reason"]),
+                    f"license {name} of tenant {lic.tenant if lic else '?'}: {change['message']}",
+                )
+                self.auditor.record(
+                    "license.state",
+                    dict(ref),
+                    tenant=lic.tenant if lic else None,
+                    valid=good,
+                    reason=change["reason"],
+                    message=change["message"],
+                )
+        # Re-evaluate the license's models when its terms or state changed.
+        state = license_state(lic, now) if lic is not None else ("InvalidSpec", error, None)
+        seen = (meta.uid, meta.generation, state[0])
+        if self._license_seen.get(key) != seen:
+            self._license_seen[key] = seen
+            for m in named:
+                self.enqueue_model(namespace, m["metadata"]["name"])
+        return _seconds_until(state[2], now)
+
+    # --- safety nets -----------------------------------------------------------------------
+    async def resync_all(self) -> None:
+        """Enqueue every model and license (periodic drift check, Vault included)."""
+        scopes: list[str | None] = [*self.settings.namespaces] or [None]
+        for ns in scopes:
+            for item in await self.kube.list(MODELS, ns):
+                m = item.get("metadata") or {}
+                self.enqueue_model(str(m.get("namespace")), str(m.get("name")))
+            for item in await self.kube.list(LICENSES, ns):
+                m = item.get("metadata") or {}
+                self.enqueue_license(str(m.get("namespace")), str(m.get("name")))
+
+    async def collect_vault_garbage(self) -> list[str]:
+        """Delete our Vault roles whose model is gone (a crash between steps, a manual edit)."""
+        s = self.settings
+        roles = await self.vault.run(
+            "list_roles",
+            lambda c: provision.list_roles(c, s.vault_kubernetes_mount, s.vault_policy_prefix),
+        )
+        removed: list[str] = []
+        for binding in roles:
+            if s.namespaces and binding.namespace not in s.namespaces:
+                continue
+            names = names_for(binding.namespace, binding.service_account, s.vault_policy_prefix)
+            if names.vault_role != binding.role:
+                continue  # not one of ours after all
+            key = f"{binding.namespace}/{binding.service_account}"
+            async with self._lock(key):
+                body = await self.kube.get(MODELS, binding.namespace, binding.service_account)
+                if body is not None and not parse_meta(body).deleting:
+                    continue
+                ref = {
+                    "apiVersion": API_VERSION,
+                    "kind": MODEL_KIND,
+                    "namespace": binding.namespace,
+                    "name": binding.service_account,
+                    "uid": "",
+                }
+                policy, role = names.vault_policy, names.vault_role
+
+                def withdraw(c: Any, policy: str = policy, role: str = role) -> provision.Change:
+                    return provision.withdraw_access(c, s.vault_kubernetes_mount, policy, role)
+
+                change = await self.vault.run("withdraw", withdraw)
+                if change.changed:
+                    removed.append(binding.role)
+                    self.auditor.record(
+                        "key_access.withdrawn",
+                        ref,
+                        vault_role=binding.role,
+                        reason="orphaned role (model no longer exists)",
+                    )
+                    log.warning("removed orphaned Vault role %s", binding.role)
+        return removed
+
+
+def _owned(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(
+        r.get("uid") == uid and r.get("controller")
+        for r in (obj.get("metadata") or {}).get("ownerReferences") or []
+    )
+
+
+def _with_replicas(rendered: Rendered, replicas: int) -> Rendered:
+    dep = copy.deepcopy(rendered.deployment)
+    dep["spec"]["replicas"] = replicas
+    return Rendered(
+        names=rendered.names,
+        service_account=rendered.service_account,
+        license_config=rendered.license_config,
+        service=rendered.service,
+        network_policy=rendered.network_policy,
+        deployment=dep,
+        vault=rendered.vault,
+        endpoint=rendered.endpoint,
+        replicas=replicas,
+    )
+
+
+def _workload(dep: Mapping[str, Any] | None, desired: int) -> WorkloadState:
+    if dep is None:
+        return WorkloadState(exists=False, desired=desired)
+    status = dep.get("status") or {}
+    meta = dep.get("metadata") or {}
+    deadline = any(
+        c.get("type") == "Progressing"
+        and c.get("status") == "False"
+        and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in status.get("conditions") or []
+    )
+    return WorkloadState(
+        exists=True,
+        desired=int((dep.get("spec") or {}).get("replicas") or 0),
+        observed_current=int(status.get("observedGeneration") or 0)
+        >= int(meta.get("generation") or 0),
+        replicas=int(status.get("replicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0),
+        ready=int(status.get("readyReplicas") or 0),
+        available=int(status.get("availableReplicas") or 0),
+        deadline_exceeded=deadline,
+    )
+
+
+def _seconds_until(moment: datetime | None, now: datetime) -> float | None:
+    if moment is None:
+        return None
+    return max(0.5, (moment - now).total_seconds() + 0.5)

@@ -1,0 +1,131 @@
+"""A coalescing work queue: one reconcile per key at a time, later runs folded together.
+
+`add(key)` while the key waits: nothing more; while it runs: it runs once more after.
+`add(key, delay)` keeps the earliest due time. The worker returns the delay after which
+it wants the key again (a license window opening or closing), or None. A failing worker
+is retried with exponential back-off (0.5 s doubling up to 60 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+Worker = Callable[[str], Awaitable[float | None]]
+
+
+class RetryLater(Exception):
+    """The worker could not finish (Vault down, a conflict); run it again after a back-off."""
+
+
+@dataclass
+class _Entry:
+    handle: asyncio.TimerHandle | None = None
+    due: float | None = None
+    running: bool = False
+    dirty: bool = False
+    failures: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class WorkQueue:
+    def __init__(
+        self,
+        worker: Worker,
+        concurrency: int = 4,
+        on_depth: Callable[[int], None] | None = None,
+        max_backoff_s: float = 60.0,
+    ) -> None:
+        self.worker = worker
+        self._sem = asyncio.Semaphore(concurrency)
+        self._entries: dict[str, _Entry] = {}
+        self._on_depth = on_depth
+        self._closed = False
+        self.max_backoff_s = max_backoff_s
+
+    def _depth(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(len(self._entries))
+
+    def add(self, key: str, delay: float = 0.0) -> None:
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        entry = self._entries.setdefault(key, _Entry())
+        if entry.running and delay <= 0:
+            entry.dirty = True
+            return
+        due = loop.time() + max(0.0, delay)
+        if entry.due is not None and entry.due <= due:
+            return
+        if entry.handle is not None:
+            entry.handle.cancel()
+        entry.due = due
+        entry.handle = loop.call_at(due, self._fire, key)
+        self._depth()
+
+    def _fire(self, key: str) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.handle = None
+        entry.due = None
+        if entry.running:
+            entry.dirty = True
+            return
+        entry.running = True
+        entry.task = asyncio.get_running_loop().create_task(self._run(key, entry), name=key)
+
+    async def _run(self, key: str, entry: _Entry) -> None:
+        again: float | None = None
+        try:
+            while True:
+                entry.dirty = False
+                async with self._sem:
+                    try:
+                        again = await self.worker(key)
+                        entry.failures = 0
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        entry.failures += 1
+                        again = min(self.max_backoff_s, 0.5 * 2 ** (entry.failures - 1))
+                        if isinstance(exc, RetryLater):
+                            log.warning("%s: %s; retrying in %.1fs", key, exc, again)
+                        else:
+                            log.exception("reconcile of %s failed; retrying in %.1fs", key, again)
+                if not entry.dirty:
+                    break
+        finally:
+            entry.running = False
+            entry.task = None
+            if entry.handle is None and not self._closed:
+                if again is not None:
+                    self.add(key, again)
+                elif entry.dirty:
+                    self.add(key)
+                else:
+                    self._entries.pop(key, None)
+            self._depth()
+
+    def pending(self) -> int:
+        return len(self._entries)
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = []
+        for entry in self._entries.values():
+            if entry.handle is not None:
+                entry.handle.cancel()
+            if entry.task is not None:
+                entry.task.cancel()
+                tasks.append(entry.task)
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._entries.clear()

@@ -117,6 +117,75 @@ class Settings(BaseSettings):
         0, description="Parallel decryption workers; 0 means one per CPU."
     )
     unsealer_port: int = Field(8081, description="Unsealer readiness/control port.")
+    unsealer_bind_address: str = Field(
+        "0.0.0.0",
+        description="Address the unsealer's readiness/control server listens on.",
+    )
+    bundle_uri: str = Field(
+        "",
+        description="Where the sealed bundle is: file:///path, a mounted path, "
+        "https://host/path or s3://bucket/key.",
+    )
+    bundle_digest: str = Field(
+        "",
+        description="Pinned bundle digest ('sha256tree:<64 hex>'); the unsealer refuses "
+        "any other bundle. Required.",
+    )
+    bundle_transit_key: str = Field(
+        "",
+        description="Transit key this model's unsealer may use; a bundle wrapped by another "
+        "key is refused. Empty: the key the bundle names.",
+    )
+    bundle_trusted_keys_file: Path | None = Field(
+        None,
+        description="PEM file of publisher Ed25519 public keys; when set, the bundle must carry "
+        "a valid signature by one of them.",
+    )
+    unsealer_vault_role: str = Field(
+        "",
+        description="Vault Kubernetes-auth role of this model (when vault_token_file is unset); "
+        "the JWT is service_account_token_file.",
+    )
+    unsealer_repository_subdir: str = Field(
+        "repository",
+        description="Folder under model_dir the model is published as (Triton's "
+        "--model-repository is model_dir/<this>).",
+    )
+    unsealer_ready_marker: str = Field(
+        ".modelseal-ready",
+        description="File under model_dir written (JSON: digest, sizes, time) once the model "
+        "is published; removed on revocation.",
+    )
+    unsealer_license_file: Path | None = Field(
+        None,
+        description="License file the unsealer watches for revocation/expiry; unset means "
+        "license_file (the gateway's).",
+    )
+    unsealer_license_poll_s: float = Field(
+        2.0, description="How often the unsealer re-reads the license file (seconds)."
+    )
+    unsealer_control_token_file: Path | None = Field(
+        None,
+        description="File with a bearer token required by POST /revoke; unset: no token "
+        "(restrict the port with the NetworkPolicy).",
+    )
+    unsealer_triton_models: list[str] = Field(
+        default_factory=list,
+        description="Triton model names to unload on revocation; empty: the bundle's top-level "
+        "folders.",
+    )
+    unsealer_source_timeout_s: float = Field(
+        30.0, description="A bundle source that sends nothing for this long fails (seconds)."
+    )
+    unsealer_source_ca_file: Path | None = Field(
+        None, description="CA bundle for https:// bundle sources."
+    )
+    unsealer_s3_endpoint_url: str = Field(
+        "", description="S3 endpoint for s3:// sources (empty: AWS, or $AWS_ENDPOINT_URL)."
+    )
+    unsealer_allow_http_source: bool = Field(
+        False, description="Development only: allow plain http:// bundle sources."
+    )
 
     # --- gateway ------------------------------------------------------------------------
     gateway_http_port: int = Field(8000, description="Gateway KServe v2 HTTP port.")

@@ -17,7 +17,7 @@ import base64
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final
+from typing import Any, Final, Protocol
 
 from . import _json
 from .errors import FormatError, TruncatedError
@@ -57,6 +57,14 @@ _DIGEST_RE: Final = re.compile(r"^sha256tree:[0-9a-f]{64}$")
 _KEY_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MOUNT_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _WRAPPED_RE: Final = re.compile(r"^vault:v([1-9][0-9]{0,9}):[A-Za-z0-9+/=]{1,4000}$")
+
+
+class ReadStream(Protocol):
+    """What readers need from a stream (files, BytesIO, bundle sources)."""
+
+    def read(self, size: int = -1, /) -> bytes | None: ...
+
+    def readinto(self, buffer: Any, /) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -351,7 +359,7 @@ def with_envelope(header: BundleHeader, envelope: Envelope) -> tuple[BundleHeade
     return new, prefix.pack() + header.core_bytes + env_bytes
 
 
-def read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
+def read_exact(stream: ReadStream, n: int, what: str) -> bytes:
     """Read exactly n bytes or raise TruncatedError."""
     parts: list[bytes] = []
     remaining = n
@@ -371,7 +379,7 @@ def parse_header_bytes(prefix_bytes: bytes, core_bytes: bytes, env_bytes: bytes)
     return BundleHeader(prefix, core, core_bytes, envelope)
 
 
-def read_header(stream: BinaryIO) -> BundleHeader:
+def read_header(stream: ReadStream) -> BundleHeader:
     """Read and parse the prefix, core header and key envelope from a stream."""
     prefix_bytes = read_exact(stream, PREFIX_SIZE, "prefix")
     prefix = parse_prefix(prefix_bytes)
@@ -380,7 +388,7 @@ def read_header(stream: BinaryIO) -> BundleHeader:
     return parse_header_bytes(prefix_bytes, core_bytes, env_bytes)
 
 
-def read_trailer(stream: BinaryIO) -> Trailer:
+def read_trailer(stream: ReadStream) -> Trailer:
     """Read the trailer that follows the last chunk record and check nothing follows it."""
     length = parse_trailer_head(read_exact(stream, TRAILER_HEAD_SIZE, "trailer"))
     trailer = parse_trailer_body(read_exact(stream, length, "trailer"))

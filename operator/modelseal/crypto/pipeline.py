@@ -39,6 +39,7 @@ from .format import (
     BundleHeader,
     CoreHeader,
     Envelope,
+    ReadStream,
     Trailer,
     build_header,
     read_trailer,
@@ -72,11 +73,11 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def readinto_exact(stream: BinaryIO, view: memoryview, what: str) -> None:
+def readinto_exact(stream: ReadStream, view: memoryview, what: str) -> None:
     got = 0
     total = len(view)
     while got < total:
-        n = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        n = stream.readinto(view[got:])
         if not n:
             raise TruncatedError(f"bundle ends inside {what} (truncated)")
         got += n
@@ -123,7 +124,7 @@ class _Failure:
 
 def open_payload(
     header: BundleHeader,
-    stream: BinaryIO,
+    stream: ReadStream,
     cipher: ChunkCipher,
     on_manifest: Callable[[Manifest], FileSink],
     *,
@@ -390,7 +391,7 @@ def _next_slot(
 
 def digest_records(
     header: BundleHeader,
-    stream: BinaryIO,
+    stream: ReadStream,
     *,
     workers: int = 0,
     progress: Progress | None = None,

@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -307,7 +306,7 @@ Unwrap = Callable[[fmt.Envelope], SecretBytes]
 
 
 def unseal_stream(
-    stream: BinaryIO,
+    stream: fmt.ReadStream,
     destination: Path,
     unwrap: Unwrap,
     options: UnsealOptions | None = None,

@@ -1,0 +1,488 @@
+"""The unsealer role: a native sidecar that unseals the model into tmpfs, then guards it.
+
+Life cycle::
+
+    starting -> unsealing -> ready -> revoked
+                    \\-> failed (the process exits non-zero; kubelet restarts it)
+
+- HTTP on `unsealer_bind_address:unsealer_port`: `GET /healthz` (alive), `GET /readyz`
+  (200 only while the model is published: use it as the startup and readiness probe),
+  `GET /status` (JSON, no secrets), `POST /revoke` (bearer token from
+  `unsealer_control_token_file` when set).
+- Revocation (POST /revoke, or the license file showing every license of the model
+  revoked or expired): readiness goes 503 at once, the ready marker is removed, Triton is
+  asked to unload each model (`POST /v2/repository/models/<name>/unload`), and the files
+  are overwritten with zeros and removed. Revocation is final for this process.
+- SIGTERM: the published files are wiped before exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+from modelseal.config import Settings
+from modelseal.crypto import BundleError, sign
+from modelseal.crypto import format as fmt
+from modelseal.crypto.stream import SecretBytes
+from modelseal.sources import SourceError, open_source
+from modelseal.vault import auth, transit
+from modelseal.vault.auth import VaultError
+
+from .engine import (
+    UnsealError,
+    UnsealOptions,
+    UnsealReport,
+    check_memory_fs,
+    clean_stale_staging,
+    unseal_stream,
+    wipe_tree,
+)
+
+log = logging.getLogger("modelseal.unsealer")
+
+EXIT_BUNDLE = 1
+EXIT_CONFIG = 2
+EXIT_VAULT = 3
+EXIT_IO = 4
+
+
+class ConfigError(Exception):
+    pass
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in ("state", "digest", "reason"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info and record.exc_info[0] is not None:
+            out["error_type"] = record.exc_info[0].__name__
+        return json.dumps(out)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # request libraries never log bodies, but keep their debug chatter out regardless
+    for noisy in ("urllib3", "botocore", "boto3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(exc, BundleError):
+        return EXIT_BUNDLE
+    if isinstance(exc, VaultError):
+        return EXIT_VAULT
+    return EXIT_IO
+
+
+class Unsealer:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.state = "starting"
+        self.reason = ""
+        self.report: UnsealReport | None = None
+        self.models: list[str] = list(settings.unsealer_triton_models)
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+        self.revoked_at: float | None = None
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._revoke_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._control_token: str | None = None
+        self._license_warned = ""
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def repository(self) -> Path:
+        return self.s.model_dir / self.s.unsealer_repository_subdir
+
+    @property
+    def marker(self) -> Path:
+        return self.s.model_dir / self.s.unsealer_ready_marker
+
+    @property
+    def license_file(self) -> Path:
+        return self.s.unsealer_license_file or self.s.license_file
+
+    def validate(self) -> tuple[bytes, list[Any] | None]:
+        s = self.s
+        if not s.bundle_uri:
+            raise ConfigError("MODELSEAL_BUNDLE_URI is not set")
+        if not s.bundle_digest:
+            raise ConfigError(
+                "MODELSEAL_BUNDLE_DIGEST is not set: the unsealer only unseals a pinned bundle"
+            )
+        try:
+            pinned = fmt.parse_digest(s.bundle_digest)
+        except BundleError as exc:
+            raise ConfigError(f"MODELSEAL_BUNDLE_DIGEST: {exc}") from None
+        sub = s.unsealer_repository_subdir
+        if not sub or "/" in sub or sub in (".", "..") or sub.startswith("."):
+            raise ConfigError("MODELSEAL_UNSEALER_REPOSITORY_SUBDIR must be a plain folder name")
+        if "/" in s.unsealer_ready_marker or s.unsealer_ready_marker in ("", ".", ".."):
+            raise ConfigError("MODELSEAL_UNSEALER_READY_MARKER must be a plain file name")
+        if not s.model_dir.is_dir():
+            raise ConfigError(f"model_dir {s.model_dir} does not exist")
+        trusted = None
+        if s.bundle_trusted_keys_file is not None:
+            try:
+                trusted = list(sign.load_public_keys(s.bundle_trusted_keys_file.read_bytes()))
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read trusted keys {s.bundle_trusted_keys_file}: {exc.strerror}"
+                ) from None
+        if s.unsealer_control_token_file is not None:
+            try:
+                self._control_token = s.unsealer_control_token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the control token file: {exc.strerror}") from None
+            if not self._control_token:
+                raise ConfigError("the control token file is empty")
+        if s.vault_token_file is None and not s.unsealer_vault_role:
+            raise ConfigError(
+                "no Vault credentials: set MODELSEAL_UNSEALER_VAULT_ROLE (Kubernetes auth) "
+                "or MODELSEAL_VAULT_TOKEN_FILE (development)"
+            )
+        return pinned, trusted
+
+    # ------------------------------------------------------------------------- HTTP
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=4096)
+        app.router.add_get("/healthz", self.h_health)
+        app.router.add_get("/readyz", self.h_ready)
+        app.router.add_get("/status", self.h_status)
+        app.router.add_post("/revoke", self.h_revoke)
+        return app
+
+    async def start_http(self) -> None:
+        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.s.unsealer_bind_address, self.s.unsealer_port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.s.unsealer_port
+        log.info("unsealer listening on %s:%s", self.s.unsealer_bind_address, self.port)
+
+    async def stop_http(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "state": self.state,
+            "reason": self.reason,
+            "models": self.models,
+            "repository": str(self.repository),
+        }
+        if self.report is not None:
+            core = self.report.header.core
+            out.update(
+                digest=self.report.digest,
+                plaintext_size=core.plaintext_size,
+                files=core.file_count,
+                unseal_seconds=round(self.report.seconds, 3),
+                signer=self.report.result.signer,
+            )
+        return out
+
+    async def h_health(self, request: web.Request) -> web.Response:
+        return web.json_response({"state": self.state})
+
+    async def h_ready(self, request: web.Request) -> web.Response:
+        code = 200 if self.state == "ready" else 503
+        return web.json_response({"state": self.state, "reason": self.reason}, status=code)
+
+    async def h_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def h_revoke(self, request: web.Request) -> web.Response:
+        if self._control_token is not None:
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {self._control_token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return web.json_response({"error": "unauthorized"}, status=401)
+        reason = "revoked through the control endpoint"
+        with contextlib.suppress(Exception):
+            body = await request.json()
+            if isinstance(body, dict) and isinstance(body.get("reason"), str):
+                reason = body["reason"][:200]
+        await self.revoke(reason)
+        return web.json_response(self.status())
+
+    # ----------------------------------------------------------------------- unseal
+
+    def _vault_client(self) -> Any:
+        s = self.s
+        cfg = auth.VaultConfig(
+            addr=s.vault_addr,
+            ca_file=s.vault_ca_file,
+            token_file=s.vault_token_file,
+            k8s_role=s.unsealer_vault_role,
+            k8s_mount=s.vault_kubernetes_mount,
+            jwt_file=s.service_account_token_file,
+        )
+        return auth.login(cfg, env={})
+
+    def unseal_blocking(self, pinned: bytes, trusted: list[Any] | None) -> UnsealReport:
+        s = self.s
+        check_memory_fs(s.model_dir, s.allow_non_tmpfs)
+        removed = clean_stale_staging(s.model_dir)
+        if removed:
+            log.warning("removed %d staging folder(s) left by an earlier run", removed)
+        self.marker.unlink(missing_ok=True)
+        if os.path.lexists(self.repository):
+            log.warning("wiping a model published by an earlier run; unsealing it again")
+            wipe_tree(self.repository)
+        client = self._vault_client()
+        try:
+
+            def unwrap(env: fmt.Envelope) -> SecretBytes:
+                key_name = s.bundle_transit_key or env.key_name
+                return transit.unwrap_data_key(
+                    client, key_name, env.wrapped_key, s.vault_transit_mount
+                )
+
+            with open_source(
+                s.bundle_uri,
+                timeout_s=s.unsealer_source_timeout_s,
+                ca_file=s.unsealer_source_ca_file,
+                s3_endpoint_url=s.unsealer_s3_endpoint_url or None,
+                allow_http=s.unsealer_allow_http_source,
+            ) as stream:
+                return unseal_stream(
+                    stream,
+                    self.repository,
+                    unwrap,
+                    UnsealOptions(
+                        workers=s.unseal_workers,
+                        pinned_digest=pinned,
+                        trusted_keys=trusted,
+                        allow_non_tmpfs=s.allow_non_tmpfs,
+                        expected_key_name=s.bundle_transit_key or None,
+                    ),
+                )
+        finally:
+            auth.revoke_self(client)  # the token is not needed any more
+            auth.close(client)
+
+    def write_marker(self) -> None:
+        assert self.report is not None
+        core = self.report.header.core
+        data = json.dumps(
+            {
+                "digest": self.report.digest,
+                "plaintext_size": core.plaintext_size,
+                "files": core.file_count,
+                "models": self.models,
+                "repository": str(self.repository),
+                "published_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        ).encode()
+        tmp = self.marker.with_name(self.marker.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.marker)
+
+    # ------------------------------------------------------------------- revocation
+
+    def license_verdict(self, now: datetime) -> str | None:
+        """A reason to revoke, from the license file, or None."""
+        from modelseal.quota.license import LicenseError, parse_licenses
+
+        path = self.license_file
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._warn_license(f"cannot read license file {path}: {exc.strerror}")
+            return None
+        try:
+            licenses = parse_licenses(data)
+        except LicenseError as exc:
+            self._warn_license(f"license file {path} is invalid: {exc}")
+            return None
+        self._license_warned = ""
+        covering = [lic for lic in licenses.values() if lic.models & set(self.models)]
+        if not covering:
+            return None
+        reasons: list[str] = []
+        for lic in covering:
+            if lic.revoked:
+                reasons.append(f"license {lic.id} is revoked")
+            elif lic.not_after is not None and now >= lic.not_after:
+                reasons.append(f"license {lic.id} expired at {lic.not_after.isoformat()}")
+            else:
+                return None  # at least one license still allows the model
+        return "; ".join(reasons)
+
+    def _warn_license(self, message: str) -> None:
+        if message != self._license_warned:
+            log.warning(message)
+            self._license_warned = message
+
+    async def watch_license(self) -> None:
+        while self.state == "ready":
+            verdict = self.license_verdict(datetime.now(UTC))
+            if verdict:
+                await self.revoke(verdict)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.s.unsealer_license_poll_s)
+            if self._stop.is_set():
+                return
+
+    async def unload_models(self) -> None:
+        base = self.s.triton_http_url.rstrip("/")
+        async with ClientSession(timeout=ClientTimeout(total=15)) as http:
+            for name in self.models:
+                url = f"{base}/v2/repository/models/{name}/unload"
+                try:
+                    async with http.post(url, json={}) as resp:
+                        if resp.status == 200:
+                            log.info("Triton unloaded model %s", name)
+                        else:
+                            text = (await resp.text())[:200]
+                            log.warning("Triton unload of %s: HTTP %s %s", name, resp.status, text)
+                except Exception as exc:
+                    log.warning("Triton unload of %s failed: %s", name, type(exc).__name__)
+
+    async def revoke(self, reason: str) -> None:
+        async with self._revoke_lock:
+            if self.state == "revoked":
+                return
+            previous = self.state
+            self.state = "revoked"
+            self.reason = reason
+            self.revoked_at = time.time()
+            log.warning("revoking the model: %s", reason, extra={"state": "revoked"})
+            self.marker.unlink(missing_ok=True)
+            if previous == "ready":
+                await self.unload_models()
+            await asyncio.to_thread(self._wipe)
+            log.warning("model files wiped", extra={"state": "revoked"})
+
+    def _wipe(self) -> None:
+        try:
+            wipe_tree(self.repository)
+        except UnsealError as exc:
+            log.error("%s", exc)
+
+    # ----------------------------------------------------------------------- main
+
+    async def main(self) -> int:
+        try:
+            pinned, trusted = self.validate()
+        except ConfigError as exc:
+            log.error("configuration error: %s", exc, extra={"state": "failed"})
+            return EXIT_CONFIG
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        await self.start_http()
+        try:
+            verdict = self.license_verdict(datetime.now(UTC)) if self.models else None
+            if verdict:
+                self.state, self.reason = "revoked", verdict
+                log.error("not unsealing: %s", verdict, extra={"state": "revoked"})
+            else:
+                code = await self._unseal(pinned, trusted)
+                if code:
+                    return code
+                watcher = asyncio.create_task(self.watch_license())
+                await self._stop.wait()
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            if self.state != "revoked":
+                await self._stop.wait()
+            return 0
+        finally:
+            if self.state == "ready":
+                log.info("stopping: wiping the published model")
+                self.state = "stopping"
+                self.marker.unlink(missing_ok=True)
+                await asyncio.to_thread(self._wipe)
+            await self.stop_http()
+
+    async def _unseal(self, pinned: bytes, trusted: list[Any] | None) -> int:
+        self.state = "unsealing"
+        log.info("unsealing %s", _source_name(self.s.bundle_uri), extra={"state": "unsealing"})
+        task = asyncio.ensure_future(asyncio.to_thread(self.unseal_blocking, pinned, trusted))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            # stop requested mid-unseal: let the thread finish or fail, then clean up
+            log.warning("stop requested while unsealing; waiting for the unseal to end")
+            with contextlib.suppress(Exception):
+                await task
+            self._wipe()
+            return 0
+        stopper.cancel()
+        try:
+            self.report = task.result()
+        except Exception as exc:
+            self.state, self.reason = "failed", str(exc)
+            log.error("unseal failed: %s", exc, extra={"state": "failed"})
+            return (
+                exit_code_for(exc)
+                if isinstance(exc, (BundleError, VaultError, SourceError, UnsealError, OSError))
+                else EXIT_IO
+            )
+        if not self.models:
+            self.models = self.report.result.manifest.top_level_dirs
+        self.write_marker()
+        self.state, self.ready_at = "ready", time.time()
+        core = self.report.header.core
+        log.info(
+            "model published: %d files, %d bytes in %.2fs (%s)",
+            core.file_count,
+            core.plaintext_size,
+            self.report.seconds,
+            self.report.fstype,
+            extra={"state": "ready", "digest": self.report.digest},
+        )
+        return 0
+
+
+def _source_name(uri: str) -> str:
+    from modelseal.sources import redact
+
+    return redact(uri)
+
+
+def run(settings: Settings) -> None:
+    setup_logging(settings.log_level)
+    code = asyncio.run(Unsealer(settings).main())
+    if code:
+        sys.exit(code)

@@ -1,0 +1,180 @@
+"""``make bench-gateway``: Triton directly vs the same Triton through the gateway.
+
+One process tree, one run: this script starts Triton (the pytriton-bundled server on CPU,
+serving the ``identity`` model from tmpfs), Redis, and one gateway process with every
+feature on (API key auth, quotas checked and counted in Redis by the Lua script, audit
+records hash-chained to a file with signed checkpoints, metrics). A closed-loop load
+generator (``loadgen``) then drives (a) Triton's HTTP endpoint and (b) the gateway's, with
+the same request, at each concurrency, alternating the two.
+
+Prints p50/p99 latency and throughput for each, and last the line
+``gateway_vs_direct_throughput_ratio=<x> added_p50_ms=<y>``: the ratio of the best
+throughput through the gateway to the best direct throughput (over all concurrencies), and
+the difference of the p50 latencies at concurrency 1 (the gateway's added latency when
+nothing queues).
+
+Options: ``--duration`` seconds per measurement (default 4), ``--concurrency 1,4,16,64``,
+``--elements`` FP32 values per request (default 16), ``--json FILE`` for the raw numbers.
+Redis runs with ``appendfsync everysec`` here (production advice; the test fixture's
+``always`` puts a disk flush on every request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.gateway.harness import (
+    GatewayProcess,
+    license_doc,
+    write_keys,
+    write_license,
+)
+from bench.gateway.loadgen import Result, run_load
+from modelseal_devenv.models import build_identity_model
+from modelseal_devenv.redis import RedisServer
+from modelseal_devenv.triton import TritonServer
+
+KEY = "bench-key-0123456789abcdefghijkl"
+
+
+def _body(elements: int) -> bytes:
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "INPUT",
+                    "datatype": "FP32",
+                    "shape": [1, elements],
+                    "data": [float(i) for i in range(elements)],
+                }
+            ]
+        }
+    ).encode()
+
+
+def _row(name: str, r: Result) -> str:
+    return (
+        f"{name:<8} {r.concurrency:>5} {r.count:>8} {r.throughput:>10.1f} "
+        f"{r.percentile(50) * 1000:>9.3f} {r.percentile(99) * 1000:>9.3f} {r.errors:>7}"
+    )
+
+
+async def _measure(args: argparse.Namespace, direct_url: str, gw_url: str) -> list[dict[str, Any]]:
+    body = _body(args.elements)
+    plain = {"Content-Type": "application/json"}
+    authed = {**plain, "Authorization": f"Bearer {KEY}"}
+    rows: list[dict[str, Any]] = []
+    print(
+        f"{'target':<8} {'conc':>5} {'requests':>8} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'errors':>7}",
+        flush=True,
+    )
+    for conc in args.concurrency:
+        for name, url, headers in (("direct", direct_url, plain), ("gateway", gw_url, authed)):
+            r = await run_load(url, body, headers, conc, args.duration)
+            print(_row(name, r), flush=True)
+            rows.append(
+                {
+                    "target": name,
+                    "concurrency": conc,
+                    "requests": r.count,
+                    "throughput": r.throughput,
+                    "p50_ms": r.percentile(50) * 1000,
+                    "p99_ms": r.percentile(99) * 1000,
+                    "errors": r.errors,
+                    "statuses": r.statuses,
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument(
+        "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64]
+    )
+    parser.add_argument("--elements", type=int, default=16)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="modelseal-bench-"))
+    repo = Path(tempfile.mkdtemp(prefix="modelseal-bench-models-", dir="/dev/shm"))
+    build_identity_model(repo, "identity")
+    triton = TritonServer(repo, model_control_mode="explicit", load_models=["identity"])
+    redis = RedisServer(work / "redis")
+    gateway: GatewayProcess | None = None
+    try:
+        triton.start()
+        redis.start()
+        with redis.client() as client:
+            client.config_set("appendfsync", "everysec")
+        write_license(
+            work / "license.json",
+            license_doc(
+                "bench",
+                ["identity"],
+                quotas={
+                    "rate_per_second": 1_000_000,
+                    "burst": 1_000_000,
+                    "per_day": 10**12,
+                    "per_month": 10**12,
+                    "total": 10**14,
+                    "concurrent": 10_000,
+                },
+            ),
+        )
+        write_keys(work / "keys.json", {"bench": ("bench", KEY)})
+        gateway = GatewayProcess(
+            work,
+            name="bench",
+            store="redis",
+            redis_url=redis.url,
+            triton_http_url=triton.http_url,
+            triton_grpc_url=triton.grpc_url,
+            env={"MODELSEAL_LOG_LEVEL": "WARNING", "MODELSEAL_AUDIT_CHECKPOINT_EVERY": "1000"},
+        ).start()
+        print(
+            f"triton {triton.version} (CPU, python backend 'identity'), redis {redis.version}, "
+            f"gateway with auth + redis quotas + file audit; {os.cpu_count()} CPUs; "
+            f"{args.duration:g}s per point, FP32[1,{args.elements}]",
+            flush=True,
+        )
+        path = "/v2/models/identity/infer"
+        rows = asyncio.run(_measure(args, triton.http_url + path, gateway.http_url + path))
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        redis.close()
+        triton.close()
+        shutil.rmtree(repo, ignore_errors=True)
+    audited = 0
+    if gateway is not None:
+        audited = sum(1 for r in gateway.audit_lines() if r["type"] == "request")
+    shutil.rmtree(work, ignore_errors=True)
+
+    direct = [r for r in rows if r["target"] == "direct"]
+    through = [r for r in rows if r["target"] == "gateway"]
+    ratio = max(r["throughput"] for r in through) / max(r["throughput"] for r in direct)
+    c1 = min(args.concurrency)
+    added = next(r["p50_ms"] for r in through if r["concurrency"] == c1) - next(
+        r["p50_ms"] for r in direct if r["concurrency"] == c1
+    )
+    errors = sum(r["errors"] for r in rows)
+    print(f"gateway audit records written: {audited}; non-200 answers: {errors}")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "ratio": ratio, "added_p50_ms": added}))
+    print(f"gateway_vs_direct_throughput_ratio={ratio:.3f} added_p50_ms={added:.3f}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

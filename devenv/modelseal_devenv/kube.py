@@ -445,6 +445,11 @@ class KubeCluster:
         )
         _write(d / "serving.crt", serving.cert_pem, 0o644)
         _write(d / "serving.key", serving.key_pem)
+        # Front proxy (aggregation layer): lets the API server proxy to aggregated API servers
+        # and gives components a complete extension-apiserver-authentication ConfigMap.
+        front_proxy = pki.issue("front-proxy-client")
+        _write(d / "front-proxy-client.crt", front_proxy.cert_pem, 0o644)
+        _write(d / "front-proxy-client.key", front_proxy.key_pem)
         self._clients = {
             "admin": pki.issue("kubernetes-admin", ["system:masters"]),
             "kube-controller-manager": pki.issue("system:kube-controller-manager"),
@@ -517,6 +522,13 @@ class KubeCluster:
             f"--service-account-key-file={d / 'sa.pub'}",
             f"--service-account-signing-key-file={d / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            f"--requestheader-client-ca-file={d / 'ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={d / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={d / 'front-proxy-client.key'}",
             "--authorization-mode=Node,RBAC",
             # On top of the default set (which already holds ValidatingAdmissionPolicy).
             "--enable-admission-plugins=NodeRestriction,ValidatingAdmissionPolicy",

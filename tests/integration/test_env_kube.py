@@ -258,8 +258,9 @@ def test_token_request_and_token_review(
         config = k8s.Configuration()
         config.host = kube_cluster.server
         config.ssl_ca_cert = str(kube_cluster.ca_file)
-        config.api_key = {"authorization": reviewer_jwt}
-        config.api_key_prefix = {"authorization": "Bearer"}
+        # The full header value, no api_key_prefix: kubernetes>=36 looks prefixes up under
+        # "BearerToken" only, so {"authorization": "Bearer"} would send a bare token.
+        config.api_key = {"authorization": f"Bearer {reviewer_jwt}"}
         with k8s.ApiClient(config) as reviewer_api:
             auth = k8s.AuthenticationV1Api(reviewer_api)
 

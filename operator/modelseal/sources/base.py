@@ -77,6 +77,11 @@ class SourceStream(io.RawIOBase):
                 f"{self.name}: read failed after {self.bytes_read} bytes: "
                 f"{type(exc).__name__}: {str(exc)[:300]}"
             ) from None
+        if not n and self.size is not None and self.bytes_read < self.size:
+            raise SourceError(
+                f"{self.name}: read failed after {self.bytes_read} bytes: the connection "
+                f"ended before the announced {self.size} bytes"
+            )
         self.bytes_read += n
         return n
 

@@ -151,7 +151,7 @@ def obs(m: ModelSpec, **kw: Any) -> ModelObservation:
         "meta": meta,
         "spec": m,
         "decision": decide(m, lic(), [], NOW),
-        "key": KeyState("True", "KeyProvisioned", "ok", role="modelseal-team-a-digits"),
+        "key": KeyState("True", "KeyProvisioned", "ok", role="modelseal_team-a_digits"),
         "workload": WorkloadState(True, 1, True, 1, 1, 1, 1),
         "artifact": ArtifactState("True", "Verified", "verified"),
         "endpoint": "digits.team-a.svc:8000",
@@ -167,7 +167,7 @@ def test_ready_status_and_idempotence() -> None:
     ready = conditions.find(first["conditions"], "Ready")
     assert ready is not None and ready["status"] == "True" and ready["reason"] == "Serving"
     assert all(c["observedGeneration"] == 2 for c in first["conditions"])
-    assert first["servedVersion"] == "1" and first["vaultRole"] == "modelseal-team-a-digits"
+    assert first["servedVersion"] == "1" and first["vaultRole"] == "modelseal_team-a_digits"
     # Recomputing later with the same observations changes nothing (no write).
     again = model_status(obs(m), first, NOW + timedelta(hours=1))
     assert again == first

@@ -26,8 +26,17 @@ class Names:
     vault_policy: str
 
 
+def vault_name(prefix: str, namespace: str, name: str) -> str:
+    """``<prefix>_<namespace>_<name>``: unambiguous, since Kubernetes names have no ``_``.
+
+    (With ``-`` as separator, model ``b-c`` in namespace ``a`` and model ``c`` in namespace
+    ``a-b`` would share one Vault role.)
+    """
+    return f"{prefix}_{namespace}_{name}"
+
+
 def names_for(namespace: str, name: str, prefix: str = "modelseal") -> Names:
-    vault_name = f"{prefix}-{namespace}-{name}"
+    vault = vault_name(prefix, namespace, name)
     return Names(
         service_account=name,
         deployment=name,
@@ -35,8 +44,8 @@ def names_for(namespace: str, name: str, prefix: str = "modelseal") -> Names:
         license_config=f"{name}-license",
         network_policy=name,
         control_secret=f"{name}-triton-control",
-        vault_role=vault_name,
-        vault_policy=vault_name,
+        vault_role=vault,
+        vault_policy=vault,
     )
 
 

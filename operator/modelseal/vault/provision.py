@@ -186,7 +186,7 @@ class RoleBinding:
 
 
 def list_roles(client: hvac.Client, k8s_mount: str, prefix: str) -> list[RoleBinding]:
-    """Our roles (names starting with `prefix-`) and what each is bound to."""
+    """Our roles (names starting with `prefix_`) and what each is bound to."""
     mount = k8s_mount.strip("/")
 
     def fn() -> Any:
@@ -202,7 +202,7 @@ def list_roles(client: hvac.Client, k8s_mount: str, prefix: str) -> list[RoleBin
         keys = [str(k) for k in (data.get("keys") or [])]
     out: list[RoleBinding] = []
     for key in keys:
-        if not key.startswith(f"{prefix}-"):
+        if not key.startswith(f"{prefix}_"):
             continue
         role = _read(client, _role_path(mount, key), f"read role {key}") or {}
         namespaces = role.get("bound_service_account_namespaces") or [""]

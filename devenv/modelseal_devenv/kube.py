@@ -397,13 +397,16 @@ class KubeCluster:
         self._workdir = Path(tempfile.mkdtemp(prefix="modelseal-kube-"))
         try:
             self._start(bin_dir)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StartError):
+                self.keep_workdir = True  # the logs named in the error stay readable
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        """Stop every process (reverse start order) and remove the temporary folder."""
+        """Stop every process (reverse start order) and remove the temporary folder (kept
+        after a failed start, or with ``keep_workdir``)."""
         for name in reversed(list(self._procs)):
             self._procs[name].stop(timeout=15)
         self._procs.clear()
@@ -559,9 +562,17 @@ class KubeCluster:
             interval=0.5,
         )
 
-    def restart_apiserver(self, timeout: float = 90.0) -> None:
-        """Stop kube-apiserver and start it again with the same flags and port (data kept)."""
-        self._procs["kube-apiserver"].stop(timeout=15)
+    def restart_apiserver(self, timeout: float = 90.0, grace: float = 3.0) -> None:
+        """Stop kube-apiserver and start it again with the same flags and port (data kept).
+
+        With clients connected, a graceful stop waits for their connections up to the
+        request timeout (60s); after ``grace`` seconds it is killed (state is in etcd).
+        ``grace=0`` kills it outright, like a crash.
+        """
+        proc = self._procs["kube-apiserver"]
+        if grace <= 0:
+            proc.kill()
+        proc.stop(timeout=grace if grace > 0 else 10)
         self._run_apiserver(timeout)  # replaces the entry in place: stop order is kept
 
     def _start_controllers(self, bin_dir: Path) -> None:

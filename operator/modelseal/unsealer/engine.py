@@ -259,6 +259,14 @@ class DirectorySink:
             os.close(fd)
 
     def finalize_modes(self) -> None:
+        listed = {e.path for e in self.manifest.entries}
+        implicit = {
+            "/".join(parts[:depth])
+            for parts in (e.path.split("/") for e in self.manifest.entries)
+            for depth in range(1, len(parts))
+        } - listed
+        for rel in implicit:
+            os.chmod(self.root / rel, 0o755)  # noqa: S103 - Triton (same pod) reads the tree
         for entry in reversed(self.manifest.entries):
             path = self.root / entry.path
             if entry.type == "file":

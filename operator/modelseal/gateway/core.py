@@ -198,6 +198,9 @@ class Gateway:
         self._reload_task: asyncio.Task[None] | None = None
         self._store_ok = True
         self._written_seen = 0
+        self._scopes: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._gauged: dict[tuple[str, str], float] = {}
 
     # -- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -315,12 +318,20 @@ class Gateway:
             self.audit.submit(record)
         else:
             self.audit.emit(record)
-        m = self.metrics
-        m.requests.labels(tenant, ctx.model, str(ctx.status), ctx.proto).inc()
+        self._child(self.metrics.requests, tenant, ctx.model, str(ctx.status), ctx.proto).inc()
         if ctx.upstream_s:
-            m.upstream.labels(ctx.proto).observe(ctx.upstream_s)
-        m.overhead.labels(ctx.proto).observe(max(0.0, latency - ctx.upstream_s))
-        m.audit_depth.set(self.audit.depth)
+            self._child(self.metrics.upstream, ctx.proto).observe(ctx.upstream_s)
+        self._child(self.metrics.overhead, ctx.proto).observe(max(0.0, latency - ctx.upstream_s))
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """A labelled metric, looked up once (``labels()`` costs more than the update)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) > 50_000:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- the steps ------------------------------------------------------------------------
     async def authenticate(
@@ -356,7 +367,11 @@ class Gateway:
         return lic
 
     async def admit(self, ctx: Ctx, lic: License, model: str) -> None:
-        scopes = scopes_for(lic, model)
+        scopes = self._scopes.get((lic.id, model))
+        if scopes is None or scopes[0] is not lic:
+            scopes = (lic, scopes_for(lic, model))
+            self._scopes[(lic.id, model)] = scopes
+        scopes = scopes[1]
         lease_id = f"{self.instance}:{next(self._lease_ids)}"
         now_ms = int(time.time() * 1000)
         try:
@@ -379,13 +394,16 @@ class Gateway:
             log.info("quota store available again")
             self.event("store_available", store=self.store_kind)
         decision = admission.decision
-        rem = decision.remaining
-        gauge = self.metrics.remaining
         tenant = lic.tenant
-        gauge.labels(tenant, model, "tokens").set(rem.tokens)
-        gauge.labels(tenant, model, "per_day").set(rem.per_day)
-        gauge.labels(tenant, model, "per_month").set(rem.per_month)
-        gauge.labels(tenant, model, "total").set(rem.total)
+        now = time.monotonic()
+        if not decision.allowed or now - self._gauged.get((tenant, model), 0.0) > 0.1:
+            self._gauged[(tenant, model)] = now  # refreshed at most 10 times a second
+            rem = decision.remaining
+            gauge = self.metrics.remaining
+            self._child(gauge, tenant, model, "tokens").set(rem.tokens)
+            self._child(gauge, tenant, model, "per_day").set(rem.per_day)
+            self._child(gauge, tenant, model, "per_month").set(rem.per_month)
+            self._child(gauge, tenant, model, "total").set(rem.total)
         if not decision.allowed:
             limit = decision.limit or "unknown"
             self.metrics.quota_rejections.labels(tenant, model, limit).inc()
@@ -404,7 +422,7 @@ class Gateway:
         lease = ctx.lease
         if lease is not None:
             ctx.lease = None
-            self.spawn(self.store.release(lease))
+            self.store.release_soon(lease)
 
 
 def settings_for_tests(tmp: Path, **over: Any) -> Settings:

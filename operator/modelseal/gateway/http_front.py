@@ -211,6 +211,8 @@ class HttpFront:
         length = request.content_length
         if length is not None and length > self.max_bytes:
             raise GatewayError(413, f"request body larger than {self.max_bytes} bytes")
+        if request.content.is_eof() and request.content.total_bytes <= self.max_bytes:
+            return await request.read()  # already all here: no timer needed
         try:
             async with asyncio.timeout(self.body_timeout):
                 return await request.read()

@@ -10,6 +10,7 @@ shape says; requested ``outputs`` that the model has; no shared-memory reference
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -132,30 +133,33 @@ def check_shape(name: str, shape: Sequence[int], expected: Sequence[int]) -> Non
             )
 
 
-def _element_ok(datatype: str) -> type | tuple[type, ...]:
+_NUMBER_KINDS = frozenset({int, float})
+
+
+def _allowed_kinds(datatype: str) -> frozenset[type]:
     if datatype == "BOOL":
-        return bool
+        return frozenset({bool})
     if datatype in INT_TYPES:
-        return int
+        return frozenset({int})
     if datatype in FLOAT_TYPES:
-        return (int, float)
-    return str  # BYTES
+        return _NUMBER_KINDS
+    return frozenset({str})  # BYTES
 
 
 def _count_json(name: str, datatype: str, data: Any) -> int:
-    ok = _element_ok(datatype)
-    strict_bool = datatype != "BOOL"
-    count = 0
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-            continue
-        if not isinstance(item, ok) or (strict_bool and isinstance(item, bool)):
-            raise BadRequest(f"input {name}: element {item!r} is not of datatype {datatype}")
-        count += 1
-    return count
+    """Elements of a (possibly nested) JSON tensor, each of the datatype's JSON type."""
+    items: list[Any] = data if isinstance(data, list) else [data]
+    while True:
+        kinds = set(map(type, items))
+        if list not in kinds:
+            break
+        if len(kinds) != 1:
+            raise BadRequest(f"input {name}: data mixes nested lists and values")
+        items = list(itertools.chain.from_iterable(items))
+    if not kinds <= _allowed_kinds(datatype):
+        bad = next(i for i in items if type(i) not in _allowed_kinds(datatype))
+        raise BadRequest(f"input {name}: element {bad!r} is not of datatype {datatype}")
+    return len(items)
 
 
 def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:

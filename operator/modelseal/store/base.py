@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 
 from modelseal.quota.license import License
 from modelseal.quota.policy import Decision, EngineLimits
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 class StoreError(RuntimeError):
@@ -75,6 +78,12 @@ class CounterStore(abc.ABC):
     @abc.abstractmethod
     async def release(self, lease: Lease) -> None:
         """Give back the concurrency slots of an admitted request."""
+
+    def release_soon(self, lease: Lease) -> None:
+        """Give the slots back without waiting (from a request's response path)."""
+        task = asyncio.get_running_loop().create_task(self.release(lease))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
 
     @abc.abstractmethod
     async def usage(self, scope: Scope, now_ms: int) -> Usage:

@@ -154,6 +154,9 @@ class EmbeddedStore(CounterStore):
         return Admission(decision, lease)
 
     async def release(self, lease: Lease) -> None:
+        self.release_soon(lease)
+
+    def release_soon(self, lease: Lease) -> None:
         for scope in lease.scopes:
             c = self._counters.get(scope.key)
             if c is not None:

@@ -21,20 +21,17 @@ gateway keeps no counter of its own.
 
 Failing closed: any error talking to Redis (refused, timeout, script error) raises
 ``StoreUnavailable``; the gateway answers 503 and never forwards an unmetered request.
-Only connection errors are retried (once): a timed-out script may have run, and counting a
-request twice is the safe side.
+Nothing is retried: a timed-out script may have run, and counting a request twice is the
+safe side. The client is ``modelseal.store.resp``: one pipelining connection, reopened on
+the next request after a failure.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 from typing import Any
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from modelseal.quota.policy import (
     CONCURRENT_RETRY_MS,
@@ -48,11 +45,13 @@ from modelseal.quota.policy import (
 )
 from modelseal.store.base import Admission, CounterStore, Lease, Scope, StoreUnavailable, Usage
 from modelseal.store.lua import ADMIT_LUA
+from modelseal.store.resp import RespClient, RespError, RespUnavailable, encode
 
 log = logging.getLogger(__name__)
 
 DAY_TTL_S = 3 * 86_400
 MONTH_TTL_S = 70 * 86_400
+ADMIT_SHA = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()  # noqa: S324 - Redis' script id
 
 
 class RedisStore(CounterStore):
@@ -65,22 +64,12 @@ class RedisStore(CounterStore):
         prefix: str = "modelseal",
         timeout_s: float = 1.0,
         lease_ms: int = 120_000,
-        max_connections: int = 64,
-        pool_timeout_s: float = 10.0,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.lease_ms = lease_ms
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=pool_timeout_s,  # waiting for a free connection is not Redis being down
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-        self._redis = aioredis.Redis(connection_pool=pool)
-        self._admit = self._redis.register_script(ADMIT_LUA)
+        self._client = RespClient(url, timeout_s=timeout_s)
+        self._parts: dict[tuple[tuple[Scope, ...], int, int], tuple[bytes, bytes]] = {}
 
     def _keys(self, scope: Scope, now_ms: int) -> list[str]:
         base = f"{self.prefix}:{{{scope.tenant}}}:{scope.key}"
@@ -92,51 +81,88 @@ class RedisStore(CounterStore):
             f"{base}:c",
         ]
 
+    def _command(self, scopes: tuple[Scope, ...], now_ms: int, lease_id: str) -> bytes:
+        """The EVALSHA command, from cached parts: only the time and lease id vary."""
+        day, month = day_id(now_ms), month_id(now_ms)
+        cache_key = (scopes, day, month)
+        parts = self._parts.get(cache_key)
+        if parts is None:
+            keys: list[str] = []
+            limits: list[int] = []
+            for scope in scopes:
+                keys += self._keys(scope, now_ms)
+                limits += scope.limits.as_args()
+            head = encode(("EVALSHA", ADMIT_SHA, len(keys), *keys))
+            tail = encode((self.lease_ms, DAY_TTL_S, MONTH_TTL_S, len(scopes), *limits))
+            count = 3 + len(keys) + 2 + 4 + len(limits)
+            parts = (
+                b"*%d\r\n" % count + head[head.index(b"\r\n") + 2 :],
+                tail[tail.index(b"\r\n") + 2 :],
+            )
+            if len(self._parts) > 10_000:
+                self._parts.clear()
+            self._parts[cache_key] = parts
+        now = str(now_ms).encode()
+        lease = lease_id.encode()
+        return b"".join(
+            (parts[0], b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(now), now, len(lease), lease), parts[1])
+        )
+
     async def admit(self, scopes: tuple[Scope, ...], now_ms: int, lease_id: str) -> Admission:
-        keys: list[str] = []
-        args: list[int | str] = [now_ms, lease_id, self.lease_ms, DAY_TTL_S, MONTH_TTL_S]
-        args.append(len(scopes))
-        for scope in scopes:
-            keys += self._keys(scope, now_ms)
-            args += scope.limits.as_args()
         try:
-            raw: Any = await self._admit(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+            try:
+                raw: Any = await self._client.call_raw(self._command(scopes, now_ms, lease_id))
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # a restarted or flushed Redis lost the script: EVAL loads it again
+                keys: list[str] = []
+                args: list[int | str] = [now_ms, lease_id, self.lease_ms, DAY_TTL_S, MONTH_TTL_S]
+                args.append(len(scopes))
+                for scope in scopes:
+                    keys += self._keys(scope, now_ms)
+                    args += scope.limits.as_args()
+                raw = await self._client.call("EVAL", ADMIT_LUA, len(keys), *keys, *args)
+        except (RespError, RespUnavailable) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
         return _admission(raw, scopes, now_ms, lease_id)
 
+    def release_soon(self, lease: Lease) -> None:
+        # pipelined with whatever else is being written; the reply is not waited for.
+        # If it is lost, the lease expires after lease_ms.
+        for scope in lease.scopes:
+            self._client.send("ZREM", self._keys(scope, 0)[4], lease.lease_id)
+
     async def release(self, lease: Lease) -> None:
-        now_ms = 0  # the lease key does not depend on time
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for scope in lease.scopes:
-                    pipe.zrem(self._keys(scope, now_ms)[4], lease.lease_id)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            # the lease expires on its own; the slot is lost only until then
+            await asyncio.gather(
+                *(
+                    self._client.call("ZREM", self._keys(scope, 0)[4], lease.lease_id)
+                    for scope in lease.scopes
+                )
+            )
+        except (RespError, RespUnavailable) as exc:
             log.warning("redis: could not release lease %s: %s", lease.lease_id, exc)
 
     async def usage(self, scope: Scope, now_ms: int) -> Usage:
         _rb, d, mo, t, c = self._keys(scope, now_ms)
+        call = self._client.call
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(d)
-                pipe.get(mo)
-                pipe.get(t)
-                pipe.zcount(c, now_ms, "+inf")
-                day, month, total, inflight = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+            day, month, total, inflight = await asyncio.gather(
+                call("GET", d), call("GET", mo), call("GET", t), call("ZCOUNT", c, now_ms, "+inf")
+            )
+        except (RespError, RespUnavailable) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
         return Usage(int(day or 0), int(month or 0), int(total or 0), int(inflight or 0))
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
+            return bool(await self._client.call("PING") == "PONG")
+        except (RespError, RespUnavailable):
             return False
 
     async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)
+        await self._client.close()
 
 
 def _admission(raw: Any, scopes: tuple[Scope, ...], now_ms: int, lease_id: str) -> Admission:

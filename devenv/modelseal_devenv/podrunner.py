@@ -1141,15 +1141,15 @@ class PodInstance:
         self.phase = "Initializing"
         policy = self._restart_policy()
         inits = [c for c in self.containers.values() if c.kind != "main"]
-        for run in inits:
+        for index, run in enumerate(inits):
+            earlier_sidecars = [c for c in inits[:index] if c.kind == "sidecar"]
             self._start_container(run)
             while not self._stop.is_set():
                 self._housekeeping()
                 self._run_probes(run)
-                # earlier sidecars keep running and restart while later ones start
-                for other in inits:
-                    if other.kind == "sidecar" and other is not run:
-                        self._tend(other)
+                # earlier sidecars keep running (and restarting) while later ones start
+                for other in earlier_sidecars:
+                    self._tend(other)
                 if run.kind == "sidecar":
                     if run.started:
                         break

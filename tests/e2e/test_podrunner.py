@@ -65,7 +65,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 9200), H).serve_forever()
+http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["MAIN_PORT"])), H).serve_forever()
 """
 
 
@@ -160,6 +160,7 @@ def _pod_spec() -> dict[str, Any]:
                     },
                     {"name": "EXPANDED", "value": "say $(GREETING) $$(GREETING)"},
                     {"name": "SIDE_URL", "value": "http://127.0.0.1:9100"},
+                    {"name": "MAIN_PORT", "value": "9200"},
                 ],
                 "ports": [{"name": "http", "containerPort": 9200}],
                 "readinessProbe": {"httpGet": {"path": "/", "port": 9200}, "periodSeconds": 1},
@@ -267,7 +268,8 @@ def test_deployment_scale_to_zero_and_back(
     ns = kube_namespace
     apps = k8s.AppsV1Api(kube_api)
     server = (
-        "import http.server, os; http.server.ThreadingHTTPServer(('127.0.0.1', 9300),"
+        "import http.server, os; http.server.ThreadingHTTPServer(('127.0.0.1',"
+        " int(os.environ['PORT'])),"
         " http.server.SimpleHTTPRequestHandler).serve_forever()"
     )
     apps.create_namespaced_deployment(
@@ -286,6 +288,7 @@ def test_deployment_scale_to_zero_and_back(
                                 "name": "web",
                                 "image": "python:3.11",
                                 "command": ["python", "-c", server],
+                                "env": [{"name": "PORT", "value": "9300"}],
                                 "ports": [{"containerPort": 9300}],
                                 "readinessProbe": {
                                     "tcpSocket": {"port": 9300},

@@ -62,6 +62,17 @@ def _common_open_options(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="fail when a remote source sends nothing for this long (default: 30)",
     )
+    p.add_argument(
+        "--source-cacert",
+        type=Path,
+        default=None,
+        help="CA bundle to verify an https:// bundle source",
+    )
+    p.add_argument(
+        "--allow-http",
+        action="store_true",
+        help="DEVELOPMENT ONLY: allow a plain http:// bundle source",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -172,7 +183,15 @@ def _register_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--no-digest", action="store_true", help="read only the header (no digest, no signers)"
     )
     p.add_argument("--workers", type=int, default=0, help="hashing threads (default: CPUs)")
-    p.add_argument("--source-timeout", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument(
+        "--source-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="fail when a remote source sends nothing for this long (default: 30)",
+    )
+    p.add_argument("--source-cacert", type=Path, default=None, help="CA bundle for https://")
+    p.add_argument("--allow-http", action="store_true", help="DEVELOPMENT ONLY: allow http://")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_inspect)
 
@@ -181,7 +200,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from modelseal.crypto import format as fmt
     from modelseal.crypto.pipeline import digest_records
 
-    with _open(args.bundle, args.source_timeout) as stream:
+    with _open(args) as stream:
         header = fmt.read_header(stream)
         core, env = header.core, header.envelope
         info: dict[str, Any] = {
@@ -251,7 +270,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     pinned, trusted = _pin_and_keys(args)
     client = vault_client(args)
-    with _open(args.bundle, args.source_timeout) as stream:
+    with _open(args) as stream:
         header = fmt.read_header(stream)
         key = _unwrap(client, args, header.envelope)
         try:
@@ -404,7 +423,7 @@ def cmd_unseal(args: argparse.Namespace) -> int:
     def unwrap(env: fmt.Envelope) -> Any:
         return _unwrap(client, args, env)
 
-    with _open(args.bundle, args.source_timeout) as stream, _LateBar(args) as bar:
+    with _open(args) as stream, _LateBar(args) as bar:
         report = unseal_stream(
             stream,
             dest,
@@ -492,14 +511,15 @@ def _pin_and_keys(args: argparse.Namespace) -> tuple[bytes | None, list[Any] | N
     return pinned, trusted or None
 
 
-def _open(uri: str, timeout_s: float) -> Any:
+def _open(args: argparse.Namespace) -> Any:
     from modelseal.sources import open_source
 
     return open_source(
-        uri,
-        timeout_s=timeout_s,
+        args.bundle,
+        timeout_s=args.source_timeout,
+        ca_file=args.source_cacert,
         s3_endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
-        allow_http=os.environ.get("MODELSEAL_ALLOW_HTTP_SOURCES") == "1",
+        allow_http=args.allow_http,
     )
 
 

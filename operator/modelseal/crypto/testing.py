@@ -88,6 +88,7 @@ def raw_bundle(
     chunk_size: int = 4096,
     file_count: int = 0,
     core_overrides: Mapping[str, object] | None = None,
+    envelope: fmt.Envelope = TEST_ENVELOPE,
 ) -> Bundle:
     """Encrypt `manifest_bytes || file_data` as a bundle without validating the manifest."""
     bundle_id = os.urandom(fmt.BUNDLE_ID_SIZE)
@@ -103,7 +104,7 @@ def raw_bundle(
     )
     if core_overrides:
         core = replace(core, **core_overrides)  # type: ignore[arg-type]
-    header, header_bytes = fmt.build_header(core, TEST_ENVELOPE)
+    header, header_bytes = fmt.build_header(core, envelope)
     cipher = ChunkCipher(header, key)
     tree = TreeDigest(header)
     payload = manifest_bytes + file_data

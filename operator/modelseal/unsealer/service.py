@@ -292,7 +292,10 @@ class Unsealer:
                     ),
                 )
         finally:
-            auth.revoke_self(client)  # the token is not needed any more
+            if s.vault_token_file is None:
+                # a token we got from Kubernetes auth: not needed any more. (A token file
+                # is someone else's token; leave it alone.)
+                auth.revoke_self(client)
             auth.close(client)
 
     def write_marker(self) -> None:

@@ -57,7 +57,7 @@ work="$(mktemp -d)"
 src="$cache/src/vault-$version"
 trap 'rm -rf "$tmp" "$work" "$src"' EXIT
 
-# Vault 1.21.x needs two source fixes to build against the published sdk (see the comment
+# Vault 1.21.x needs source fixes to build against the published sdk (see the comment
 # in go/vault/go.mod). `go build -overlay` may not replace files in the module cache, so
 # the module is copied (58 MB), fixed there, and the wrapper is built with a temporary
 # go.mod that adds `replace github.com/hashicorp/vault => <copy>`; the committed
@@ -82,6 +82,11 @@ fix vault/identity_store.go \
 fix vault/logical_system_activation_flags.go \
     'b.idStoreBackend.ActivationFunc(ctx, nil)' \
     'b.idStoreBackend.ActivationFunc(ctx, nil, "")'
+# sdk v0.21.0's keysutil.LockManager.RestorePolicy returns only an error; 1.21.x expects
+# (restored key name, error) and uses the name only for an observation record.
+fix builtin/logical/transit/path_restore.go \
+    'restoredKeyName, err := b.lm.RestorePolicy(ctx, req.Storage, keyName, backupB64, force)' \
+    'restoredKeyName, err := keyName, b.lm.RestorePolicy(ctx, req.Storage, keyName, backupB64, force)'
 cp go.mod go.sum "$work/"
 go mod edit -modfile="$work/go.mod" -replace "github.com/hashicorp/vault=$src" 9>&-
 

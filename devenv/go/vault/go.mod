@@ -10,8 +10,8 @@ go 1.25.3
 // ./sdk, which was never published: the sdk v0.21.0 its go.mod names comes from main,
 // where framework.Backend.ActivationFunc takes a third argument (the flag name), and
 // sdk v0.20.0 lacks TryRecordObservationWithRequest, which 1.21.4 uses. So the build
-// uses sdk v0.21.0 and build-vault.sh adapts Vault's two ActivationFunc sites in a
-// patched copy of the module (build-vault.sh; the module cache stays untouched).
+// uses sdk v0.21.0 and build-vault.sh adapts Vault's few call sites (ActivationFunc,
+// transit RestorePolicy) in a patched copy of the module; the module cache stays as is.
 // Copied from github.com/hashicorp/vault v1.21.4 go.mod (non-local replaces only).
 replace github.com/99designs/keyring => github.com/Jeffail/keyring v1.2.3
 

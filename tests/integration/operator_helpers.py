@@ -454,7 +454,7 @@ def ops_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsEnv]:
 @pytest.fixture(scope="session")
 def ops_env(ops_cluster: OpsEnv) -> Iterator[OpsEnv]:
     """`ops_cluster` plus a Vault of its own with Kubernetes auth against it."""
-    with VaultServer() as vault:
+    with VaultServer(persistent=True) as vault:  # persistent: outage tests restart it
         ops_cluster.vault = vault
         _setup_vault(ops_cluster)
         try:

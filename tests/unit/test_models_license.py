@@ -251,3 +251,13 @@ def test_license_status() -> None:
     assert conditions.find(revoked["conditions"], "Revoked")["status"] == "True"  # type: ignore[index]
     bad = license_status(None, 1, "spec.seats is required", None, None, NOW)
     assert conditions.find(bad["conditions"], "Valid")["reason"] == "InvalidSpec"  # type: ignore[index]
+
+
+def test_vault_outage_does_not_unready_a_serving_model() -> None:
+    m = model()
+    outage = KeyState("Unknown", "VaultUnavailable", "cannot reach Vault")
+    serving = model_status(obs(m, key=outage, error="cannot reach Vault"), None, NOW)
+    assert conditions.find(serving["conditions"], "Ready")["status"] == "True"  # type: ignore[index]
+    assert conditions.find(serving["conditions"], "Degraded")["status"] == "True"  # type: ignore[index]
+    fresh = model_status(obs(m, key=outage, workload=WorkloadState()), None, NOW)
+    assert conditions.find(fresh["conditions"], "Ready")["reason"] == "VaultUnavailable"  # type: ignore[index]

@@ -39,6 +39,9 @@ def setup_logging(settings: Settings) -> None:
     # Chatty libraries: their warnings only.
     for name in ("urllib3", "kubernetes", "aiohttp.access"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if settings.log_level != "DEBUG":
+        # kopf logs every handler call at INFO; our own lines say what was decided.
+        logging.getLogger("kopf").setLevel(logging.WARNING)
 
 
 async def operate(

@@ -102,7 +102,9 @@ def _ready(obs: ModelObservation) -> Condition:
     if obs.decision is not None and not obs.decision.granted:
         return Condition(READY, "False", obs.decision.reason, obs.decision.message)
     if obs.key is not None and not obs.key.ok:
-        return Condition(READY, "False", obs.key.reason, obs.key.message)
+        # Vault unreachable (Unknown) does not stop Pods that already serve their model.
+        if not (obs.key.status == "Unknown" and wl.complete and wl.desired > 0):
+            return Condition(READY, "False", obs.key.reason, obs.key.message)
     if obs.decision is None or obs.key is None:
         return Condition(READY, "Unknown", "Reconciling", obs.error or "not evaluated yet")
     if spec.serving.replicas == 0:

@@ -42,7 +42,11 @@ SERVER_OWNED: dict[str, frozenset[str]] = {
         {"spec.clusterIP", "spec.clusterIPs", "spec.ipFamilies", "spec.ipFamilyPolicy"}
     ),
     "Deployment": frozenset(
-        {"spec.template.metadata.annotations.kubectl.kubernetes.io/restartedAt"}
+        {
+            "spec.template.metadata.annotations.kubectl.kubernetes.io/restartedAt",
+            # The deprecated alias the server keeps equal to serviceAccountName.
+            "spec.template.spec.serviceAccount",
+        }
     ),
     "ServiceAccount": frozenset(),
     "NetworkPolicy": frozenset(),

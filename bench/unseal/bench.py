@@ -10,6 +10,8 @@ rotating order, each of
   (b) modelseal unseal BUNDLE --to /dev/shm/.../unseal-N --digest <pin>   (full verification:
       Transit unwrap, every chunk authenticated, digest pin checked, atomic publish)
   (c) age -d -i KEY PLAIN.tar.age | tar -x -C /dev/shm/.../age-N
+  and, for information, (b') the same unseal without --digest (every chunk still
+  authenticated, but the records are not hashed since no pin asks for the digest)
 
 each into a fresh tmpfs directory (removed, untimed, after each run). Every command runs
 as a child process; its wall time and peak RSS (wait4) are recorded. A warm-up round is not
@@ -17,6 +19,8 @@ counted. Prints medians, min and max, the unsealer's peak RSS at two model sizes
 does not grow with the model), and last:
 
     unseal_vs_cp_ratio=<median unseal / median cp> unseal_vs_age_ratio=<median unseal / median age>
+
+where "unseal" is (b), the pinned unseal the sidecar does.
 
 Options: --size-mib (default 2048), --runs (default 5), --workers (unseal threads, default:
 CPUs), --chunk-size (default 1 MiB), --workdir, --json FILE.
@@ -214,12 +218,31 @@ def main(argv: list[str] | None = None) -> int:
                 env,
             )
 
+        def run_unseal_nopin(i: int) -> tuple[float, int]:
+            return timed(
+                [
+                    *ms,
+                    "unseal",
+                    str(bundle),
+                    "--to",
+                    str(targets / f"unseal-nopin-{i}"),
+                    "--no-progress",
+                    *workers,
+                ],
+                env,
+            )
+
         def run_age(i: int) -> tuple[float, int]:
             dest = targets / f"age-{i}"
             dest.mkdir()
             return timed(f"{age} -d -i {age_key} {tarball} | tar -x -C {dest}")
 
-        tools = {"cp": run_cp, "unseal": run_unseal, "age": run_age}
+        tools = {
+            "cp": run_cp,
+            "unseal": run_unseal,
+            "unseal-nopin": run_unseal_nopin,
+            "age": run_age,
+        }
         samples: dict[str, list[tuple[float, int]]] = {k: [] for k in tools}
         order = list(tools)
         for rnd in range(args.runs + 1):
@@ -251,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(targets, ignore_errors=True)
 
     log("")
-    log(f"{'tool':<8} {'median s':>9} {'min s':>7} {'max s':>7} {'GiB/s':>6} {'peak RSS MiB':>13}")
+    log(f"{'tool':<13} {'median s':>9} {'min s':>7} {'max s':>7} {'GiB/s':>6} {'peak RSS MiB':>13}")
     med: dict[str, float] = {}
     gib = args.size_mib / 1024
     for name, vals in samples.items():
@@ -274,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     results["unseal_small_peak_rss_kib"] = rss_small
     results["seal_seconds"] = t_seal
+    log(
+        f"unseal without pin: {med['unseal-nopin'] / med['cp']:.3f} x cp, "
+        f"{med['unseal-nopin'] / med['age']:.3f} x age"
+    )
     ratio_cp = med["unseal"] / med["cp"]
     ratio_age = med["unseal"] / med["age"]
     results["unseal_vs_cp_ratio"] = ratio_cp

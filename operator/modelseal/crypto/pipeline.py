@@ -64,7 +64,7 @@ class NullSink:
 @dataclass(frozen=True)
 class OpenResult:
     manifest: Manifest
-    digest: bytes
+    digest: bytes | None  # None when neither a pin nor trusted keys asked for it
     trailer: Trailer
     signer: str | None  # key id of the trusted signer, when signatures were checked
 
@@ -132,15 +132,20 @@ def open_payload(
     pinned_digest: bytes | None = None,
     trusted_keys: Sequence[Ed25519PublicKey] | None = None,
     progress: Progress | None = None,
+    compute_digest: bool = True,
 ) -> OpenResult:
     """Authenticate and decrypt the chunk records that follow the header in `stream`.
 
     `stream` must be positioned at the first chunk record. Raises a BundleError subclass on
     any problem; on success every chunk, the manifest, the digest pin and (when
     `trusted_keys` is given) a publisher signature have been verified.
+
+    With `compute_digest=False` and neither a pin nor trusted keys, the records are not
+    hashed (every chunk is still authenticated) and the result's digest is None.
     """
     core = header.core
     workers = workers or default_workers()
+    hashing = compute_digest or pinned_digest is not None or bool(trusted_keys)
     tree = TreeDigest(header)
     window = max(2, 2 * workers)
     slots = _Slots(window, core.chunk_size)
@@ -158,7 +163,8 @@ def open_payload(
         rec = memoryview(slot[0])[:rec_len]
         plain = memoryview(slot[1])[: rec_len - TAG_SIZE]
         readinto_exact(stream, rec, f"chunk {index}")
-        tree.add(index, leaf_hash(rec))
+        if hashing:
+            tree.add(index, leaf_hash(rec))
         cipher.decrypt_into(index, rec, plain)
         take = min(core.manifest_size - len(manifest_buf), len(plain))
         manifest_buf += plain[:take]
@@ -205,7 +211,8 @@ def open_payload(
                 return
             rec = memoryview(slot[0])[:rec_len]
             plain = memoryview(slot[1])[: rec_len - TAG_SIZE]
-            tree.add(i, leaf_hash(rec))
+            if hashing:
+                tree.add(i, leaf_hash(rec))
             cipher.decrypt_into(i, rec, plain)
             deliver(i, plain)
             if progress:
@@ -236,6 +243,8 @@ def open_payload(
     failure.check()
 
     trailer = read_trailer(stream)
+    if not hashing:
+        return OpenResult(manifest, None, trailer, None)
     digest = tree.finish()
     check_pin(digest, pinned_digest)
     signer = signing.verify(trailer, digest, trusted_keys) if trusted_keys else None

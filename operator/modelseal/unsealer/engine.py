@@ -295,6 +295,7 @@ class UnsealOptions:
     expected_key_name: str | None = None
     progress: Progress | None = None
     wipe_overwrite: bool = True
+    compute_digest: bool = True  # False: skip hashing unless a pin or trusted keys need it
 
 
 @dataclass(frozen=True)
@@ -306,8 +307,8 @@ class UnsealReport:
     seconds: float
 
     @property
-    def digest(self) -> str:
-        return fmt.format_digest(self.result.digest)
+    def digest(self) -> str | None:
+        return fmt.format_digest(self.result.digest) if self.result.digest else None
 
 
 Unwrap = Callable[[fmt.Envelope], SecretBytes]
@@ -366,6 +367,7 @@ def unseal_stream(
             pinned_digest=opts.pinned_digest,
             trusted_keys=opts.trusted_keys,
             progress=opts.progress,
+            compute_digest=opts.compute_digest,
         )
         sink = sinks[0]
         sink.close()

@@ -31,7 +31,8 @@ def verify(path: Path, key_file: Path, *extra: str) -> subprocess.CompletedProce
         [
             sys.executable,
             "-m",
-            "modelseal.cli.audit",
+            "modelseal",
+            "audit",
             "verify",
             str(path),
             "--key-file",

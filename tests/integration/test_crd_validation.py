@@ -18,7 +18,7 @@ from tests.integration.operator_helpers import ROOT, OpsEnv
 
 pytestmark = pytest.mark.integration
 
-DIGEST = "sha256:" + "0123456789abcdef" * 4
+DIGEST = "sha256tree:" + "0123456789abcdef" * 4
 
 
 def model(**spec: Any) -> dict[str, Any]:
@@ -154,8 +154,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "pm: bad publisher key",
-        model(source=_src(publisherKey="not-a-key")),
-        "spec.source.publisherKey in body should match",
+        model(source=_src(publisherKeys=["not-a-key"])),
+        "spec.source.publisherKeys[0] in body should match",
     ),
     # ---- serving, gateway, policy, rollout
     (

@@ -29,8 +29,8 @@ from tests.integration.operator_helpers import (
 
 pytestmark = pytest.mark.integration
 
-DIGEST_A = "sha256:" + "a1" * 32
-DIGEST_B = "sha256:" + "b2" * 32
+DIGEST_A = "sha256tree:" + "a1" * 32
+DIGEST_B = "sha256tree:" + "b2" * 32
 
 
 def license_doc(ns: str, name: str = "gold", tenant: str = "acme", **spec: Any) -> dict[str, Any]:

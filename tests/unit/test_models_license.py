@@ -18,7 +18,7 @@ from modelseal.models.status import (
     model_status,
 )
 
-DIGEST = "sha256:" + "cd" * 32
+DIGEST = "sha256tree:" + "cd" * 32
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
@@ -198,7 +198,7 @@ def test_previous_version_recorded_on_rollout() -> None:
     status1 = model_status(obs(v1), None, NOW)
     v2 = model(
         version="2",
-        source={"uri": "s3://bkt/y", "digest": "sha256:" + "ee" * 32, "plaintextSize": 10},
+        source={"uri": "s3://bkt/y", "digest": "sha256tree:" + "ee" * 32, "plaintextSize": 10},
     )
     rolling = model_status(obs(v2, workload=WorkloadState(True, 1, True, 2, 1, 1, 1)), status1, NOW)
     assert rolling["servedVersion"] == "1" and "previousVersion" not in rolling

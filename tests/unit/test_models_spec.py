@@ -17,7 +17,7 @@ from modelseal.models.quantity import (
 )
 from modelseal.models.spec import SpecError, parse_license, parse_model
 
-DIGEST = "sha256:" + "ab" * 32
+DIGEST = "sha256tree:" + "ab" * 32
 
 
 def model_body(**spec: Any) -> dict[str, Any]:
@@ -95,12 +95,12 @@ BAD_MODELS: list[tuple[str, Any, str]] = [
     (
         "bad digest",
         {"source": {"uri": "s3://bk1/k", "digest": "md5:00", "plaintextSize": 1}},
-        "spec.source.digest must be sha256:",
+        "spec.source.digest must be sha256tree:",
     ),
     (
         "upper-case digest",
         {"source": {"uri": "s3://bk1/k", "digest": DIGEST.upper(), "plaintextSize": 1}},
-        "spec.source.digest must be sha256:",
+        "spec.source.digest must be sha256tree:",
     ),
     ("no size", {"source": {"uri": "s3://bk1/k", "digest": DIGEST}}, "plaintextSize is required"),
     (

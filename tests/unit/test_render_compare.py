@@ -15,7 +15,7 @@ from modelseal.render.compare import conflict, differences, update_body
 from modelseal.render.model import render_model
 from modelseal.render.vault import _ttl_seconds
 
-DIGEST = "sha256:" + "12" * 32
+DIGEST = "sha256tree:" + "12" * 32
 
 
 @pytest.fixture
@@ -211,7 +211,11 @@ def test_version_change_changes_template_only(settings: Settings) -> None:
     b = render_model(
         model(
             version="2",
-            source={"uri": "s3://bkt/y", "digest": "sha256:" + "34" * 32, "plaintextSize": "1Gi"},
+            source={
+                "uri": "s3://bkt/y",
+                "digest": "sha256tree:" + "34" * 32,
+                "plaintextSize": "1Gi",
+            },
         ),
         None,
         True,

@@ -34,7 +34,7 @@ DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 TRITON_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+DIGEST_RE = re.compile(r"^sha256tree:[a-f0-9]{64}$")
 URI_RE = re.compile(
     r"^(?P<scheme>s3|pvc)://(?P<host>[a-z0-9][-a-z0-9.]{1,251}[a-z0-9])/(?P<path>\S+)$"
     r"|^(?P<hscheme>https)://(?P<hhost>[^/\s]+)/(?P<hpath>\S*)$"
@@ -140,7 +140,7 @@ class Source:
     endpoint: str | None = None
     region: str | None = None
     credentials_secret: str | None = None
-    publisher_key: str | None = None
+    publisher_keys: tuple[str, ...] = ()
 
     @property
     def pvc_claim(self) -> str | None:
@@ -296,7 +296,7 @@ def _parse_source(data: Mapping[str, Any]) -> Source:
     digest = _match(
         _req_str(data, "digest", where),
         DIGEST_RE,
-        "spec.source.digest must be sha256: followed by 64 lower-case hex digits",
+        "spec.source.digest must be sha256tree: followed by 64 lower-case hex digits (as modelseal seal prints it)",
     )
     raw_size = data.get("plaintextSize")
     if raw_size is None:
@@ -317,9 +317,17 @@ def _parse_source(data: Mapping[str, Any]) -> Source:
     cred_name = _opt_str(creds, "name", f"{where}.credentialsSecretRef") if creds else None
     if cred_name and scheme == "pvc":
         raise SpecError("spec.source.credentialsSecretRef is not used for pvc:// URIs")
-    key = _opt_str(data, "publisherKey", where)
-    if key is not None:
-        _match(key, PUBLISHER_KEY_RE, "spec.source.publisherKey must be a base64 Ed25519 key")
+    raw_keys = data.get("publisherKeys") or []
+    if not isinstance(raw_keys, Sequence) or isinstance(raw_keys, str):
+        raise SpecError("spec.source.publisherKeys must be a list of base64 Ed25519 keys")
+    keys = tuple(
+        _match(
+            k if isinstance(k, str) else "",
+            PUBLISHER_KEY_RE,
+            "spec.source.publisherKeys must hold base64 Ed25519 public keys (32 bytes)",
+        )
+        for k in raw_keys
+    )
     return Source(
         uri=uri,
         scheme=scheme,
@@ -328,7 +336,7 @@ def _parse_source(data: Mapping[str, Any]) -> Source:
         endpoint=endpoint,
         region=region,
         credentials_secret=cred_name,
-        publisher_key=key,
+        publisher_keys=keys,
     )
 
 

@@ -53,6 +53,8 @@ CONTROL_HEADER = "x-modelseal-control"
 RESTRICTED_HTTP_APIS = "model-repository,shared-memory,trace,logging"
 RESTRICTED_GRPC_PROTOCOLS = "model-repository,shared-memory,trace,logging"
 SEALED_MOUNT = "/sealed"
+CONTROL_MOUNT = "/var/run/modelseal/control"
+TRUSTED_KEYS_KEY = "trusted-keys"
 TMPFS_SLACK_BYTES = 32 * MIB
 SHM_BYTES = 256 * MIB
 
@@ -154,32 +156,40 @@ def _control_token_env(names: Names) -> Json:
 
 
 def unsealer_env(model: ModelSpec, settings: Settings, names: Names, p: Ports) -> list[Json]:
-    """The unsealer's settings. The one place to adapt when the unsealer's contract moves."""
+    """The unsealer's settings (`modelseal.unsealer.service`). The one place to adapt when
+    the unsealer's contract moves."""
     src = model.source
     env = [
         *_common_env(settings),
         _env("MODELSEAL_VAULT_ADDR", settings.vault_addr),
         _env("MODELSEAL_VAULT_KUBERNETES_MOUNT", settings.vault_kubernetes_mount),
         _env("MODELSEAL_VAULT_TRANSIT_MOUNT", settings.vault_transit_mount),
-        _env("MODELSEAL_VAULT_ROLE", names.vault_role),
+        _env("MODELSEAL_UNSEALER_VAULT_ROLE", names.vault_role),
         _env("MODELSEAL_SERVICE_ACCOUNT_TOKEN_FILE", str(settings.service_account_token_file)),
         _env("MODELSEAL_MODEL_DIR", str(settings.model_dir)),
+        _env("MODELSEAL_UNSEALER_REPOSITORY_SUBDIR", settings.unsealer_repository_subdir),
         _env("MODELSEAL_UNSEALER_PORT", p.unsealer),
         _env("MODELSEAL_UNSEAL_WORKERS", settings.unseal_workers),
-        _env("MODELSEAL_MODEL_NAME", model.model_name),
         _env("MODELSEAL_BUNDLE_URI", _local_uri(model)),
         _env("MODELSEAL_BUNDLE_DIGEST", src.digest),
-        _env("MODELSEAL_TRANSIT_KEY", model.transit_key),
+        _env("MODELSEAL_BUNDLE_TRANSIT_KEY", model.transit_key),
+        _env("MODELSEAL_UNSEALER_TRITON_MODELS", json.dumps([model.model_name])),
         _env("MODELSEAL_TRITON_HTTP_URL", f"http://127.0.0.1:{p.triton_http}"),
-        _control_token_env(names),
+        # The license file it watches: on revocation or expiry it unloads and wipes.
+        _env("MODELSEAL_LICENSE_FILE", str(settings.license_file)),
+        _env("MODELSEAL_UNSEALER_CONTROL_TOKEN_FILE", f"{CONTROL_MOUNT}/{CONTROL_TOKEN_KEY}"),
     ]
-    if src.publisher_key:
-        env.append(_env("MODELSEAL_PUBLISHER_KEY", src.publisher_key))
+    if src.publisher_keys:
+        env.append(_env("MODELSEAL_BUNDLE_TRUSTED_KEYS_FILE", _trusted_keys_path(settings)))
     if src.endpoint:
-        env.append(_env("MODELSEAL_S3_ENDPOINT", src.endpoint))
+        env.append(_env("MODELSEAL_UNSEALER_S3_ENDPOINT_URL", src.endpoint))
     if src.region:
         env.append(_env("AWS_REGION", src.region))
     return env
+
+
+def _trusted_keys_path(settings: Settings) -> str:
+    return str(PurePosixPath(settings.license_file).parent / TRUSTED_KEYS_KEY)
 
 
 def _local_uri(model: ModelSpec) -> str:
@@ -198,6 +208,12 @@ def _unsealer(model: ModelSpec, settings: Settings, names: Names, p: Ports) -> J
     mounts: list[Json] = [
         {"name": MODELS_VOLUME, "mountPath": str(settings.model_dir)},
         {"name": TOKEN_VOLUME, "mountPath": token_dir, "readOnly": True},
+        {
+            "name": "license",
+            "mountPath": str(PurePosixPath(settings.license_file).parent),
+            "readOnly": True,
+        },
+        {"name": "control", "mountPath": CONTROL_MOUNT, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp", "subPath": "unsealer"},
     ]
     if model.source.scheme == "pvc":
@@ -215,7 +231,7 @@ def _unsealer(model: ModelSpec, settings: Settings, names: Names, p: Ports) -> J
             "/readyz", "unsealer", 2, max(1, settings.unseal_timeout_s // 2)
         ),
         "readinessProbe": _http_probe("/readyz", "unsealer", 10, 3),
-        "livenessProbe": _http_probe("/livez", "unsealer", 20, 3),
+        "livenessProbe": _http_probe("/healthz", "unsealer", 20, 3),
         "resources": {
             "requests": {"cpu": "100m", "memory": memory},
             "limits": {"memory": memory},
@@ -229,8 +245,9 @@ def _unsealer(model: ModelSpec, settings: Settings, names: Names, p: Ports) -> J
 
 
 def triton_args(model: ModelSpec, settings: Settings, p: Ports) -> list[str]:
+    repository = PurePosixPath(settings.model_dir) / settings.unsealer_repository_subdir
     return [
-        f"--model-repository={settings.model_dir}",
+        f"--model-repository={repository}",
         "--model-control-mode=explicit",
         f"--load-model={model.model_name}",
         "--strict-model-config=false",
@@ -375,6 +392,10 @@ def _volumes(model: ModelSpec, settings: Settings, names: Names) -> list[Json]:
         {
             "name": "api-keys",
             "secret": {"secretName": model.gateway.api_keys_secret, "defaultMode": 0o440},
+        },
+        {
+            "name": "control",
+            "secret": {"secretName": names.control_secret, "defaultMode": 0o440},
         },
         {"name": "quota-state", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
@@ -543,8 +564,15 @@ def license_config_map(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(model, names.license_config),
-        "data": license_config_data(model, lic, granted),
+        "data": _model_config_data(model, lic, granted),
     }
+
+
+def _model_config_data(model: ModelSpec, lic: LicenseSpec | None, granted: bool) -> dict[str, str]:
+    data = license_config_data(model, lic, granted)
+    if model.source.publisher_keys:
+        data[TRUSTED_KEYS_KEY] = "".join(f"{k}\n" for k in model.source.publisher_keys)
+    return data
 
 
 def control_secret(model: ModelSpec, settings: Settings, token: str) -> Json:

@@ -324,7 +324,9 @@ def _flip_header(b: bytes, ctx: dict[str, Any]) -> bytes:
     h, _, _ = records(b)
     core = h.core_bytes
     pos = fmt.PREFIX_SIZE + core.index(b'"nonce_prefix":"') + len(b'"nonce_prefix":"') + 1
-    return flip(b, pos)  # still valid hex: parses, then fails authentication
+    data = bytearray(b)
+    data[pos] = ord("0") if data[pos] != ord("0") else ord("1")  # still hex: parses, then
+    return bytes(data)  # fails authentication
 
 
 def _flip_chunk(b: bytes, ctx: dict[str, Any]) -> bytes:

@@ -80,7 +80,8 @@ class Role:
         return self.proc.wait(timeout=timeout)
 
     def text(self) -> str:
-        self.out.flush()
+        if not self.out.closed:
+            self.out.flush()
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:

@@ -415,6 +415,7 @@ class Unsealer:
         await self.start_http()
         try:
             verdict = self.license_verdict(datetime.now(UTC)) if self.models else None
+            watcher: asyncio.Task[None] | None = None
             if verdict:
                 self.state, self.reason = "revoked", verdict
                 log.error("not unsealing: %s", verdict, extra={"state": "revoked"})
@@ -423,12 +424,12 @@ class Unsealer:
                 if code:
                     return code
                 watcher = asyncio.create_task(self.watch_license())
-                await self._stop.wait()
+            # stay up (readiness tells the state) until SIGTERM
+            await self._stop.wait()
+            if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
-            if self.state != "revoked":
-                await self._stop.wait()
             return 0
         finally:
             if self.state == "ready":

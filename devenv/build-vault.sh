@@ -46,8 +46,8 @@ if [[ "${VAULT_BUILD_FORCE:-0}" != 1 ]] && binary_ok; then
 fi
 
 # Reproducible metadata: the module's publication time stands in for the build date.
-build_date="$(go mod download -json "github.com/hashicorp/vault@v$version" 9>&- \
-    | sed -n 's/.*"Time": *"\([^"]*\)".*/\1/p')"
+build_date="$(go list -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' \
+    github.com/hashicorp/vault 9>&-)"
 build_date="${build_date:-1970-01-01T00:00:00Z}"
 
 echo "building vault $version -> $dest (cold builds take a long while)" >&2

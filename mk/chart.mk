@@ -27,3 +27,7 @@ chart-crds-check:
 helm-lint: helm chart-crds-check
 	$(HELM_BIN) lint $(CHART_DIR)
 	$(HELM_BIN) lint $(CHART_DIR) -f $(CHART_DIR)/ci/all-on-values.yaml
+
+# `make test` refreshes the chart's CRD copies first, so a change in crds/ reaches the
+# chart (and its tests) in the same run; commit the copies together with the CRDs.
+test: chart-crds

@@ -110,17 +110,20 @@ DEBUG_CONTAINER = {
     "command": ["sh"],
     "stdin": True,
     "tty": True,
-    "targetContainerName": "triton",
 }
 
 
-def add_debug_container(api: Any, ns: str, pod: str) -> Any:
+def add_debug_container(api: Any, ns: str, pod: str, target: str) -> Any:
     core = k8s.CoreV1Api(api)
     live = core.read_namespaced_pod(pod, ns)
     body = api.sanitize_for_serialization(live)
     body["spec"]["ephemeralContainers"] = [
         *(body["spec"].get("ephemeralContainers") or []),
-        {**DEBUG_CONTAINER, "name": f"debugger-{uuid.uuid4().hex[:4]}"},
+        {
+            **DEBUG_CONTAINER,
+            "name": f"debugger-{uuid.uuid4().hex[:4]}",
+            "targetContainerName": target,
+        },
     ]
     return core.replace_namespaced_pod_ephemeralcontainers(pod, ns, body)
 
@@ -177,7 +180,14 @@ def admin(cluster: KubeCluster) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def chart(cluster: KubeCluster, admin: Any) -> str:
-    """The chart, installed with helm; returns once the guards refuse a probe request."""
+    """The chart, installed with helm, its guards set to fail closed.
+
+    With the chart's default (failurePolicy Ignore) a guard whose expression failed to
+    evaluate would let the request through silently; here such a failure refuses the
+    request (422 "resulted in error"), so every test below would catch it. Fail-closed
+    guards also refuse everything while the API server does not yet know the ProtectedModel
+    kind (about 30 s after the CRD appears), so the fixture waits for that first.
+    """
     helm = build_helm()
     result = subprocess.run(
         [
@@ -189,6 +199,8 @@ def chart(cluster: KubeCluster, admin: Any) -> str:
             "--namespace",
             RELEASE_NS,
             "--create-namespace",
+            "--set",
+            "admission.failurePolicy=Fail",
             "--wait",
             "--timeout",
             "180s",
@@ -199,6 +211,15 @@ def chart(cluster: KubeCluster, admin: Any) -> str:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+    core = k8s.CoreV1Api(admin)
+
+    def probe() -> bool:
+        name = f"probe-{uuid.uuid4().hex[:6]}"
+        core.create_namespaced_pod("default", pod_body(name))
+        core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+        return True
+
+    wait_for(probe, "the guards to know the ProtectedModel kind", timeout=120)
     # The break-glass group gets its rights from RBAC like anyone (here: cluster-admin).
     rbac = k8s.RbacAuthorizationV1Api(admin)
     rbac.create_cluster_role_binding(
@@ -233,6 +254,35 @@ def tenant(cluster: KubeCluster, admin: Any, chart: str) -> dict[str, Any]:
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "ClusterRole",
                 "name": "admin",
+            },
+            "subjects": [
+                {"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}
+            ],
+        },
+    )
+    # ... plus the right to add debug containers, which `admin` does not include.
+    rbac = k8s.RbacAuthorizationV1Api(admin)
+    rbac.create_namespaced_role(
+        ns,
+        {
+            "metadata": {"name": "debugger"},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods/ephemeralcontainers"],
+                    "verbs": ["get", "update", "patch"],
+                }
+            ],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        ns,
+        {
+            "metadata": {"name": "mallory-debugger"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "debugger",
             },
             "subjects": [
                 {"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}
@@ -341,12 +391,14 @@ def test_break_glass_group_passes(cluster: KubeCluster, tenant: dict[str, Any]) 
 
 
 def test_debug_container_on_a_model_pod_is_refused(tenant: dict[str, Any]) -> None:
-    exc = refused(lambda: add_debug_container(tenant["mallory"], tenant["ns"], tenant["model_pod"]))
+    exc = refused(
+        lambda: add_debug_container(tenant["mallory"], tenant["ns"], tenant["model_pod"], "triton")
+    )
     assert_refused_by_modelseal(exc, "ephemeral (debug) container")
 
 
 def test_debug_container_on_an_ordinary_pod_is_allowed(tenant: dict[str, Any]) -> None:
-    pod = add_debug_container(tenant["mallory"], tenant["ns"], "web")
+    pod = add_debug_container(tenant["mallory"], tenant["ns"], "web", "main")
     assert any(c.name.startswith("debugger-") for c in pod.spec.ephemeral_containers)
 
 
@@ -447,15 +499,18 @@ def test_edits_of_owned_objects_are_refused(tenant: dict[str, Any]) -> None:
     new_image = {
         "spec": {"template": {"spec": {"containers": [{"name": "triton", "image": "evil"}]}}}
     }
+    # Two guards refuse this one (a Deployment with the model's ServiceAccount, and an
+    # object the operator owns); the API server reports the first.
     assert_refused_by_modelseal(
         refused(lambda: apps.patch_namespaced_deployment(MODEL, ns, new_image)),
-        f"Deployment {ns}/{MODEL}",
-        "change the ProtectedModel instead",
+        f"protected model {MODEL}",
     )
     assert_refused_by_modelseal(
         refused(
             lambda: apps.patch_namespaced_deployment_scale(MODEL, ns, {"spec": {"replicas": 9}})
-        )
+        ),
+        f"Scale {ns}/{MODEL}",
+        "change the ProtectedModel instead",
     )
     assert_refused_by_modelseal(
         refused(

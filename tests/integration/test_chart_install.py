@@ -94,6 +94,8 @@ def make_namespace(api: Any, name: str, labels: dict[str, str] | None = None) ->
     except ApiException as exc:
         if exc.status != 409:
             raise
+        if labels:
+            core.patch_namespace(name, {"metadata": {"labels": labels}})
     return name
 
 
@@ -235,6 +237,23 @@ def can_i(cluster: KubeCluster, user: str, *args: str) -> bool:
     )
     assert result.stdout.strip() in ("yes", "no"), result.stderr
     return result.stdout.strip() == "yes"
+
+
+def test_install_does_not_block_other_pods(api: Any, installed: str) -> None:
+    """Right after install the guards cannot run yet (the API server learns the new
+    ProtectedModel kind ~30 s later); with the default failurePolicy they must not refuse
+    the rest of the cluster's pods meanwhile."""
+    ns = make_namespace(api, f"bystander-{uuid.uuid4().hex[:6]}")
+    pod = k8s.CoreV1Api(api).create_namespaced_pod(
+        ns,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "bystander"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        },
+    )
+    assert pod.metadata.name == "bystander"
 
 
 def test_operator_rbac_is_least_privilege_on_the_server(

@@ -149,6 +149,8 @@ def test_settings_passed_to_the_operator_exist(helm: Path) -> None:
         docs = render(helm, *([values] if values else []))
         for _, spec in pod_specs(docs):
             for container in spec["containers"]:
+                names = [e["name"] for e in container.get("env", [])]
+                assert len(names) == len(set(names)), f"duplicate env in {container['name']}"
                 for e in container.get("env", []):
                     if e["name"].startswith("MODELSEAL_"):
                         assert e["name"] in fields, f"{e['name']} is not a setting"
@@ -338,8 +340,11 @@ def test_admission_policies_are_bound_and_name_modelseal(helm: Path) -> None:
         "ms-modelseal-output-policy",
     } == set(policies)
     for name, p in policies.items():
-        assert p["spec"]["failurePolicy"] == "Fail"
-        if not name.endswith("output-policy"):
+        if name.endswith("output-policy"):
+            assert p["spec"]["failurePolicy"] == "Fail"
+        else:
+            # Fail-open only while the guard cannot run: see admission.failurePolicy.
+            assert p["spec"]["failurePolicy"] == "Ignore"
             # The ProtectedModels of the request's namespace are the parameters.
             assert p["spec"]["paramKind"] == {
                 "apiVersion": "modelseal.io/v1alpha1",

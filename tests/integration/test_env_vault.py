@@ -180,7 +180,7 @@ def test_kubernetes_auth_login_bound_to_one_service_account(
         _datakey(model, transit_key)
 
     other = vault.client(token="")
-    with pytest.raises(hvac.exceptions.Forbidden):
+    with pytest.raises(hvac.exceptions.Forbidden, match="service account name not authorized"):
         other.auth.kubernetes.login(role=role, jwt=jwt_b)
     with pytest.raises(hvac.exceptions.Forbidden):
         other.auth.kubernetes.login(role=role, jwt=jwt_a_wrong_audience)

@@ -379,9 +379,55 @@ def test_connect_to_a_model_pod_is_refused_to_cluster_admins_too(
 
 @pytest.mark.parametrize("kind", ["exec", "attach", "portforward"])
 def test_connect_to_an_ordinary_pod_passes_admission(tenant: dict[str, Any], kind: str) -> None:
-    # No kubelet: the API server fails after admission, with its own error (not a 403).
+    # A plain POST passes admission, then the API server's proxy asks for a stream upgrade
+    # (with kubectl's upgrade it goes on to the kubelet: see the kubectl test below).
     exc = refused(lambda: connect(tenant["mallory"], tenant["ns"], "web", kind))
     assert_not_refused_by_policy(exc)
+    assert exc.status == 400 and "Upgrade request required" in exc.body, exc.body
+
+
+KUBECTL_ACTIONS = {
+    "exec": ["exec", "{pod}", "--", "cat", "/models/digits/1/model.py"],
+    "attach": ["attach", "{pod}"],
+    "port-forward": ["port-forward", "pod/{pod}", "18000:8000"],
+}
+
+
+def kubectl_as(cluster: KubeCluster, user: str, ns: str, args: list[str]) -> str:
+    """Our kubectl (websocket/SPDY upgrade, as people use it) as ``user``; its stderr."""
+    result = subprocess.run(
+        [
+            str(cluster.binary("kubectl")),
+            f"--kubeconfig={cluster.kubeconfig}",
+            f"--as={user}",
+            "-n",
+            ns,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert result.returncode != 0, result.stdout
+    return result.stderr
+
+
+@pytest.mark.parametrize("action", sorted(KUBECTL_ACTIONS))
+def test_kubectl_tells_the_policy_from_the_missing_kubelet(
+    cluster: KubeCluster, tenant: dict[str, Any], action: str
+) -> None:
+    """With kubectl: on the model's pod the policy answers; on the ordinary pod admission
+    passes and the API server then fails to reach the kubelet (there is none: kwok nodes)."""
+    ns = tenant["ns"]
+    args = [a.format(pod=tenant["model_pod"]) for a in KUBECTL_ACTIONS[action]]
+    err = kubectl_as(cluster, "mallory", ns, args)
+    assert "Forbidden" in err or "forbidden" in err, err
+    assert "Modelseal: " in err and f"protected model {MODEL}" in err, err
+    err = kubectl_as(cluster, "mallory", ns, [a.format(pod="web") for a in KUBECTL_ACTIONS[action]])
+    assert "Modelseal" not in err, err
+    assert "127.0.0.1:10250" in err and "connection refused" in err, err
 
 
 def test_break_glass_group_passes(cluster: KubeCluster, tenant: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 
@@ -93,8 +93,8 @@ class _Protocol(asyncio.Protocol):
         self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # not an isinstance check: uvloop's transports do not subclass asyncio.Transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf

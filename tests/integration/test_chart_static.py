@@ -232,18 +232,35 @@ def test_rbac_is_least_privilege(helm: Path, values: Path | None) -> None:
         "ms-modelseal-kopf-cluster",
         "ms-modelseal-kopf",
         "ms-modelseal-operator",
+        "ms-modelseal-operator-secrets",
     }
     for role in roles:
+        name = role["metadata"]["name"]
         for rule in role["rules"]:
-            assert "*" not in rule["verbs"], role["metadata"]["name"]
-            assert "*" not in rule["resources"], role["metadata"]["name"]
-            assert "*" not in rule.get("apiGroups", []), role["metadata"]["name"]
-            assert "secrets" not in rule["resources"], "no Secret access at all"
+            assert "*" not in rule["verbs"], name
+            assert "*" not in rule["resources"], name
+            assert "*" not in rule.get("apiGroups", []), name
             for danger in ("escalate", "bind", "impersonate"):
                 assert danger not in rule["verbs"]
+            if "secrets" in rule["resources"]:
+                assert name == "ms-modelseal-operator-secrets", name
+                assert rule["resources"] == ["secrets"]
+                assert not {"list", "watch"} & set(rule["verbs"]), "Secrets by name only"
     cluster_role = next(r for r in roles if r["metadata"]["name"] == "ms-modelseal-kopf-cluster")
     for rule in cluster_role["rules"]:
         assert set(rule["verbs"]) <= {"get", "list", "watch"}, "cluster-wide part is read-only"
+
+
+@pytest.mark.integration
+def test_no_cluster_wide_secret_access_by_default(helm: Path) -> None:
+    docs = render(helm)
+    crbs = {b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding")}
+    assert crbs == {"ms-modelseal-kopf-cluster", "ms-modelseal-kopf", "ms-modelseal-operator"}
+    assert not by_kind(docs, "RoleBinding")
+    opted_in = render(helm, sets=("rbac.clusterWideSecretAccess=true",))
+    assert "ms-modelseal-operator-secrets" in {
+        b["roleRef"]["name"] for b in by_kind(opted_in, "ClusterRoleBinding")
+    }
 
 
 @pytest.mark.integration
@@ -255,8 +272,10 @@ def test_watch_namespaces_bind_only_there(helm: Path) -> None:
     assert sorted((b["metadata"]["namespace"], b["roleRef"]["name"]) for b in rbs) == [
         ("models-a", "ms-modelseal-kopf"),
         ("models-a", "ms-modelseal-operator"),
+        ("models-a", "ms-modelseal-operator-secrets"),
         ("models-b", "ms-modelseal-kopf"),
         ("models-b", "ms-modelseal-operator"),
+        ("models-b", "ms-modelseal-operator-secrets"),
     ]
     for b in by_kind(docs, "ValidatingAdmissionPolicyBinding"):
         values = b["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"]
@@ -426,13 +445,15 @@ def test_make_images_says_so_without_a_builder(tmp_path: Path) -> None:
 
 
 def known_metric_series() -> set[str]:
-    """Every series name the gateway (and, once it has them, the operator) exports."""
+    """Every series name the gateway and the operator export."""
     from prometheus_client import CollectorRegistry
 
     from modelseal.gateway.metrics import GatewayMetrics
+    from modelseal.handlers.metrics import Metrics as OperatorMetrics
 
     registry = CollectorRegistry()
     GatewayMetrics(registry)
+    OperatorMetrics(registry)
     names: set[str] = set()
     for family in registry.collect():
         if family.type == "counter":
@@ -453,7 +474,8 @@ def test_dashboard_uses_only_exported_metrics() -> None:
         v["query"]["query"] for v in dash["templating"]["list"] if isinstance(v.get("query"), dict)
     ]
     used = {m for e in exprs for m in re.findall(r"\bmodelseal_[a-z_]+\b", e)}
-    assert used, "the dashboard queries no Modelseal metric"
+    assert any(m.startswith("modelseal_gateway_") for m in used)
+    assert any(m.startswith("modelseal_operator_") for m in used)
     unknown = used - known_metric_series()
     assert not unknown, f"dashboard queries metrics nobody exports: {sorted(unknown)}"
     ids = [p["id"] for p in dash["panels"]]

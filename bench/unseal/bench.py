@@ -73,20 +73,36 @@ def build_model(root: Path, size_mib: int) -> None:
     stamp.write_text(str(size_mib))
 
 
-def timed(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Run a child; return (wall seconds, peak RSS in KiB of it and its waited children)."""
-    shell = isinstance(cmd, str)
+GNU_TIME = "/usr/bin/time" if Path("/usr/bin/time").is_file() else None
+
+
+def timed(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float, int, float]:
+    """Run a child; return (wall s, peak RSS KiB, CPU s = user + sys, children included).
+
+    Peak RSS comes from GNU time when installed: measured by wait4 in a small process it
+    forks, so it is the command's own (a child forked straight from this Python process
+    would inherit Python's RSS high-water mark at exec). Without GNU time the numbers come
+    from wait4 here and include that inherited mark.
+    """
+    argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+    report = Path(f"/tmp/modelseal-bench-time-{os.getpid()}")
+    if GNU_TIME:
+        argv = [GNU_TIME, "-f", "%M %U %S", "-o", str(report), *argv]
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, shell=shell, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {cmd}\n{err}")
-    return wall, int(usage.ru_maxrss)
+    if GNU_TIME:
+        rss, user, sys_ = report.read_text().split()[-3:]
+        report.unlink()
+        return wall, int(rss), float(user) + float(sys_)
+    return wall, int(usage.ru_maxrss), usage.ru_utime + usage.ru_stime
 
 
 def modelseal_cmd() -> list[str]:
@@ -134,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "VAULT_ADDR": vault.addr, "VAULT_TOKEN": vault.root_token}
         bundle = work / "model.mseal"
         small_bundle = work / "model-small.mseal"
-        t_seal, rss_seal = timed(
+        t_seal, rss_seal, _ = timed(
             [
                 *ms,
                 "seal",
@@ -191,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             not tarball.exists()
             or tarball.stat().st_mtime < (plain / ".bench-size").stat().st_mtime
         ):
-            t_age_enc, _ = timed(
+            t_age_enc, _, _ = timed(
                 f"tar -C {plain} -cf - . | {age} -r {recipient} -o {tarball}.tmp && "
                 f"mv {tarball}.tmp {tarball}"
             )
@@ -199,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
 
         workers = ["--workers", str(args.workers)] if args.workers else []
 
-        def run_cp(i: int) -> tuple[float, int]:
+        def run_cp(i: int) -> tuple[float, int, float]:
             return timed(["cp", "-r", str(plain), str(targets / f"cp-{i}")])
 
-        def run_unseal(i: int) -> tuple[float, int]:
+        def run_unseal(i: int) -> tuple[float, int, float]:
             return timed(
                 [
                     *ms,
@@ -218,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 env,
             )
 
-        def run_unseal_nopin(i: int) -> tuple[float, int]:
+        def run_unseal_nopin(i: int) -> tuple[float, int, float]:
             return timed(
                 [
                     *ms,
@@ -232,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 env,
             )
 
-        def run_age(i: int) -> tuple[float, int]:
+        def run_age(i: int) -> tuple[float, int, float]:
             dest = targets / f"age-{i}"
             dest.mkdir()
             return timed(f"{age} -d -i {age_key} {tarball} | tar -x -C {dest}")
@@ -243,20 +259,23 @@ def main(argv: list[str] | None = None) -> int:
             "unseal-nopin": run_unseal_nopin,
             "age": run_age,
         }
-        samples: dict[str, list[tuple[float, int]]] = {k: [] for k in tools}
+        samples: dict[str, list[tuple[float, int, float]]] = {k: [] for k in tools}
         order = list(tools)
+        loads: list[float] = []
         for rnd in range(args.runs + 1):
             for name in order:
-                wall, rss = tools[name](rnd)
+                load = os.getloadavg()[0]
+                wall, rss, cpu = tools[name](rnd)
                 shutil.rmtree(targets / f"{name}-{rnd}")
                 if rnd > 0:
-                    samples[name].append((wall, rss))
+                    samples[name].append((wall, rss, cpu))
+                    loads.append(load)
             tag = "warm-up" if rnd == 0 else f"round {rnd}"
             log(f"  {tag}: done")
             order = order[1:] + order[:1]
 
         # peak RSS of the unsealer at a smaller model size: should be the same
-        _, rss_small = timed(
+        _, rss_small, _ = timed(
             [
                 *ms,
                 "unseal",
@@ -274,23 +293,33 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(targets, ignore_errors=True)
 
     log("")
-    log(f"{'tool':<13} {'median s':>9} {'min s':>7} {'max s':>7} {'GiB/s':>6} {'peak RSS MiB':>13}")
+    log(
+        f"{'tool':<13} {'median s':>9} {'min s':>7} {'max s':>7} {'GiB/s':>6} {'CPU s':>6} "
+        f"{'peak RSS MiB':>13}"
+    )
     med: dict[str, float] = {}
     gib = args.size_mib / 1024
     for name, vals in samples.items():
-        walls = [w for w, _ in vals]
+        walls = [w for w, _, _ in vals]
         med[name] = statistics.median(walls)
-        rss = max(r for _, r in vals) / 1024
+        cpu = statistics.median(c for _, _, c in vals)
+        rss = max(r for _, r, _ in vals) / 1024
         log(
-            f"{name:<8} {med[name]:>9.3f} {min(walls):>7.3f} {max(walls):>7.3f} "
-            f"{gib / med[name]:>6.2f} {rss:>13.1f}"
+            f"{name:<13} {med[name]:>9.3f} {min(walls):>7.3f} {max(walls):>7.3f} "
+            f"{gib / med[name]:>6.2f} {cpu:>6.2f} {rss:>13.1f}"
         )
         results[name] = {
             "walls": walls,
             "median": med[name],
-            "peak_rss_kib": max(r for _, r in vals),
+            "cpu_median": cpu,
+            "peak_rss_kib": max(r for _, r, _ in vals),
         }
-    rss_big = max(r for _, r in samples["unseal"]) / 1024
+    log(
+        f"load average (1 min) during the timed runs: median {statistics.median(loads):.2f}, "
+        f"max {max(loads):.2f}; peak RSS via {'GNU time' if GNU_TIME else 'wait4 (inflated)'}"
+    )
+    results["load_median"] = statistics.median(loads)
+    rss_big = max(r for _, r, _ in samples["unseal"]) / 1024
     log(
         f"unsealer peak RSS: {rss_big:.1f} MiB at {args.size_mib} MiB, "
         f"{rss_small / 1024:.1f} MiB at {args.small_mib} MiB"

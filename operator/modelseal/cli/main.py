@@ -1,10 +1,11 @@
 """The `modelseal` command.
 
-Command groups are modules `modelseal.cli.cmd_<group>` that define
-`register(subparsers)`; each adds its sub-commands and sets `func` (a callable taking the
-parsed arguments and returning an exit code). Adding a group is adding a module: no change
-here. Modules import their heavy dependencies inside the command functions, so `--help`
-stays fast.
+Each top-level command NAME is a module `modelseal.cli.cmd_<NAME>` (dashes as
+underscores) that defines `register(subparsers)`: it adds its parser (and any
+sub-commands) and sets `func` (a callable taking the parsed arguments and returning an exit
+code). Adding a command is adding a module: no change here. `modelseal NAME ...` imports
+only `cmd_NAME`; `modelseal --help` (or an unknown name) imports them all. Keep module
+level imports light anyway: heavy dependencies belong inside the command functions.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def command_modules() -> list[str]:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelseal",
         description="Seal Triton model directories into encrypted, signed bundles whose "
@@ -41,13 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log progress details to stderr"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in command_modules():
+    modules = command_modules()
+    if command:
+        wanted = f"{__package__}.cmd_{command.replace('-', '_')}"
+        if wanted in modules:
+            modules = [wanted]
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

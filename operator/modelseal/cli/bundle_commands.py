@@ -1,4 +1,7 @@
-"""`modelseal seal | inspect | verify | rewrap | unseal`: the sealed-bundle commands."""
+"""`modelseal seal | inspect | verify | rewrap | unseal`: the sealed-bundle commands.
+
+Each command is registered by its own `cmd_<name>` module, so that `modelseal unseal`
+imports only what `unseal` needs."""
 
 from __future__ import annotations
 
@@ -22,14 +25,6 @@ BUNDLE_HELP = (
     "a bundle: a path, file:///path, https://host/path or s3://bucket/key "
     "(S3 endpoint from $AWS_ENDPOINT_URL, credentials from the usual AWS settings)"
 )
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    _register_seal(sub)
-    _register_inspect(sub)
-    _register_verify(sub)
-    _register_rewrap(sub)
-    _register_unseal(sub)
 
 
 def _common_open_options(p: argparse.ArgumentParser) -> None:
@@ -79,7 +74,7 @@ def _common_open_options(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- seal
 
 
-def _register_seal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register_seal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "seal",
         help="encrypt a Triton model directory into a sealed bundle",
@@ -167,7 +162,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------- inspect
 
 
-def _register_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "inspect",
         help="show a bundle's header, key, sizes, digest and signers (no secrets, no Vault)",
@@ -248,7 +243,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- verify
 
 
-def _register_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "verify",
         help="authenticate a whole bundle with its key; writes nothing",
@@ -307,7 +302,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- rewrap
 
 
-def _register_rewrap(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register_rewrap(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "rewrap",
         help="re-wrap the data key to the Transit key's latest version (bulk data untouched)",
@@ -384,7 +379,7 @@ def _copy_with_new_header(src: Path, out: Path, head: bytes, body_offset: int) -
 # --------------------------------------------------------------------------- unseal
 
 
-def _register_unseal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register_unseal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "unseal",
         help="verify and decrypt a bundle into a new directory on tmpfs",

@@ -1,0 +1,5 @@
+"""`modelseal rewrap` (see bundle_commands)."""
+
+from .bundle_commands import register_rewrap as register
+
+__all__ = ["register"]

@@ -406,7 +406,12 @@ def register_unseal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_unseal(args: argparse.Namespace) -> int:
     from modelseal.crypto import format as fmt
-    from modelseal.unsealer.engine import UnsealOptions, check_memory_fs, unseal_stream
+    from modelseal.unsealer.engine import (
+        UnsealOptions,
+        check_memory_fs,
+        peak_rss_kib,
+        unseal_stream,
+    )
 
     pinned, trusted = _pin_and_keys(args)
     dest = Path(os.path.abspath(args.to))
@@ -442,6 +447,7 @@ def cmd_unseal(args: argparse.Namespace) -> int:
         "signer": report.result.signer,
         "filesystem": report.fstype,
         "seconds": round(report.seconds, 3),
+        "peak_rss_kib": peak_rss_kib(),
     }
     if args.json:
         print(json.dumps(info, indent=2))

@@ -153,6 +153,17 @@ def check_room(path: Path, header: fmt.BundleHeader) -> None:
         raise UnsealError(f"{path} has too few free inodes for {core.file_count} files")
 
 
+def peak_rss_kib() -> int | None:
+    """This process's peak resident set (VmHWM), in KiB; None where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 # ----------------------------------------------------------------------------- wiping
 
 

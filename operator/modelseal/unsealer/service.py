@@ -47,6 +47,7 @@ from .engine import (
     UnsealReport,
     check_memory_fs,
     clean_stale_staging,
+    peak_rss_kib,
     unseal_stream,
     wipe_tree,
 )
@@ -203,6 +204,7 @@ class Unsealer:
             "reason": self.reason,
             "models": self.models,
             "repository": str(self.repository),
+            "peak_rss_kib": peak_rss_kib(),
         }
         if self.report is not None:
             core = self.report.header.core
@@ -469,11 +471,12 @@ class Unsealer:
         self.state, self.ready_at = "ready", time.time()
         core = self.report.header.core
         log.info(
-            "model published: %d files, %d bytes in %.2fs (%s)",
+            "model published: %d files, %d bytes in %.2fs (%s); peak RSS %s KiB",
             core.file_count,
             core.plaintext_size,
             self.report.seconds,
             self.report.fstype,
+            peak_rss_kib(),
             extra={"state": "ready", "digest": self.report.digest},
         )
         return 0

@@ -1,0 +1,223 @@
+"""The real operator (`python -m modelseal operator`) with exactly the chart's RBAC and
+behind the chart's admission guards.
+
+The chart is installed (operator.watchNamespaces = one tenant namespace, guards on,
+fail-closed); the operator then runs as a process with a token of the chart's operator
+ServiceAccount, the environment the chart gives its container, and no Vault (the address
+points at a closed port). It must create the model's objects, write status, and make not
+a single request the API server refuses: that proves the RBAC is enough, and that the
+guards let the operator through while refusing everyone else. Vault itself is the
+operator's tests' business (the model reports VaultUnavailable here).
+
+Own control plane, as in test_chart_install.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from tests.integration.test_chart_static import CHART, build_helm
+from tests.unit.test_argocd_health import CUSTOMIZATIONS, run_health
+
+from modelseal_devenv.common import ManagedProcess, free_port
+from modelseal_devenv.kube import KubeCluster, ensure_binaries
+
+pytestmark = pytest.mark.integration
+
+RELEASE, RELEASE_NS = "ms", "modelseal-system"
+SA = "ms-modelseal-operator"
+GROUP, VERSION = "modelseal.io", "v1alpha1"
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (ApiException, OSError) as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("operator")
+    ns = f"models-{uuid.uuid4().hex[:6]}"
+    with KubeCluster(nodes=1, bin_dir=ensure_binaries()) as cluster:
+        admin = cluster.api_client()
+        core = k8s.CoreV1Api(admin)
+        core.create_namespace({"metadata": {"name": ns}})
+        helm = build_helm()
+        result = subprocess.run(
+            [
+                str(helm),
+                f"--kubeconfig={cluster.kubeconfig}",
+                "install",
+                RELEASE,
+                str(CHART),
+                "--namespace",
+                RELEASE_NS,
+                "--create-namespace",
+                "--set-json",
+                f'operator.watchNamespaces=["{ns}"]',
+                "--set",
+                "admission.failurePolicy=Fail",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        # The chart's operator container environment, as rendered.
+        rendered = subprocess.run(
+            [
+                str(helm),
+                "template",
+                RELEASE,
+                str(CHART),
+                "--namespace",
+                RELEASE_NS,
+                "--set-json",
+                f'operator.watchNamespaces=["{ns}"]',
+                "--show-only",
+                "templates/deployment.yaml",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        container = yaml.safe_load(rendered)["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        # Out of cluster: a kubeconfig with a token of the chart's ServiceAccount.
+        token = core.create_namespaced_service_account_token(
+            SA, RELEASE_NS, {"spec": {"expirationSeconds": 3600}}
+        ).status.token
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "test",
+                    "cluster": {
+                        "server": cluster.server,
+                        "certificate-authority": str(cluster.ca_file),
+                    },
+                }
+            ],
+            "users": [{"name": SA, "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": SA}}],
+            "current-context": "test",
+        }
+        kubeconfig = tmp / "operator.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(doc))
+        metrics_port, health_port = free_port(), free_port()
+        env.update(
+            MODELSEAL_VAULT_ADDR=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+            MODELSEAL_OPERATOR_METRICS_PORT=str(metrics_port),
+            MODELSEAL_OPERATOR_HEALTH_PORT=str(health_port),
+            MODELSEAL_OPERATOR_TOKEN_FILE=str(tmp / "no-token"),
+            MODELSEAL_RESYNC_INTERVAL_S="5",
+            MODELSEAL_AUDIT_SINK="stdout",
+        )
+        proc = ManagedProcess(
+            "operator",
+            [sys.executable, "-m", "modelseal", "operator"],
+            tmp / "operator.log",
+            env={**os.environ, **env, "KUBECONFIG": str(kubeconfig)},
+        ).start()
+        try:
+            yield {
+                "cluster": cluster,
+                "admin": admin,
+                "ns": ns,
+                "proc": proc,
+                "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+                "health": f"http://127.0.0.1:{health_port}/healthz",
+            }
+        finally:
+            proc.stop()
+            admin.close()
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback
+        return str(resp.read().decode())
+
+
+def test_operator_works_with_the_charts_rbac_and_guards(setup: dict[str, Any]) -> None:
+    admin, ns, proc = setup["admin"], setup["ns"], setup["proc"]
+    wait_for(lambda: scrape(setup["health"]) is not None, "the operator's health endpoint")
+    custom = k8s.CustomObjectsApi(admin)
+    lic = yaml.safe_load((CUSTOMIZATIONS / "ModelLicense/testdata/valid.yaml").read_text())
+    pm = yaml.safe_load((CUSTOMIZATIONS / "ProtectedModel/testdata/healthy.yaml").read_text())
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        "modellicenses",
+        {**{k: lic[k] for k in ("apiVersion", "kind", "spec")}, "metadata": {"name": "acme"}},
+    )
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        "protectedmodels",
+        {**{k: pm[k] for k in ("apiVersion", "kind", "spec")}, "metadata": {"name": "digits"}},
+    )
+    core, apps, net = k8s.CoreV1Api(admin), k8s.AppsV1Api(admin), k8s.NetworkingV1Api(admin)
+    # Everything the operator renders, created with the chart's RBAC past the guards.
+    wait_for(lambda: apps.read_namespaced_deployment("digits", ns), "the model's Deployment")
+    assert core.read_namespaced_service_account("digits", ns)
+    assert core.read_namespaced_service("digits", ns)
+    assert net.read_namespaced_network_policy("digits", ns)
+    assert core.read_namespaced_secret("digits-triton-control", ns)
+    live = wait_for(
+        lambda: (
+            obj
+            if (
+                obj := custom.get_namespaced_custom_object(
+                    GROUP, VERSION, ns, "protectedmodels", "digits"
+                )
+            )
+            .get("status", {})
+            .get("conditions")
+            else None
+        ),
+        "status written by the operator",
+    )
+    conditions = {c["type"]: c for c in live["status"]["conditions"]}
+    assert conditions["LicenseValid"]["status"] == "True", conditions
+    assert conditions["KeyAccessible"]["status"] != "True", conditions  # no Vault here
+    status, message = run_health("ProtectedModel", live)
+    assert status in ("Degraded", "Progressing"), (status, message)
+    # Not one request of the operator was refused (RBAC 403 or admission 403/422).
+    time.sleep(6)  # one more resync round
+    metrics = scrape(setup["metrics"])
+    calls = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("modelseal_operator_api_calls_total{")
+    ]
+    assert calls, metrics
+    refused = [line for line in calls if 'code="403"' in line or 'code="422"' in line]
+    assert not refused, refused
+    log = Path(proc.log_path).read_text(errors="replace")
+    assert "Forbidden" not in log and "forbidden" not in log, proc.log_tail(60)
+    assert proc.running, proc.log_tail(60)

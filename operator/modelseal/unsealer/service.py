@@ -270,9 +270,12 @@ class Unsealer:
 
             def unwrap(env: fmt.Envelope) -> SecretBytes:
                 key_name = s.bundle_transit_key or env.key_name
-                return transit.unwrap_data_key(
+                key = transit.unwrap_data_key(
                     client, key_name, env.wrapped_key, s.vault_transit_mount
                 )
+                if s.vault_token_file is None:
+                    auth.revoke_self(client)  # a Kubernetes-auth token: not needed any more
+                return key
 
             with open_source(
                 s.bundle_uri,

@@ -365,6 +365,7 @@ def test_kubernetes_auth_login(
     kube_namespace: str,
     tmp_path: Path,
     tmpfs_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from kubernetes import client as k8s
     from tests.fixtures.vault import request_sa_token
@@ -390,6 +391,24 @@ def test_kubernetes_auth_login(
     )
     jwt = tmp_path / "sa-token"
     jwt.write_text(request_sa_token(kube_api, kube_namespace, "model-a", ["vault"]))
+    # the CLI logs in the same way (verify needs only transit/decrypt)
+    for var in ("VAULT_TOKEN", "VAULT_TOKEN_FILE", "VAULT_K8S_ROLE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.vault-token
+    code = cli_main(
+        [
+            "verify",
+            str(sealed["bundle"]),
+            "--vault-addr",
+            vault.addr,
+            "--vault-role",
+            role_name,
+            "--vault-jwt-file",
+            str(jwt),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
     env = {k: v for k, v in role_env.items() if k != "MODELSEAL_VAULT_TOKEN_FILE"}
     env.update(
         MODELSEAL_UNSEALER_VAULT_ROLE=role_name, MODELSEAL_SERVICE_ACCOUNT_TOKEN_FILE=str(jwt)

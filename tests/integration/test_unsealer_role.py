@@ -430,3 +430,50 @@ def test_kubernetes_auth_login(
     assert role.wait_exit() == 3
     jwt_text = jwt.read_text()
     assert jwt_text not in role.text()
+
+
+def test_sigterm_while_unsealing_leaves_nothing(
+    role_env: dict[str, str], start: Any, sealed: dict[str, Any], tmpfs_path: Path
+) -> None:
+    import http.server
+    import threading
+
+    data = sealed["bundle"].read_bytes()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(0, len(data), 8192):
+                    self.wfile.write(data[i : i + 8192])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/identity.mseal"
+        role = start(
+            dict(role_env, MODELSEAL_BUNDLE_URI=url, MODELSEAL_UNSEALER_ALLOW_HTTP_SOURCE="true")
+        )
+        role.wait_state("unsealing")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+            p.name.startswith(".modelseal-staging") for p in tmpfs_path.iterdir()
+        ):
+            time.sleep(0.05)
+        role.proc.send_signal(signal.SIGTERM)
+        assert role.wait_exit(timeout=20) == 0, role.text()
+        assert "cancelling the unseal" in role.text()
+        assert os.listdir(tmpfs_path) == []
+    finally:
+        server.shutdown()
+        server.server_close()

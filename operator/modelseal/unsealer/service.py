@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,6 +117,7 @@ class Unsealer:
         self._runner: web.AppRunner | None = None
         self._revoke_lock = asyncio.Lock()
         self._stop = asyncio.Event()
+        self._cancel = threading.Event()  # asks a running unseal to give up
         self._control_token: str | None = None
         self._license_warned = ""
 
@@ -294,6 +296,7 @@ class Unsealer:
                         trusted_keys=trusted,
                         allow_non_tmpfs=s.allow_non_tmpfs,
                         expected_key_name=s.bundle_transit_key or None,
+                        progress=self._check_cancel,
                     ),
                 )
         finally:
@@ -302,6 +305,10 @@ class Unsealer:
                 # is someone else's token; leave it alone.)
                 auth.revoke_self(client)
             auth.close(client)
+
+    def _check_cancel(self, _n: int) -> None:
+        if self._cancel.is_set():
+            raise UnsealError("unseal cancelled: the unsealer is stopping")
 
     def write_marker(self) -> None:
         assert self.report is not None
@@ -452,7 +459,8 @@ class Unsealer:
         done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if task not in done:
             # stop requested mid-unseal: let the thread finish or fail, then clean up
-            log.warning("stop requested while unsealing; waiting for the unseal to end")
+            log.warning("stop requested while unsealing; cancelling the unseal")
+            self._cancel.set()
             with contextlib.suppress(Exception):
                 await task
             self._wipe()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -26,7 +27,7 @@ def open_local(uri: str) -> SourceStream:
         raise SourceError(f"cannot open bundle {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        if not os.path.stat.S_ISREG(st.st_mode):  # type: ignore[attr-defined]
+        if not stat.S_ISREG(st.st_mode):
             raise SourceError(f"bundle {path} is not a regular file")
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     except BaseException:

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from modelseal.quota import policy
 from modelseal.quota.license import Limits
 from modelseal.quota.policy import DAY_MS, EngineLimits, ScopeCounters
-from modelseal.store.base import Scope, StoreUnavailable
-from modelseal.store.lua import ADMIT_LUA
+from modelseal.store.base import Scope, StoreUnavailable, Ticket
+from modelseal.store.lua import ADMIT_LUA, REFUND_LUA
 from modelseal.store.redis import RedisStore, _admission
 from modelseal_devenv.common import free_port
 from modelseal_devenv.redis import RedisServer
@@ -36,7 +36,7 @@ limits_st = st.builds(
 )
 step_st = st.tuples(
     st.sampled_from([0, 0, 1, 7, 250, 999, 3_600_000, DAY_MS, 20 * DAY_MS]),
-    st.sampled_from(["admit", "admit", "admit", "release"]),
+    st.sampled_from(["admit", "admit", "admit", "release", "refund"]),
 )
 
 
@@ -51,6 +51,7 @@ def test_lua_script_equals_python_policy(
 ) -> None:
     client = redis_server.client()
     script = client.register_script(ADMIT_LUA)
+    refund = client.register_script(REFUND_LUA)
     store = RedisStore(redis_server.url, prefix=f"eq-{secrets.token_hex(6)}", lease_ms=10**12)
     scopes = (
         Scope("lic|*", "acme", EngineLimits.from_limits(lim_a)),
@@ -58,22 +59,29 @@ def test_lua_script_equals_python_policy(
     )
     counters = [ScopeCounters(), ScopeCounters()]
     limits = [s.limits for s in scopes]
-    py_leases: list[list[int]] = []
-    lua_leases: list[tuple[str, list[str]]] = []
+    # admitted and neither released nor refunded: (python leases, the Lua side's ticket)
+    open_: list[tuple[list[int], Ticket]] = []
     now = T0
     try:
         for n, (advance, action) in enumerate(steps):
             now += advance
             if action == "release":
-                if py_leases:
-                    policy.release(counters, py_leases.pop(0))
-                    lease_id, keys = lua_leases.pop(0)
-                    for key in keys:
-                        client.zrem(key, lease_id)
+                if open_:
+                    leased, ticket = open_.pop(0)
+                    policy.release(counters, leased)
+                    for i in ticket.leased:
+                        client.zrem(store._keys(scopes[i], ticket.now_ms)[4], ticket.lease_id)
+                continue
+            if action == "refund":  # the newest request never reached the model
+                if open_:
+                    leased, ticket = open_.pop()
+                    policy.refund(counters, limits, ticket.now_ms, leased)
+                    keys, args = store.refund_call(ticket)
+                    refund(keys=keys, args=args)
                 continue
             expect, leased = policy.admit(counters, limits, now)
             lease_id = f"l{n}"
-            keys: list[str] = []
+            keys = []
             args: list[int | str] = [now, lease_id, store.lease_ms, 3 * 86400, 70 * 86400, 2]
             for scope in scopes:
                 keys += store._keys(scope, now)
@@ -83,11 +91,31 @@ def test_lua_script_equals_python_policy(
             held = [s.key for s in got.lease.scopes] if got.lease else []
             assert held == [scopes[i].key for i in leased]
             if expect.allowed:
-                py_leases.append(leased)
-                lua_leases.append((lease_id, [store._keys(scopes[i], now)[4] for i in leased]))
+                assert got.ticket is not None and list(got.ticket.leased) == leased
+                open_.append((leased, got.ticket))
     finally:
         client.close()
         asyncio.run(store.close())
+
+
+async def test_refund_gives_back_counts_token_and_lease(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url, prefix=f"rf-{secrets.token_hex(4)}")
+    lim = Limits(rate_per_second=1, burst=1, per_day=1, total=1, concurrent=1)
+    scopes = (
+        Scope("lic|*", "acme", EngineLimits.from_limits(lim)),
+        Scope("lic|m:digits", "acme", EngineLimits()),
+    )
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    first = await store.admit(scopes, now, "a")
+    assert first.decision.allowed and first.ticket is not None
+    assert not (await store.admit(scopes, now, "b")).decision.allowed
+    await store.refund(first.ticket)
+    for scope in scopes:
+        usage = await store.usage(scope, now)
+        assert (usage.day, usage.month, usage.total, usage.inflight) == (0, 0, 0, 0)
+    again = await store.admit(scopes, now, "c")  # every limit has room again
+    assert again.decision.allowed, again.decision
+    await store.close()
 
 
 async def test_concurrent_admits_are_exact(redis_server: RedisServer) -> None:

@@ -167,3 +167,49 @@ async def test_start_and_close_with_fsync_task(tmp_path: Path) -> None:
     assert await store.ping()
     await store.close()
     assert not await store.ping()
+
+
+async def test_refund_gives_back_counts_token_and_lease(tmp_path: Path) -> None:
+    store = opened(tmp_path)
+    sc = scopes(rate_per_second=1, burst=1, per_day=1, total=1, concurrent=1)
+    first = await store.admit(sc, T0, "a")
+    assert first.decision.allowed and first.ticket is not None
+    assert not (await store.admit(sc, T0, "b")).decision.allowed
+    await store.refund(first.ticket)
+    usage = await store.usage(sc[0], T0)
+    assert (usage.day, usage.month, usage.total, usage.inflight) == (0, 0, 0, 0)
+    assert (await store.admit(sc, T0, "c")).decision.allowed  # every limit has room again
+    await store.close()
+
+
+@pytest.mark.parametrize("how", ["clean", "crash"])
+async def test_refund_survives_restart(tmp_path: Path, how: str) -> None:
+    store = opened(tmp_path)
+    sc = scopes(total=3)
+    tickets = [(await store.admit(sc, T0, f"l{i}")).ticket for i in range(3)]
+    assert tickets[2] is not None
+    await store.refund(tickets[2])
+    if how == "clean":
+        await store.close()
+    else:
+        crash(store)  # only the journal: the refund line must win over the admit line
+    store = opened(tmp_path)
+    assert (await store.usage(sc[0], T0)).total == 2
+    assert (await store.admit(sc, T0, "again")).decision.allowed
+    assert not (await store.admit(sc, T0, "over")).decision.allowed
+    await store.close()
+
+
+async def test_older_six_field_journal_lines_still_load(tmp_path: Path) -> None:
+    day = T0 // DAY_MS
+    month = 2025 * 12 + 4
+    (tmp_path / "journal").write_text(
+        f"lic|*\t{day}\t4\t{month}\t4\t4\nlic|*\t{day}\t5\t{month}\t5\t5\n"
+    )
+    store = opened(tmp_path)
+    assert (await store.usage(scopes()[0], T0)).total == 5
+    assert (await store.admit(scopes(total=7), T0, "x")).decision.allowed
+    store.shutdown()
+    store = opened(tmp_path)  # from the snapshot written at shutdown
+    assert (await store.usage(scopes()[0], T0)).total == 6
+    store.shutdown()

@@ -38,7 +38,7 @@ from modelseal.gateway.reload import Change, WatchedFile
 from modelseal.gateway.upstream import Upstream
 from modelseal.quota.license import License, check_license, parse_licenses
 from modelseal.quota.policy import LIMIT_MESSAGES, retry_after_seconds
-from modelseal.store.base import CounterStore, Lease, StoreUnavailable, scopes_for
+from modelseal.store.base import CounterStore, Lease, StoreUnavailable, Ticket, scopes_for
 from modelseal.store.embedded import EmbeddedStore
 from modelseal.store.redis import RedisStore
 
@@ -115,6 +115,7 @@ class Ctx:
     request_id: str | None = None
     reserved: bool = False
     lease: Lease | None = None
+    ticket: Ticket | None = None  # what admit counted, to refund it
     meter: bool = False  # counted against quotas (inference)
 
 
@@ -417,6 +418,26 @@ class Gateway:
             )
         ctx.decision = "allow"
         ctx.lease = admission.lease
+        ctx.ticket = admission.ticket
+
+    async def refund(self, ctx: Ctx) -> bool:
+        """Give back what ``admit`` counted for a request that never reached Triton (the
+        connection could not be opened), atomically in the store: counts, token, leases.
+        False if the store could not do it (the request then stays counted)."""
+        ticket = ctx.ticket
+        if ticket is None:
+            return False
+        ctx.ticket = None
+        try:
+            await self.store.refund(ticket)
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels(self.store_kind).inc()
+            log.error("quota refund failed (the request stays counted): %s", exc)
+            return False
+        ctx.lease = None  # the refund gave the leases back too
+        tenant = ctx.consumer.tenant if ctx.consumer else ""
+        self.metrics.quota_refunds.labels(tenant, ctx.model).inc()
+        return True
 
     def release(self, ctx: Ctx) -> None:
         lease = ctx.lease

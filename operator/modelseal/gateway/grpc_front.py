@@ -45,6 +45,7 @@ from modelseal.quota.output import (
     restrict_values,
 )
 
+_NOT_CONNECTED = "failed to connect to all addresses"
 log = logging.getLogger("modelseal.gateway.grpc")
 
 _CONTENTS_FIELD = {
@@ -309,9 +310,14 @@ class GrpcFront:
             status = _HTTP_OF_GRPC.get(code.name, 502)
             message = exc.details() or code.name
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                text = f"Triton: {message}"
+                # gRPC core's words for "no connection could be opened": nothing was sent
+                unsent = code == grpc.StatusCode.UNAVAILABLE and _NOT_CONNECTED in message
+                if unsent and await self.gw.refund(ctx):
+                    text += " (not counted against the quota)"
                 raise GatewayError(
                     502 if code == grpc.StatusCode.UNAVAILABLE else 504,
-                    f"Triton: {message}",
+                    text,
                     decision="error",
                 ) from None
             raise GatewayError(status, f"triton: {message}") from None

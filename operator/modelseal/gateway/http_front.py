@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -283,7 +284,10 @@ class HttpFront:
         try:
             up = await gw.upstream.request("POST", path, forward, headers)
         except UpstreamError as exc:
-            raise GatewayError(504 if exc.timeout else 502, str(exc), decision="error") from None
+            message = str(exc)
+            if exc.unsent and await gw.refund(ctx):
+                message += " (not counted against the quota)"
+            raise GatewayError(504 if exc.timeout else 502, message, decision="error") from None
         finally:
             ctx.upstream_s = time.perf_counter() - t
             gw.release(ctx)
@@ -325,6 +329,18 @@ def _upstream_error(body: bytes) -> str:
         return "triton: error"
 
 
+def incomplete_headers_audit(gateway: Gateway) -> Callable[[int, str, str | None, float], None]:
+    """The audit record of a connection whose request headers never completed."""
+
+    def audit(status: int, reason: str, remote: str | None, t0: float) -> None:
+        ctx = Ctx("http", "incomplete_headers", remote, t0)
+        ctx.status = status
+        ctx.reason = reason
+        gateway.finish(ctx)
+
+    return audit
+
+
 def access_logger_class(gateway: Gateway) -> type[AbstractAccessLogger]:
     """An access logger that audits requests no handler saw (refused by the HTTP parser)."""
 
@@ -344,4 +360,10 @@ def access_logger_class(gateway: Gateway) -> type[AbstractAccessLogger]:
     return AuditAccessLogger
 
 
-__all__ = ["UNAUTHORIZED", "HttpFront", "access_logger_class", "error_response"]
+__all__ = [
+    "UNAUTHORIZED",
+    "HttpFront",
+    "access_logger_class",
+    "error_response",
+    "incomplete_headers_audit",
+]

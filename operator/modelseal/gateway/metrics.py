@@ -2,6 +2,7 @@
 
 * ``modelseal_gateway_requests_total{tenant,model,code,protocol}``
 * ``modelseal_gateway_quota_rejections_total{tenant,model,limit}``
+* ``modelseal_gateway_quota_refunds_total{tenant,model}``
 * ``modelseal_gateway_overhead_seconds{protocol}``: time spent in the gateway itself
   (total latency minus upstream time)
 * ``modelseal_gateway_upstream_seconds{protocol}``: time waiting for Triton
@@ -56,6 +57,12 @@ class GatewayMetrics:
             p + "quota_rejections",
             "Requests refused by a quota, by limit.",
             ["tenant", "model", "limit"],
+            registry=r,
+        )
+        self.quota_refunds = Counter(
+            p + "quota_refunds",
+            "Admitted requests given back their quota: Triton could not be connected to.",
+            ["tenant", "model"],
             registry=r,
         )
         self.overhead = Histogram(

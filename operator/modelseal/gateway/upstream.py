@@ -5,7 +5,9 @@ client library: Triton is one known server on loopback that answers with
 ``Content-Length`` bodies, and a lean client costs several times less CPU per request.
 A pooled connection that turns out closed before any byte of the answer arrived is
 replaced and the request sent once more (the server had closed it idle, so it never saw
-the request); any other failure is reported, never retried.
+the request); any other failure is reported, never retried. When no connection can be
+opened at all (``ConnectFailed``, reported as ``UpstreamError.unsent``), Triton never got
+the request and produced nothing: the gateway refunds its quota.
 """
 
 from __future__ import annotations
@@ -26,11 +28,17 @@ _NEGATIVE_TTL_S = 1.0
 
 
 class UpstreamError(RuntimeError):
-    """Triton could not be reached or did not answer in time."""
+    """Triton could not be reached or did not answer in time. ``unsent``: no byte of the
+    request was sent (the connection could not be opened), so Triton never saw it."""
 
-    def __init__(self, message: str, timeout: bool = False) -> None:
+    def __init__(self, message: str, timeout: bool = False, unsent: bool = False) -> None:
         super().__init__(message)
         self.timeout = timeout
+        self.unsent = unsent
+
+
+class ConnectFailed(OSError):
+    """A new connection to Triton could not be opened, before anything was sent."""
 
 
 class UnknownModel(LookupError):
@@ -106,6 +114,9 @@ class Upstream:
                 return await self._pool.request(method, path, body, headers)
         except TimeoutError as exc:
             raise UpstreamError("Triton did not answer in time", timeout=True) from exc
+        except ConnectFailed as exc:
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else "OSError"
+            raise UpstreamError(f"Triton is unreachable: {cause}", unsent=True) from exc
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             raise UpstreamError(f"Triton is unreachable: {type(exc).__name__}") from exc
 
@@ -203,7 +214,13 @@ class HttpPool:
         head.append(f"Content-Length: {len(body) if body else 0}\r\n\r\n")
         payload = "".join(head).encode("latin-1") + (body or b"")
         async with self._gate:
-            conn = self._idle.pop() if self._idle else await self._open()
+            if self._idle:
+                conn = self._idle.pop()
+            else:
+                try:
+                    conn = await self._open()
+                except OSError as exc:
+                    raise ConnectFailed(str(exc)) from exc
             try:
                 try:
                     resp, keep = await self._exchange(conn, payload)
@@ -212,7 +229,10 @@ class HttpPool:
                     if not (conn.used and nothing):
                         raise
                     conn.writer.close()  # the server had closed it while idle: once more
-                    conn = await self._open()
+                    try:
+                        conn = await self._open()
+                    except OSError as exc:  # it never got the request: refundable too
+                        raise ConnectFailed(str(exc)) from exc
                     resp, keep = await self._exchange(conn, payload)
             except BaseException:
                 conn.writer.close()

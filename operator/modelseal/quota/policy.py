@@ -266,6 +266,26 @@ def admit(
     )
 
 
+def refund(
+    counters: list[ScopeCounters], limits: list[EngineLimits], now_ms: int, leased: list[int]
+) -> None:
+    """Undo ``commit`` of a request admitted at ``now_ms`` that never reached the model
+    (Triton could not be connected to): its day / month counts (if those windows are still
+    current), its lifetime count, its token (the bucket never goes above ``burst``) and
+    its leases. The Redis store does the same in one script (``REFUND_LUA``)."""
+    day, month = day_id(now_ms), month_id(now_ms)
+    for c, lim in zip(counters, limits, strict=True):
+        if c.day == day and c.day_count > 0:
+            c.day_count -= 1
+        if c.month == month and c.month_count > 0:
+            c.month_count -= 1
+        if c.total > 0:
+            c.total -= 1
+        if lim.rate_units != UNLIMITED and c.tokens is not None:
+            c.tokens = min(lim.burst_units, c.tokens + UNIT)
+    release(counters, leased)
+
+
 def release(counters: list[ScopeCounters], leased: list[int]) -> None:
     for i in leased:
         counters[i].inflight = max(0, counters[i].inflight - 1)

@@ -48,9 +48,20 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Ticket:
+    """What an admitted request was counted as (scopes, time, leases), to refund it."""
+
+    scopes: tuple[Scope, ...]
+    now_ms: int
+    lease_id: str
+    leased: tuple[int, ...]  # indexes of the scopes that hold a concurrency lease
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
     decision: Decision
     lease: Lease | None = None
+    ticket: Ticket | None = None  # set when admitted
 
 
 @dataclass(slots=True)
@@ -78,6 +89,12 @@ class CounterStore(abc.ABC):
     @abc.abstractmethod
     async def release(self, lease: Lease) -> None:
         """Give back the concurrency slots of an admitted request."""
+
+    @abc.abstractmethod
+    async def refund(self, ticket: Ticket) -> None:
+        """Undo an admission, atomically, for a request that never reached the model:
+        its day / month / lifetime counts, its token and its leases. Raises
+        StoreUnavailable (the request then stays counted: the safe side)."""
 
     def release_soon(self, lease: Lease) -> None:
         """Give the slots back without waiting (from a request's response path)."""

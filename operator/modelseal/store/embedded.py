@@ -5,11 +5,13 @@ counters survive a pod being rescheduled to another node):
 
 * ``lock``: ``flock``-ed for as long as a gateway uses the folder, so two gateways can
   never count into the same state (the second one refuses to start).
-* ``journal``: one line per scope per admitted request, appended *before* the request is
-  forwarded: ``<scope key> TAB <day id> TAB <day count> TAB <month id> TAB <month count>
-  TAB <total>``. Values are absolute, and replay keeps the maximum per window, so
-  replaying a line twice or after a newer snapshot changes nothing. A torn last line
-  (crash mid-write) is skipped.
+* ``journal``: one line per scope per admitted (or refunded) request, appended *before*
+  the request is forwarded: ``<scope key> TAB <day id> TAB <day count> TAB <month id> TAB
+  <month count> TAB <total> TAB <version>``. Values are absolute and ``version`` counts the
+  changes of that scope, so replay keeps the values of the highest version: replaying a
+  line twice or after a newer snapshot changes nothing, and a refund (a count going down)
+  survives a restart. Lines without a version (the older six-field format) are merged by
+  taking the largest counts. A torn last line (crash mid-write) is skipped.
 * ``snapshot.json``: all counters, written (temp file, fsync, rename) when the journal
   grows past ``compact_after`` lines and on shutdown; the journal is then emptied.
 
@@ -41,6 +43,7 @@ from modelseal.store.base import (
     Scope,
     StoreError,
     StoreUnavailable,
+    Ticket,
     Usage,
 )
 
@@ -61,6 +64,7 @@ class EmbeddedStore(CounterStore):
         self.fsync_interval_s = fsync_interval_s
         self.compact_after = compact_after
         self._counters: dict[str, ScopeCounters] = {}
+        self._versions: dict[str, int] = {}  # journal version of each scope's values
         self._lock_fd: int | None = None
         self._journal_fd: int | None = None
         self._journal_lines = 0
@@ -130,17 +134,51 @@ class EmbeddedStore(CounterStore):
         decision, leased = policy.admit(counters, limits, now_ms)
         if not decision.allowed:
             return Admission(decision)
-        lines = "".join(
-            f"{s.key}\t{c.day}\t{c.day_count}\t{c.month}\t{c.month_count}\t{c.total}\n"
-            for s, c in zip(scopes, counters, strict=True)
-        ).encode()
         try:
-            os.write(self._journal_fd, lines)
+            self._journal(scopes, counters)
         except OSError as exc:
             for c, old in zip(counters, before, strict=True):  # not counted, not admitted
                 for f in dataclasses.fields(c):
                     setattr(c, f.name, getattr(old, f.name))
             raise StoreUnavailable(f"embedded store: cannot write journal: {exc}") from exc
+        lease = None
+        if leased:
+            lease = Lease(lease_id, tuple(scopes[i] for i in leased))
+        return Admission(decision, lease, Ticket(scopes, now_ms, lease_id, tuple(leased)))
+
+    async def refund(self, ticket: Ticket) -> None:
+        self.refund_sync(ticket)
+
+    def refund_sync(self, ticket: Ticket) -> None:
+        if self._journal_fd is None:
+            raise StoreUnavailable("embedded store is not open")
+        counters = [self._counters.setdefault(s.key, ScopeCounters()) for s in ticket.scopes]
+        before = [dataclasses.replace(c) for c in counters]
+        policy.refund(
+            counters, [s.limits for s in ticket.scopes], ticket.now_ms, list(ticket.leased)
+        )
+        try:
+            self._journal(ticket.scopes, counters)
+        except OSError as exc:
+            for c, old in zip(counters, before, strict=True):  # stays counted: the safe side
+                for f in dataclasses.fields(c):
+                    setattr(c, f.name, getattr(old, f.name))
+            raise StoreUnavailable(f"embedded store: cannot write journal: {exc}") from exc
+
+    def _journal(self, scopes: tuple[Scope, ...], counters: list[ScopeCounters]) -> None:
+        """Append the new values of ``scopes`` (each with its next version); raises OSError
+        (then no version was taken)."""
+        assert self._journal_fd is not None
+        versions = self._versions
+        out = []
+        for s, c in zip(scopes, counters, strict=True):
+            v = versions.get(s.key, 0) + 1
+            out.append(
+                f"{s.key}\t{c.day}\t{c.day_count}\t{c.month}\t{c.month_count}\t{c.total}\t{v}\n"
+            )
+        os.write(self._journal_fd, "".join(out).encode())
+        for s in scopes:
+            versions[s.key] = versions.get(s.key, 0) + 1
         self._journal_lines += len(scopes)
         self._dirty = True
         if self._journal_lines >= self.compact_after:
@@ -148,10 +186,6 @@ class EmbeddedStore(CounterStore):
                 self._compact()
             except OSError as exc:
                 log.error("embedded store: compaction failed (journal kept): %s", exc)
-        lease = None
-        if leased:
-            lease = Lease(lease_id, tuple(scopes[i] for i in leased))
-        return Admission(decision, lease)
 
     async def release(self, lease: Lease) -> None:
         self.release_soon(lease)
@@ -175,8 +209,16 @@ class EmbeddedStore(CounterStore):
         return self._journal_fd is not None
 
     # -- persistence ----------------------------------------------------------------------
-    def _merge(self, key: str, day: int, dc: int, month: int, mc: int, total: int) -> None:
+    def _merge(
+        self, key: str, day: int, dc: int, month: int, mc: int, total: int, version: int = -1
+    ) -> None:
         c = self._counters.setdefault(key, ScopeCounters())
+        if version >= 0:  # versioned line or snapshot entry: the newest values win
+            if version > self._versions.get(key, 0) or key not in self._versions:
+                c.day, c.day_count, c.month, c.month_count, c.total = day, dc, month, mc, total
+                self._versions[key] = version
+            return
+        # unversioned (older format): counts only ever grew, the largest wins
         if day > c.day:
             c.day, c.day_count = day, dc
         elif day == c.day:
@@ -186,9 +228,11 @@ class EmbeddedStore(CounterStore):
         elif month == c.month:
             c.month_count = max(c.month_count, mc)
         c.total = max(c.total, total)
+        self._versions.setdefault(key, 0)
 
     def _load(self) -> None:
         self._counters.clear()
+        self._versions.clear()
         try:
             snap: Any = json.loads(self.snapshot_path.read_text())
         except FileNotFoundError:
@@ -206,7 +250,7 @@ class EmbeddedStore(CounterStore):
             data = b""
         for raw in data.split(b"\n"):
             parts = raw.decode(errors="replace").split("\t")
-            if len(parts) != 6:
+            if len(parts) not in (6, 7):
                 continue  # empty or torn line
             try:
                 nums = [int(p) for p in parts[1:]]
@@ -225,12 +269,12 @@ class EmbeddedStore(CounterStore):
     def _compact(self) -> None:
         assert self._journal_fd is not None
         scopes = {
-            k: [c.day, c.day_count, c.month, c.month_count, c.total]
+            k: [c.day, c.day_count, c.month, c.month_count, c.total, self._versions.get(k, 0)]
             for k, c in self._counters.items()
         }
         tmp = self.snapshot_path.with_suffix(".tmp")
         with tmp.open("w") as fh:
-            json.dump({"version": 1, "scopes": scopes}, fh, separators=(",", ":"))
+            json.dump({"version": 2, "scopes": scopes}, fh, separators=(",", ":"))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.snapshot_path)

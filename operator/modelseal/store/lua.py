@@ -124,3 +124,30 @@ end
 local r = remaining()
 return {1, 0, -1, 0, r[1], r[2], r[3], r[4], leased}
 """
+
+
+REFUND_LUA: Final = r"""
+-- Undo one admitted request that never reached the model. KEYS as for the admit script,
+-- with the day and month ids of the time it was admitted. ARGV: lease_id, n_scopes, then
+-- per scope its burst_units (-1 = no rate limit).
+local UNIT = 1000000
+local lease_id = ARGV[1]
+local n = tonumber(ARGV[2])
+for i = 1, n do
+  local k = (i - 1) * 5
+  for j = 2, 4 do
+    local v = tonumber(redis.call('GET', KEYS[k + j]) or '0')
+    if v > 0 then redis.call('DECR', KEYS[k + j]) end
+  end
+  local burst = tonumber(ARGV[2 + i])
+  if burst >= 0 then
+    local t = redis.call('HGET', KEYS[k + 1], 't')
+    if t then
+      local tokens = math.min(burst, tonumber(t) + UNIT)
+      redis.call('HSET', KEYS[k + 1], 't', string.format('%.0f', tokens))
+    end
+  end
+  if lease_id ~= '' then redis.call('ZREM', KEYS[k + 5], lease_id) end
+end
+return 1
+"""

@@ -4,7 +4,9 @@ One request = one round trip: ``EVALSHA`` of the admit script (``modelseal.store
 which reads every counter of every scope, decides, and increments only if all limits pass,
 atomically (Redis runs a script alone). A request that took a concurrency lease gives it
 back with one ``ZREM`` after its response has been sent, off the response path; a gateway
-that dies holding leases loses them when they expire (``lease_ms``).
+that dies holding leases loses them when they expire (``lease_ms``). A request admitted
+but never delivered (Triton could not be connected to) is refunded by a second script
+(``REFUND_LUA``), atomically: counts, token and lease together.
 
 Keys (all of a tenant's keys share the hash tag ``{tenant}`` so they live in one Redis
 Cluster slot)::
@@ -43,8 +45,16 @@ from modelseal.quota.policy import (
     ms_until_next_day,
     ms_until_next_month,
 )
-from modelseal.store.base import Admission, CounterStore, Lease, Scope, StoreUnavailable, Usage
-from modelseal.store.lua import ADMIT_LUA
+from modelseal.store.base import (
+    Admission,
+    CounterStore,
+    Lease,
+    Scope,
+    StoreUnavailable,
+    Ticket,
+    Usage,
+)
+from modelseal.store.lua import ADMIT_LUA, REFUND_LUA
 from modelseal.store.resp import RespClient, RespError, RespUnavailable, encode
 
 log = logging.getLogger(__name__)
@@ -52,6 +62,7 @@ log = logging.getLogger(__name__)
 DAY_TTL_S = 3 * 86_400
 MONTH_TTL_S = 70 * 86_400
 ADMIT_SHA = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()  # noqa: S324 - Redis' script id
+REFUND_SHA = hashlib.sha1(REFUND_LUA.encode()).hexdigest()  # noqa: S324 - Redis' script id
 
 
 class RedisStore(CounterStore):
@@ -127,6 +138,27 @@ class RedisStore(CounterStore):
             raise StoreUnavailable(f"redis: {exc}") from exc
         return _admission(raw, scopes, now_ms, lease_id)
 
+    def refund_call(self, ticket: Ticket) -> tuple[list[str], list[int | str]]:
+        """KEYS and ARGV of the refund script for ``ticket``."""
+        keys: list[str] = []
+        bursts: list[int | str] = []
+        for scope in ticket.scopes:
+            keys += self._keys(scope, ticket.now_ms)  # the windows it was counted in
+            bursts.append(scope.limits.burst_units if scope.limits.rate_units >= 0 else -1)
+        return keys, [ticket.lease_id if ticket.leased else "", len(ticket.scopes), *bursts]
+
+    async def refund(self, ticket: Ticket) -> None:
+        keys, args = self.refund_call(ticket)
+        try:
+            try:
+                await self._client.call("EVALSHA", REFUND_SHA, len(keys), *keys, *args)
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await self._client.call("EVAL", REFUND_LUA, len(keys), *keys, *args)
+        except (RespError, RespUnavailable) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
     def release_soon(self, lease: Lease) -> None:
         # pipelined with whatever else is being written; the reply is not waited for.
         # If it is lost, the lease expires after lease_ms.
@@ -170,10 +202,12 @@ def _admission(raw: Any, scopes: tuple[Scope, ...], now_ms: int, lease_id: str) 
     remaining = Remaining(tokens, per_day, per_month, total)
     if allowed:
         lease = None
+        held_at: tuple[int, ...] = ()
         if leased:
-            held = tuple(s for i, s in enumerate(scopes) if leased & (1 << i))
-            lease = Lease(lease_id, held)
-        return Admission(Decision(True, remaining=remaining), lease)
+            held_at = tuple(i for i in range(len(scopes)) if leased & (1 << i))
+            lease = Lease(lease_id, tuple(scopes[i] for i in held_at))
+        ticket = Ticket(scopes, now_ms, lease_id, held_at)
+        return Admission(Decision(True, remaining=remaining), lease, ticket)
     limit = LIMIT_ORDER[kind - 1]
     retry_ms: int | None
     if limit == "total":

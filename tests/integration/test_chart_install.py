@@ -10,6 +10,7 @@ subject to this chart's admission guards.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import uuid
@@ -378,6 +379,71 @@ def test_argocd_health_on_objects_read_back_from_the_server(
         assert live["metadata"]["generation"] == generation, case["inputPath"]
         expected = case["healthStatus"]
         assert run_health(kind, live) == (expected["status"], expected["message"]), case
+
+
+# --------------------------------------------------------------------------- output policy
+
+
+def test_output_policy_guard_refuses_modes_left_out(
+    cluster: KubeCluster, api: Any, helm: Path, installed: str
+) -> None:
+    helm_cmd(
+        helm,
+        cluster,
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        RELEASE_NS,
+        "--reuse-values",
+        "--set",
+        "admission.outputPolicy.allowedModes={topK,labels}",
+    )
+    ns = make_namespace(api, f"outputs-{uuid.uuid4().hex[:6]}")
+    custom = k8s.CustomObjectsApi(api)
+    doc = yaml.safe_load((CUSTOMIZATIONS / "ProtectedModel/testdata/healthy.yaml").read_text())
+
+    def create(name: str, output: dict[str, Any] | None) -> Any:
+        spec = {**doc["spec"], **({"outputPolicy": output} if output else {})}
+        body = {"apiVersion": doc["apiVersion"], "kind": "ProtectedModel"}
+        return custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            ns,
+            "protectedmodels",
+            {**body, "metadata": {"name": name}, "spec": spec},
+        )
+
+    # The policy is new: wait until the API server enforces it.
+    def refused_full() -> list[ApiException]:
+        with contextlib.suppress(ApiException):
+            custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "protectedmodels", "raw")
+        try:
+            create("raw", {"mode": "full"})
+        except ApiException as exc:
+            return [exc]
+        return []
+
+    exc = wait_for(refused_full, "the output-policy guard")[0]
+    assert exc.status in (403, 422), exc.body
+    assert "Modelseal: output policy mode full is not allowed in this cluster" in exc.body
+    # The CRD's default mode is full, so leaving it out is refused too; topK passes.
+    with pytest.raises(ApiException) as defaulted:
+        create("defaulted", None)
+    assert "mode full is not allowed" in defaulted.value.body
+    assert create("top3", {"mode": "topK", "topK": 3})["metadata"]["name"] == "top3"
+    helm_cmd(
+        helm,
+        cluster,
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        RELEASE_NS,
+        "--reuse-values",
+        "--set",
+        "admission.outputPolicy.allowedModes={full,topK,labels}",
+    )
 
 
 # --------------------------------------------------------------------------- keep policy

@@ -551,10 +551,11 @@ class PodInstance:
                 value = env.get("value")
                 if value is None or env.get("name") in _EXTERNAL_SETTINGS:
                     continue
+                # URLs in env are not collected: a loopback URL may name a server outside
+                # the pod (Vault, S3 in the test environment); only the pod's own ports
+                # (collected here) are rewritten inside URLs.
                 if env["name"].endswith("PORT") and str(value).isdigit():
                     known.add(int(value))
-                elif env["name"].startswith("MODELSEAL_") and env["name"].endswith("_URL"):
-                    known.update(int(m.group("port")) for m in _URL_PORT_RE.finditer(value))
             for arg in [*(cspec.get("command") or []), *(cspec.get("args") or [])]:
                 m = _PORT_FLAG_RE.match(arg)
                 if m:
@@ -845,11 +846,13 @@ class PodInstance:
         return str(root / path.lstrip("/"))
 
     def _rewrite(self, text: str, mounts: list[tuple[str, Path]]) -> str:
-        """Mount paths and the pod's own loopback ports inside one string."""
-        for mount_path, local in mounts:
-            pattern = re.compile(r"(?<![\w./-])" + re.escape(mount_path) + r"(?=/|$|[\s:,;\"'=])")
-            replacement = str(local).replace("\\", "\\\\")
-            text = pattern.sub(replacement, text)
+        """Mount paths and the pod's own loopback ports inside one string (one pass, so a
+        rewritten path is never rewritten again by a shorter mount path)."""
+        if mounts:
+            by_path = {mount_path: str(local) for mount_path, local in mounts}
+            alternatives = "|".join(re.escape(m) for m, _ in mounts)  # longest first
+            pattern = re.compile(r"(?<![\w./-])(" + alternatives + r")(?=/|$|[\s:,;\"'=])")
+            text = pattern.sub(lambda m: by_path[m.group(1)], text)
         return self.ports.rewrite_urls(text)
 
     def _build_container(self, cspec: Json, kind: str) -> ContainerRun:
@@ -900,6 +903,7 @@ class PodInstance:
         local = self.runner.resolve_command(cspec.get("image", ""), argv, self.ports)
 
         full_env = self.runner.base_env(root)
+        full_env["TMPDIR"] = self._map_path("/tmp", mounts, root)
         full_env.update(local.env)
         full_env.update(env)
         working_dir = cspec.get("workingDir")
@@ -1434,27 +1438,44 @@ class PodRunner:
             return live[0] if live else None
 
     def wait_ready(
-        self, timeout: float = 180.0, previous: PodInstance | None = None
+        self,
+        timeout: float = 180.0,
+        previous: PodInstance | None = None,
+        max_restarts: int | None = 4,
     ) -> PodInstance:
-        """Wait until a pod (other than `previous`) runs and all its containers are ready."""
+        """Wait until a pod (other than `previous`) runs and all its containers are ready.
+
+        Gives up early (CrashLoopBackOff) when a container restarted more than
+        `max_restarts` times; the error carries each container's log tail.
+        """
         deadline = _now() + timeout
+        why = f"pod not ready after {timeout:.0f}s"
         while _now() < deadline:
             inst = self.current()
             if inst is not None and inst is not previous:
                 if inst.ready:
                     return inst
                 if inst.failure:
-                    raise PodRunnerError(f"pod failed: {inst.failure}\n{inst.describe()}")
+                    why = f"pod failed: {inst.failure}"
+                    break
+                looping = [
+                    c.name
+                    for c in inst.containers.values()
+                    if max_restarts is not None and c.restarts > max_restarts
+                ]
+                if looping:
+                    why = f"container {looping[0]} keeps crashing (CrashLoopBackOff)"
+                    break
             time.sleep(0.2)
         inst = self.current()
         detail = inst.describe() if inst else "no pod is running (none bound, or all deleted)"
         tails = ""
         if inst is not None:
             tails = "\n".join(
-                f"--- {c.name} ({c.log_path}):\n{inst.logs(c.name, 15)}"
+                f"--- {c.name} ({c.log_path}):\n{inst.logs(c.name, 8)}"
                 for c in inst.containers.values()
             )
-        raise PodRunnerError(f"pod not ready after {timeout:.0f}s:\n{detail}\n{tails}")
+        raise PodRunnerError(f"{why}:\n{detail}\n{tails}")
 
     def wait_stopped(self, timeout: float = 60.0) -> None:
         """Wait until no pod runs here any more (Pod deleted or Deployment scaled to 0)."""

@@ -377,7 +377,8 @@ class Stack:
             fh.write(self.vault.root_token)
         bundle = self.workdir / "model-owner" / f"{MODEL}.msb"
         out = self.modelseal(
-            "seal", str(repository), "-o", str(bundle), "--model-name", MODEL, "--transit-key", TRANSIT_KEY, "--force",
+            "seal", str(repository), "-o", str(bundle), "--model-name", MODEL,
+            "--transit-key", TRANSIT_KEY, "--force",
             "--json", "--no-progress", "--vault-addr", self.vault.addr,
             "--vault-token-file", str(token_file),
         )  # fmt: skip
@@ -610,6 +611,23 @@ PER_DAY = 8  # the tenant's daily quota in the demo: small, so that it runs out
 TOP_K = 3
 
 
+def _log_lines(path: Path, needles: tuple[str, ...]) -> list[str]:
+    """The `msg` of JSON log lines that mention one of `needles`."""
+    out: list[str] = []
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return out
+    for raw in text.splitlines():
+        try:
+            msg = str(json.loads(raw).get("msg", ""))
+        except (ValueError, AttributeError):
+            continue
+        if any(needle in msg.lower() for needle in needles):
+            out.append(msg)
+    return out
+
+
 def _yaml(obj: dict[str, Any]) -> str:
     import yaml
 
@@ -762,6 +780,8 @@ def story(stack: Stack, n: Narrator) -> None:
         if model_dir.exists() and any(model_dir.rglob("*")):
             raise DemoError(f"model files left in {model_dir}")
         n.say("Deployment scaled to 0; Vault role withdrawn; tmpfs model folder gone")
+        for line in _log_lines(pod.container("unsealer").log_path, ("wip", "unload", "revok")):
+            n.say(f"unsealer: {line}")
         try:
             reply = stack.infer(images[:1], api_key, url=pod.url("http"))
             outcome = f"{reply.status}"

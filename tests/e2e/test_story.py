@@ -1,0 +1,274 @@
+"""The story of `make demo` as end-to-end tests, plus failures on the way.
+
+Real everything: kube-apiserver (kwok GPU nodes), Vault, Redis, S3, the operator as a
+process, and the pod the operator renders run by the pod runner (unsealer, Triton,
+gateway). The tests run in order and share one stack (see conftest.py):
+
+seal -> license + model -> pod serves top-k answers -> operator restart (serving goes on,
+nothing rewritten) -> Triton crash (restarted, serves again) -> unsealer crash (decrypts
+again) -> 401 -> Vault down while serving (a clear condition, serving goes on; a new pod
+waits while Vault is down and comes up when it is back) -> daily quota -> revocation ->
+audit verify. A test that fails leaves the stack usable for the next (`_ensure_serving`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelseal_devenv.demo import LICENSE, MODEL, Reply, Stack
+from modelseal_devenv.models import predict_digits, sample_digits, train_digits
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+PER_DAY = 60
+TOP_K = 3
+_STATE: dict[str, Path] = {}  # what one test hands to the next
+
+
+def _eventually(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s: {what} (last error: {last!r})")
+
+
+def _classify(story: Stack, n: int = 5) -> tuple[Reply, Any, Any]:
+    images, truth = sample_digits(n)
+    return story.infer(images, story.api_key), images, truth
+
+
+def _serves(story: Stack) -> bool:
+    reply, _, _ = _classify(story, 1)
+    return reply.status == 200
+
+
+def _log_count(path: Path, needle: str) -> int:
+    try:
+        return path.read_text(errors="replace").count(needle)
+    except FileNotFoundError:
+        return 0
+
+
+def test_model_owner_seals_and_publishes(story: Stack) -> None:
+    bundle = story.seal_model()
+    assert bundle.digest.startswith("sha256tree:")
+    assert bundle.plaintext_bytes > 0
+    head = story.s3.client().head_object(Bucket="models", Key=bundle.uri.split("/", 3)[3])
+    assert head["ContentLength"] == bundle.size
+    info = story.modelseal("inspect", str(bundle.path))
+    assert "digits-key" in info
+    # the bundle holds no plaintext: the weights' bytes do not appear in it
+    coef, _ = train_digits()
+    assert coef.tobytes()[:64] not in bundle.path.read_bytes()
+
+
+def test_platform_engineer_applies_license_and_model(story: Stack) -> None:
+    assert story.bundle is not None
+    story.apply_secrets()
+    story.apply(story.license_object(per_day=PER_DAY, top_k=TOP_K))
+    story.apply(story.model_object(story.bundle, top_k=TOP_K))
+    story.wait_condition("modellicenses", LICENSE, "Valid", "True", timeout=60)
+    story.wait_condition("protectedmodels", MODEL, "KeyAccessible", "True", timeout=120)
+    assert story.vault_role_exists()
+
+
+def test_pod_serves_top_k_answers(story: Stack) -> None:
+    pod = story.run_pods(timeout=300)
+    story.wait_condition("protectedmodels", MODEL, "Ready", "True", timeout=120)
+    assert str(pod.volume_dir("models")).startswith("/dev/shm/")
+    reply, images, truth = _classify(story, 5)
+    assert reply.status == 200, reply.body
+    rows = reply.body["outputs"][0]["data"]
+    assert len(rows) == 5 * TOP_K  # top-k only: never the full probability vector
+    coef, intercept = train_digits()
+    expected = predict_digits(coef, intercept, images).argmax(axis=1)
+    for i in range(5):
+        best = rows[i * TOP_K]
+        score, index, _label = best.split(":")
+        assert int(index) == int(expected[i])
+        assert 0.0 < float(score) <= 1.0
+    assert np.mean(expected == truth) >= 0.8
+
+
+def test_operator_restart_keeps_serving_and_rewrites_nothing(story: Stack) -> None:
+    pod = story.runner.current()
+    before = story.get_custom("protectedmodels", MODEL)["metadata"]["resourceVersion"]
+    from kubernetes import client as k8s
+
+    apps = k8s.AppsV1Api(story.api)
+    dep_before = apps.read_namespaced_deployment(MODEL, story.namespace).metadata.resource_version
+    story.restart_operator()
+    assert _serves(story)
+    time.sleep(5)  # let the restarted operator resume every object
+    assert story.runner.current() is pod  # same pod, no restart, no rollout
+    dep_after = apps.read_namespaced_deployment(MODEL, story.namespace).metadata.resource_version
+    assert dep_after == dep_before
+    cond = story.condition("protectedmodels", MODEL, "Ready")
+    assert cond is not None and cond["status"] == "True", cond
+    after = story.get_custom("protectedmodels", MODEL)["metadata"]["resourceVersion"]
+    assert after == before, "the restarted operator rewrote an unchanged ProtectedModel"
+    assert _serves(story)
+
+
+def test_triton_crash_is_restarted_and_serves_again(story: Stack) -> None:
+    pod = story.runner.current()
+    triton = pod.container("triton")
+    restarts = triton.restarts
+    pod.kill("triton")
+    _eventually(lambda: triton.restarts == restarts + 1, "Triton restarted by the pod runner")
+    _eventually(lambda: _serves(story), "the model answers again after the Triton crash")
+    assert "model published" in pod.logs("unsealer", 200)
+
+
+def test_unsealer_crash_decrypts_again(story: Stack) -> None:
+    pod = story.runner.current()
+    unsealer = pod.container("unsealer")
+    log = unsealer.log_path
+    published = _log_count(log, "model published")
+    pod.kill("unsealer")
+    _eventually(
+        lambda: _log_count(log, "model published") > published,
+        "the restarted unsealer decrypted the model again",
+    )
+    _eventually(lambda: _serves(story), "serving after the unsealer restart")
+
+
+def test_unknown_key_gets_401(story: Stack) -> None:
+    images, _ = sample_digits(1)
+    assert story.infer(images, "x" * 32).status == 401
+    assert story.infer(images, None).status == 401
+
+
+def _ensure_serving(story: Stack) -> None:
+    """Continue the story after a failed step: a fresh pod if the current one cannot serve."""
+    if story.vault is not None and not story.vault.running:
+        story.vault.start()
+    try:
+        _eventually(lambda: _serves(story), "serving", 20)
+        return
+    except AssertionError:
+        pass
+    from kubernetes import client as k8s
+
+    old = story.runner.current()
+    if old is not None:
+        k8s.CoreV1Api(story.api).delete_namespaced_pod(old.name, story.namespace)
+    story.runner.wait_ready(timeout=300, previous=old, max_restarts=None)
+    _eventually(lambda: _serves(story), "serving from a fresh pod", 60)
+
+
+def test_vault_restart_while_serving(story: Stack) -> None:
+    from kubernetes import client as k8s
+
+    first = story.runner.current()
+    try:
+        story.vault.crash()
+
+        def vault_condition() -> bool:
+            cond = story.condition("protectedmodels", MODEL, "KeyAccessible")
+            return cond is not None and cond.get("reason") == "VaultUnavailable"
+
+        _eventually(vault_condition, "KeyAccessible says VaultUnavailable", 90)
+        time.sleep(5)  # ConfigMap sync + gateway reload: what the running pod sees now
+        # serving goes on without Vault: the model is already in memory
+        reply, _, _ = _classify(story, 1)
+        assert reply.status == 200, f"serving stopped while Vault is down: {reply.body}"
+        assert story.runner.current() is first
+
+        # a new pod (the old one deleted) cannot unseal while Vault is down: it waits
+        k8s.CoreV1Api(story.api).delete_namespaced_pod(first.name, story.namespace)
+
+        def new_pod_waits() -> bool:
+            pod = story.runner.current()
+            return pod is not None and pod is not first and not pod.ready
+
+        _eventually(new_pod_waits, "a new pod is running but not ready", 120)
+        time.sleep(6)
+        pod = story.runner.current()
+        assert pod is not None and not pod.ready
+        assert not pod.container("triton").running  # held back by the unsealer's startup probe
+        unsealer_log = pod.logs("unsealer", 50)
+        assert "vault" in unsealer_log.lower(), unsealer_log
+        assert vault_condition(), story.conditions_text("protectedmodels", MODEL)
+    finally:
+        story.vault.start()
+    ready = story.runner.wait_ready(timeout=300, previous=first, max_restarts=None)
+    assert ready.name != first.name
+    _eventually(lambda: _serves(story), "serving from the new pod after Vault is back")
+    story.wait_condition("protectedmodels", MODEL, "Ready", "True", timeout=120)
+
+
+def test_daily_quota_runs_out_with_429(story: Stack) -> None:
+    _ensure_serving(story)
+    images, _ = sample_digits(1)
+    last: Reply | None = None
+    for _ in range(PER_DAY + 5):
+        last = story.infer(images, story.api_key)
+        if last.status == 429 and last.body.get("limit") == "per_day":
+            break
+        assert last.status in (200, 429), last.body
+        time.sleep(0.25)
+    assert last is not None and last.status == 429, last
+    assert last.body.get("limit") == "per_day"
+    assert int(last.headers.get("Retry-After", "0")) > 0
+
+
+def test_revocation_scales_down_withdraws_vault_and_wipes(story: Stack) -> None:
+    if story.runner.current() is None or not story.runner.current().ready:
+        _ensure_serving(story)
+    pod = story.runner.current()
+    model_dir = pod.volume_dir("models")
+    assert any(model_dir.rglob("config.pbtxt"))
+    story.revoke("e2e: license revoked")
+    story.wait_condition("modellicenses", LICENSE, "Revoked", "True", timeout=60)
+    story.wait_condition("protectedmodels", MODEL, "Ready", "False", timeout=60)
+    story.runner.wait_stopped(timeout=120)
+    _eventually(lambda: not story.vault_role_exists(), "Vault role withdrawn", 60)
+    assert not model_dir.exists() or not any(model_dir.rglob("*"))
+    from kubernetes import client as k8s
+
+    dep = k8s.AppsV1Api(story.api).read_namespaced_deployment(MODEL, story.namespace)
+    assert dep.spec.replicas == 0
+    cond = story.condition("protectedmodels", MODEL, "Ready")
+    assert cond is not None and "revoked" in cond["message"].lower(), cond
+    with pytest.raises(OSError):
+        story.infer(sample_digits(1)[0], story.api_key, url=pod.url("http"))
+    copy = story.workdir / "audit.jsonl"
+    copy.write_bytes(story.audit_file(pod).read_bytes())
+    _STATE["audit"] = copy
+
+
+def test_audit_trail_verifies(story: Stack) -> None:
+    copy = _STATE["audit"]
+    out = story.modelseal("audit", "verify", str(copy))
+    assert out.startswith("OK"), out
+    lines = copy.read_text().splitlines()
+    # tamper with one record: the verifier names it
+    record = json.loads(lines[1])
+    record["tenant"] = "someone-else"
+    lines[1] = json.dumps(record)
+    tampered = copy.with_name("audit-tampered.jsonl")
+    tampered.write_text("\n".join(lines) + "\n")
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "modelseal", "audit", "verify", str(tampered)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0, result.stdout

@@ -248,6 +248,8 @@ class DirectorySink:
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                 0o600,
             )
+            if entry.size:
+                os.ftruncate(fd, entry.size)  # final size now; pieces land in any order
             if keep_open:
                 self.fds.append(fd)
             else:

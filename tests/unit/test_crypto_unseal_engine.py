@@ -237,3 +237,20 @@ def test_key_never_in_errors_or_logs(
     for form in forms:
         assert form not in text
     assert MARKER.decode() not in text
+
+
+def test_wipe_zeroes_data_but_does_not_fill_holes(shm_dir: Path) -> None:
+    f = shm_dir / "sparse.bin"
+    with open(f, "wb") as out:
+        out.truncate(64 << 20)
+        out.seek(32 << 20)
+        out.write(MARKER * 100)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        before = os.fstat(fd).st_blocks
+        engine._zero(f, 64 << 20)
+        st = os.fstat(fd)
+        assert st.st_blocks <= before + 8  # the 64 MiB of holes were not filled in
+        assert os.pread(fd, len(MARKER) * 100, 32 << 20) == bytes(len(MARKER) * 100)
+    finally:
+        os.close(fd)

@@ -208,11 +208,25 @@ def wipe_tree(path: Path, overwrite: bool = True) -> None:
 
 
 def _zero(name: str | Path, size: int, dir_fd: int | None = None) -> None:
+    """Overwrite the data extents of a file with zeros (holes hold nothing to wipe, and
+    writing zeros there would only allocate memory)."""
     fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         pos = 0
         while pos < size:
-            pos += os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), size - pos)], pos)
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after pos
+                    break
+                start = pos  # no SEEK_DATA support: zero everything
+            try:
+                end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            except OSError:
+                end = size
+            while start < end:
+                start += os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), end - start)], start)
+            pos = end
     finally:
         os.close(fd)
 

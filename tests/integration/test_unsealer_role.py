@@ -280,7 +280,7 @@ def test_license_file_revocation_and_expiry(
 
     # expiry while running (no file change needed)
     role.stop()
-    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 4))
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 8))
     lic.write_text(
         json.dumps({"tenant": "acme", "models": ["identity"], "valid": {"not_after": soon}})
     )

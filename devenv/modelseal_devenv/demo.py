@@ -509,6 +509,7 @@ class Stack:
                 self.namespace,
                 deployment=names.deployment,
                 workdir=self.workdir / "pods",
+                log_dir=self.log_dir / "pods",
                 on_event=self._pod_event,
             ).start()
         return self.runner.wait_ready(timeout=timeout)
@@ -795,7 +796,9 @@ def story(stack: Stack, n: Narrator) -> None:
             raise DemoError(f"no audit file at {audit_src}")
         n.say(stack.modelseal("audit", "verify", str(audit_copy)).strip())
     n.out("")
-    n.say(f"logs: {stack.log_dir} (operator.log, podrunner.log) and {stack.workdir / 'pods'}", 0)
+    n.say(
+        f"logs: {stack.log_dir} (operator.log, podrunner.log, pods/<ns>/<pod>/<container>.log)", 0
+    )
     _ = np  # numpy is what the images are
 
 
@@ -814,10 +817,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     t0 = time.monotonic()
     ok = False
+    code = 1
     try:
         story(stack, narrator)
         ok = True
     except KeyboardInterrupt:
+        code = 130
         print("\ndemo: interrupted; stopping everything", flush=True)
     except Exception as exc:
         print(f"\ndemo: FAILED: {type(exc).__name__}: {exc}", flush=True)
@@ -827,13 +832,19 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
         print(f"stopped everything in {time.monotonic() - t_stop:.1f}s", flush=True)
     if not ok:
-        return 1
+        return code
     print("")
     print("summary:")
     for key, took in narrator.timings:
         print(f"  {key:<10} {took:6.1f}s")
-    if not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
+    if not args.keep:  # keep only the logs
+        for entry in workdir.iterdir():
+            if entry.name != "logs":
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        print(f"logs kept in {workdir / 'logs'}")
     else:
         print(f"work folder kept: {workdir}")
     print(f"demo: ok total={time.monotonic() - t0:.1f}s {narrator.summary_line()}", flush=True)

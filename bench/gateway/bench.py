@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64]
     )
     parser.add_argument("--elements", type=int, default=16)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="gateway worker processes (gateway_workers)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
@@ -140,11 +143,16 @@ def main(argv: list[str] | None = None) -> int:
             redis_url=redis.url,
             triton_http_url=triton.http_url,
             triton_grpc_url=triton.grpc_url,
-            env={"MODELSEAL_LOG_LEVEL": "WARNING", "MODELSEAL_AUDIT_CHECKPOINT_EVERY": "1000"},
+            env={
+                "MODELSEAL_LOG_LEVEL": "WARNING",
+                "MODELSEAL_AUDIT_CHECKPOINT_EVERY": "1000",
+                "MODELSEAL_GATEWAY_WORKERS": str(args.workers),
+            },
         ).start()
         print(
             f"triton {triton.version} (CPU, python backend 'identity'), redis {redis.version}, "
-            f"gateway with auth + redis quotas + file audit; {os.cpu_count()} CPUs; "
+            f"gateway ({args.workers} worker process{'es' if args.workers > 1 else ''}) with "
+            f"auth + redis quotas + file audit; {os.cpu_count()} CPUs; "
             f"{args.duration:g}s per point, FP32[1,{args.elements}]",
             flush=True,
         )
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(repo, ignore_errors=True)
     audited = 0
     if gateway is not None:
-        audited = sum(1 for r in gateway.audit_lines() if r["type"] == "request")
+        audited = sum(1 for r in gateway.all_audit_lines() if r["type"] == "request")
     shutil.rmtree(work, ignore_errors=True)
 
     direct = [r for r in rows if r["target"] == "direct"]

@@ -185,6 +185,18 @@ class GatewayProcess:
             return []
         return [json.loads(line) for line in self.audit_file.read_bytes().splitlines() if line]
 
+    def audit_files(self) -> list[Path]:
+        """This gateway's audit file and those of its worker processes (``-w<i>``)."""
+        return sorted(self.workdir.glob(f"audit-{self.name}*.jsonl"))
+
+    def all_audit_lines(self) -> list[dict[str, Any]]:
+        return [
+            json.loads(line)
+            for path in self.audit_files()
+            for line in path.read_bytes().splitlines()
+            if line
+        ]
+
     def wait_audit(self, predicate: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         lines = self.audit_lines()

@@ -249,10 +249,21 @@ class Settings(BaseSettings):
         default=10.0,
         description="Time a client has to send a request body (slow clients get 408).",
     )
+    gateway_header_timeout_s: float = Field(
+        default=10.0,
+        description="Time a client has to send a request's headers, from their first byte "
+        "(then 408, audited, connection closed).",
+    )
+    gateway_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Gateway worker processes sharing the HTTP and gRPC ports (SO_REUSEPORT). "
+        "More than one needs quota_store=redis and an audit sink other than stdout.",
+    )
     gateway_idle_timeout_s: float = Field(
         default=75.0,
-        description="Idle keep-alive connections, and connections that never finish their "
-        "request headers, are closed after this many seconds.",
+        description="Idle keep-alive connections are closed after this many seconds.",
     )
     gateway_upstream_timeout_s: float = Field(
         default=60.0, description="Longest wait for Triton's answer (then 504)."

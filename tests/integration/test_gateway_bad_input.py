@@ -46,10 +46,14 @@ def gw(
         env={
             "MODELSEAL_MAX_REQUEST_BYTES": str(MAX_BYTES),
             "MODELSEAL_GATEWAY_BODY_TIMEOUT_S": "1",
+            "MODELSEAL_GATEWAY_HEADER_TIMEOUT_S": "1",
         },
     ).start()
     status, _, _ = call(f"{gateway.http_url}/v2/models/digits/infer", digits_body(), KEY)
     assert status == 200
+    # its record is written by the audit writer a moment later: wait, so that the first
+    # case does not count it as its own
+    gateway.wait_audit(lambda lines: any(r["type"] == "request" for r in lines))
     yield gateway
     gateway.stop()
 
@@ -91,6 +95,17 @@ def raw(head: str, body: bytes = b"", pause: float = 0.0) -> Callable[[GatewayPr
         return raw_http(gw, head.encode("latin-1"), body, pause)
 
     return run
+
+
+def stalled_after_a_request(gw: GatewayProcess) -> int:
+    """A keep-alive connection: one whole request, then half the headers of the next."""
+    with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = sock.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nAuthoriz")
+        data = sock.recv(4096)
+    return int(data.split(b" ", 2)[1]) if data else 0
 
 
 def _infer_head(extra: str, length: int) -> str:
@@ -155,6 +170,13 @@ CASES: list[tuple[str, Callable[[GatewayProcess], int], int]] = [
         raw(_infer_head(f"Authorization: Bearer {KEY}\r\n", 1000), b'{"inputs"', pause=2.0),
         408,
     ),
+    (
+        "headers never finished",
+        raw("POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bear"),
+        408,
+    ),
+    ("headers trickle in", raw("POST /v2/models/digits/infer HTTP/1.1\r\n", b"Ho", 0.3), 408),
+    ("headers stall on a kept-alive connection", stalled_after_a_request, 408),
     ("gzip body", post(body=GOOD, Content_Encoding="gzip"), 415),
     ("not licensed model", post("/v2/models/identity/infer", GOOD), 403),
     ("licensed but not served", post("/v2/models/ghost/infer", GOOD), 404),
@@ -206,6 +228,20 @@ def test_bad_input_is_refused_and_audited(
     assert mine[0]["status"] == expected
     assert mine[0]["decision"] in ("reject", "deny")
     assert mine[0]["reason"]
+
+
+def test_client_leaving_half_way_through_its_headers_is_audited(gw: GatewayProcess) -> None:
+    count = len([r for r in gw.audit_lines() if r["type"] == "request"])
+    with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.2)
+    records = gw.wait_audit(
+        lambda lines: len([r for r in lines if r["type"] == "request"]) >= count + 1
+    )
+    mine = [r for r in records if r["type"] == "request"][count:]
+    assert [(r["route"], r["status"], r["decision"]) for r in mine] == [
+        ("incomplete_headers", 400, "reject")
+    ]
 
 
 def test_gateway_still_serves_and_no_quota_was_used(

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from tritonclient.grpc import service_pb2 as pb
 
+from modelseal.gateway.core import settings_for_tests
 from modelseal.gateway.grpc_front import (
     check_grpc_request,
     decode_bytes_tensor,
@@ -226,3 +227,51 @@ def test_grpc_output_policy() -> None:
         resp.SerializeToString(), OutputPolicy("top-k", 1), [PlannedOutput("P", 1)]
     )
     assert dropped == ["P", "RAW"]  # two classes where one was allowed: withheld
+
+
+def test_header_guard_reads_what_aiohttp_still_has() -> None:
+    """``HeaderGuard`` relies on two attributes of aiohttp's RequestHandler."""
+    from aiohttp.web_protocol import RequestHandler
+
+    slots = set()
+    for cls in RequestHandler.__mro__:
+        slots.update(getattr(cls, "__slots__", ()))
+    assert {"_request_count", "_waiter"} <= slots
+
+
+@pytest.mark.parametrize(
+    ("over", "needs"),
+    [
+        ({"quota_store": "embedded", "audit_sink": "file"}, "quota_store=redis"),
+        ({"quota_store": "redis", "audit_sink": "stdout"}, "audit_sink=file or webhook"),
+    ],
+)
+def test_workers_refuse_what_would_break_a_guarantee(
+    tmp_path: Path, over: dict[str, str], needs: str
+) -> None:
+    from modelseal.gateway.main import check_workers
+
+    settings = settings_for_tests(tmp_path, gateway_workers=2, **over)
+    with pytest.raises(ValueError, match=needs):
+        check_workers(settings)
+    check_workers(settings_for_tests(tmp_path, gateway_workers=1, **over))
+
+
+def test_worker_settings(tmp_path: Path) -> None:
+    from modelseal.gateway.main import worker_settings
+
+    base = settings_for_tests(
+        tmp_path,
+        quota_store="redis",
+        gateway_workers=3,
+        gateway_instance="gw",
+        gateway_metrics_port=9000,
+    )
+    w2 = worker_settings(base, 2, {"http": 8123, "grpc": 8124})
+    assert (w2.gateway_http_port, w2.gateway_grpc_port, w2.gateway_metrics_port) == (
+        8123,
+        8124,
+        9002,
+    )
+    assert w2.gateway_instance == "gw-w2"
+    assert w2.audit_file == tmp_path / "audit-w2.jsonl"

@@ -6,6 +6,12 @@ default 8000), ``gateway_grpc_port`` (KServe v2 gRPC, default 8001),
 ``/readyz`` (license and keys loaded, Triton ready)). Logs are JSON lines on stderr;
 stdout carries only audit records when ``audit_sink=stdout``.
 
+Workers (``gateway_workers`` > 1, Redis store and a file or webhook audit sink only):
+this process is worker 0 and starts the others (``Workers``) once its ports are bound; all
+accept on the same HTTP and gRPC ports (``SO_REUSEPORT``). Each worker has its own audit
+chain (``<audit file stem>-w<i>``, instance ``<instance>-w<i>``) and its own metrics port
+(``gateway_metrics_port + i``); ``/readyz`` on the main metrics port is worker 0's.
+
 Shutdown: stop accepting, let in-flight requests finish (up to 10 s), give back
 concurrency slots, write a final signed audit checkpoint, flush the counter store.
 """
@@ -14,10 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
+import os
 import signal
+import socket
+import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -27,7 +38,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from modelseal.config import Settings
 from modelseal.gateway.core import Gateway
 from modelseal.gateway.grpc_front import GrpcFront
-from modelseal.gateway.http_front import HttpFront, access_logger_class
+from modelseal.gateway.http_front import (
+    HttpFront,
+    access_logger_class,
+    incomplete_headers_audit,
+)
+from modelseal.gateway.listen import GuardedSite, listening_socket
 
 log = logging.getLogger("modelseal.gateway")
 
@@ -62,6 +78,7 @@ class Servers:
         self.ports: dict[str, int] = {}
         self._runners: list[web.AppRunner] = []
         self._grpc: Any = None
+        self.not_ready: Callable[[], str | None] = lambda: None  # worker processes
 
     async def start(self) -> None:
         s = self.gw.settings
@@ -74,7 +91,15 @@ class Servers:
             shutdown_timeout=10.0,
         )
         await runner.setup()
-        site = web.TCPSite(runner, s.gateway_host, s.gateway_http_port, backlog=2048)
+        sock = listening_socket(
+            s.gateway_host, s.gateway_http_port, reuse_port=s.gateway_workers > 1
+        )
+        site = GuardedSite(
+            runner,
+            sock,
+            header_timeout_s=s.gateway_header_timeout_s,
+            audit=incomplete_headers_audit(self.gw),
+        )
         await site.start()
         self._runners.append(runner)
         self.ports["http"] = _bound_port(runner)
@@ -93,7 +118,7 @@ class Servers:
             options=[
                 ("grpc.max_receive_message_length", s.max_request_bytes),
                 ("grpc.max_send_message_length", max(s.max_request_bytes, 64 * 1024 * 1024)),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if s.gateway_workers > 1 else 0),
             ]
         )
         self._grpc.add_generic_rpc_handlers((GrpcFront(self.gw).handler(),))
@@ -118,6 +143,9 @@ class Servers:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         problems = [f.error for f in (self.gw.licenses_file, self.gw.keys_file) if f.error]
+        workers = self.not_ready()
+        if workers:
+            problems.append(workers)
         if not problems:
             try:
                 up = await self.gw.upstream.request("GET", "/v2/health/ready")
@@ -137,8 +165,128 @@ def _bound_port(runner: web.AppRunner) -> int:
     raise RuntimeError("gateway: no bound address")
 
 
+def check_workers(settings: Settings) -> None:
+    """Refuse settings under which several worker processes could not keep the guarantees."""
+    if settings.gateway_workers <= 1:
+        return
+    if settings.quota_store != "redis":
+        raise ValueError(
+            f"gateway_workers={settings.gateway_workers} needs quota_store=redis: the embedded "
+            "store keeps its counters in one process (its state folder is locked by the "
+            "first); Redis shares exact counters between processes"
+        )
+    if settings.audit_sink == "stdout":
+        raise ValueError(
+            f"gateway_workers={settings.gateway_workers} needs audit_sink=file or webhook: "
+            "each worker writes its own hash chain, and chains interleaved on one stdout "
+            "could not be verified"
+        )
+
+
+def worker_settings(settings: Settings, index: int, ports: dict[str, int]) -> Settings:
+    """Settings of worker ``index`` (1, 2, ...): the ports worker 0 bound, its own instance
+    name (``<instance>-w<index>``), audit file (``<stem>-w<index><suffix>``) and metrics
+    port (``gateway_metrics_port + index``; any free port when that is 0)."""
+    instance = settings.gateway_instance or socket.gethostname()
+    audit = settings.audit_file
+    metrics = settings.gateway_metrics_port
+    return settings.model_copy(
+        update={
+            "gateway_http_port": ports["http"],
+            "gateway_grpc_port": ports["grpc"],
+            "gateway_metrics_port": metrics + index if metrics else 0,
+            "gateway_instance": f"{instance}-w{index}",
+            "audit_file": audit.with_name(f"{audit.stem}-w{index}{audit.suffix}"),
+        }
+    )
+
+
+_WORKER_CODE = "from modelseal.gateway.main import worker_main; worker_main()"
+
+
+class Workers:
+    """Worker processes 1..N-1 (this process is worker 0): each a whole gateway on the
+    same HTTP and gRPC ports (``SO_REUSEPORT``; the kernel spreads connections), sharing
+    counters through Redis. A worker that exits while the gateway runs is started again.
+    Settings go to a worker on its stdin (never in its environment)."""
+
+    def __init__(self, settings: Settings, ports: dict[str, int]) -> None:
+        self.settings = settings
+        self.ports = ports
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.ready: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._watch: asyncio.Task[None] | None = None
+
+    def _spawn(self, index: int) -> None:
+        config = worker_settings(self.settings, index, self.ports).model_dump_json()
+        ready_r, ready_w = os.pipe()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_CODE, str(ready_w)],
+            stdin=subprocess.PIPE,
+            pass_fds=(ready_w,),
+        )
+        os.close(ready_w)
+        assert proc.stdin is not None
+        proc.stdin.write(config.encode())
+        proc.stdin.close()
+        self.procs[index] = proc
+        self.ready.discard(index)
+        task = asyncio.create_task(self._wait_ready(index, proc, ready_r))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        log.info("gateway worker %d started (pid %d)", index, proc.pid)
+
+    async def _wait_ready(self, index: int, proc: subprocess.Popen[bytes], fd: int) -> None:
+        """The worker writes one line to its pipe once its ports are open."""
+        try:
+            line = await asyncio.to_thread(os.read, fd, 64)
+        finally:
+            os.close(fd)
+        if line.startswith(b"ready") and self.procs.get(index) is proc:
+            self.ready.add(index)
+            log.info("gateway worker %d ready", index)
+
+    def not_ready(self) -> str | None:
+        missing = sorted(set(self.procs) - self.ready)
+        return f"gateway workers not ready: {missing}" if missing else None
+
+    def start(self) -> None:
+        for index in range(1, self.settings.gateway_workers):
+            self._spawn(index)
+        self._watch = asyncio.create_task(self._watch_loop(), name="gateway-workers")
+
+    async def _watch_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(1.0)
+            for index, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self._stopping:
+                    log.error(
+                        "gateway worker %d exited (%s): starting it again", index, proc.returncode
+                    )
+                    self._spawn(index)
+
+    async def stop(self, grace_s: float = 20.0) -> None:
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for index, proc in self.procs.items():
+            try:
+                await asyncio.to_thread(proc.wait, grace_s)
+            except subprocess.TimeoutExpired:
+                log.error("gateway worker %d did not stop in %gs: killed", index, grace_s)
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
+    check_workers(settings)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -147,6 +295,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     gateway = Gateway(settings)
     await gateway.start()
     servers = Servers(gateway)
+    workers: Workers | None = None
     try:
         await servers.start()
         log.info(
@@ -158,20 +307,50 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             gateway.store_kind,
             gateway.sink.name,
         )
+        if settings.gateway_workers > 1 and _ready_fd is None:
+            workers = Workers(settings, servers.ports)
+            servers.not_ready = workers.not_ready
+            workers.start()
+        if _ready_fd is not None:  # a worker: tell worker 0 that its ports are open
+            os.write(_ready_fd, b"ready\n")
+            os.close(_ready_fd)
         await stop.wait()
         log.info("gateway stopping")
     finally:
+        if workers is not None:
+            await workers.stop()
         await servers.stop()
         await gateway.stop()
     log.info("gateway stopped")
 
 
-def run(settings: Settings) -> None:
-    """Entry point of the ``gateway`` role."""
-    setup_logging(settings.log_level)
+_ready_fd: int | None = None  # set in worker processes 1..N-1
+
+
+def _run_loop(settings: Settings) -> None:
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
         asyncio.run(serve(settings))
     else:
         uvloop.run(serve(settings))
+
+
+def run(settings: Settings) -> None:
+    """Entry point of the ``gateway`` role."""
+    setup_logging(settings.log_level)
+    check_workers(settings)
+    _run_loop(settings)
+
+
+def worker_main() -> None:
+    """Entry point of worker processes 1..N-1 (settings as JSON on stdin)."""
+    global _ready_fd
+    _ready_fd = int(sys.argv[1])
+    with contextlib.suppress(OSError, AttributeError):  # Linux: end with the parent
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    settings = Settings(**json.loads(sys.stdin.buffer.read()))
+    if os.getppid() == 1:
+        return  # the parent is already gone
+    setup_logging(settings.log_level)
+    _run_loop(settings)

@@ -1,9 +1,11 @@
 """Hash-chained audit records with HMAC-signed checkpoints (pure: no I/O).
 
-Every line of an audit log is one JSON object, written in canonical form (keys sorted, no
-spaces, UTF-8). Each carries ``seq`` (0, 1, 2, ... without gaps), ``prev`` (the ``hash`` of
-the line before; 64 zeros for the first) and ``hash`` = SHA-256 of the canonical JSON of
-the object without ``hash``. Editing a line breaks its hash; deleting, inserting or
+Every line of an audit log is one JSON object: the canonical JSON (keys sorted, no spaces,
+UTF-8) of the record without ``hash``, with ``"hash"`` appended as its last member (so
+the record is serialised once). Each carries ``seq`` (0, 1, 2, ... without gaps), ``prev``
+(the ``hash`` of the line before; 64 zeros for the first) and ``hash`` = SHA-256 of the
+canonical JSON of the object without ``hash``. Readers parse the line; the order of its
+members is not part of the check. Editing a line breaks its hash; deleting, inserting or
 reordering lines breaks ``seq`` and ``prev``.
 
 Line types:
@@ -86,11 +88,13 @@ class Chain:
         body["seq"] = self.seq
         body["prev"] = self.prev
         body["v"] = FORMAT_VERSION
-        digest = record_hash(body)
+        body.pop("hash", None)
+        hashed = canonical(body)  # serialised once: hashed, then written with its hash
+        digest = hashlib.sha256(hashed).hexdigest()
         body["hash"] = digest
         self.seq += 1
         self.prev = digest
-        return canonical(body) + b"\n"
+        return b'%s,"hash":"%s"}\n' % (hashed[:-1], digest.encode())
 
     def genesis(self, **extra: Any) -> bytes:
         body = {

@@ -132,8 +132,8 @@ def check_memory_fs(path: Path, allow_non_tmpfs: bool) -> str:
         return fstype
     raise NotTmpfsError(
         f"refusing to unseal into {path}: it is on {fstype}, not tmpfs; plaintext may only "
-        "live in memory (mount an emptyDir with medium: Memory, or set the development "
-        "flag allow_non_tmpfs)"
+        "live in memory (mount an emptyDir with medium: Memory; for development only: "
+        "--allow-non-tmpfs, or MODELSEAL_ALLOW_NON_TMPFS=true for the unsealer)"
     )
 
 

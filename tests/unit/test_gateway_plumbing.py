@@ -275,3 +275,25 @@ def test_worker_settings(tmp_path: Path) -> None:
     )
     assert w2.gateway_instance == "gw-w2"
     assert w2.audit_file == tmp_path / "audit-w2.jsonl"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4\r\n\r\nabcd",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n",
+    ],
+)
+def test_upstream_response_parsed_from_any_split(raw: bytes) -> None:
+    """Triton's answer may arrive in pieces of any size: nothing before it is whole, and
+    exactly the response is taken from the buffer (the rest stays)."""
+    from modelseal.gateway.upstream import _parse_response
+
+    for cut in range(len(raw)):
+        assert _parse_response(bytearray(raw[:cut])) is None
+    buf = bytearray(raw + b"HTTP/1.1")
+    parsed = _parse_response(buf)
+    assert parsed is not None
+    resp, keep = parsed
+    assert (resp.status, resp.body, keep) == (200, b"abcd", True)
+    assert buf == b"HTTP/1.1"

@@ -182,13 +182,127 @@ class Upstream:
         return method
 
 
-class _Conn:
-    __slots__ = ("reader", "used", "writer")
+_MAX_HEAD = 1 << 20  # bytes of status line and headers
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection to Triton: the answer is parsed as it arrives and handed
+    to one future per request (cheaper than stream reader calls)."""
+
+    __slots__ = ("buf", "fut", "lost", "transport", "used")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.fut: asyncio.Future[tuple[UpstreamResponse, bool]] | None = None
+        self.lost = False
         self.used = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        fut = self.fut
+        if fut is None or fut.done():
+            return  # nothing asked: the connection will not be reused (see exchange)
+        try:
+            done = _parse_response(self.buf)
+        except ValueError as exc:
+            self.fut = None
+            fut.set_exception(exc)
+            return
+        if done is not None:
+            self.fut = None
+            fut.set_result(done)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        fut = self.fut
+        if fut is not None and not fut.done():
+            self.fut = None
+            if exc is not None and not self.buf:
+                fut.set_exception(ConnectionResetError(str(exc)))
+            else:
+                fut.set_exception(asyncio.IncompleteReadError(bytes(self.buf), None))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def exchange(self, payload: bytes) -> tuple[UpstreamResponse, bool]:
+        transport = self.transport
+        if self.lost or transport is None or transport.is_closing():
+            raise ConnectionResetError("connection to Triton closed")
+        if self.buf:  # bytes nobody asked for: the stream is out of step
+            raise ValueError("unexpected bytes from Triton")
+        fut: asyncio.Future[tuple[UpstreamResponse, bool]]
+        fut = asyncio.get_running_loop().create_future()
+        self.fut = fut
+        transport.write(payload)
+        try:
+            return await fut
+        finally:
+            self.fut = None
+
+
+def _parse_response(buf: bytearray) -> tuple[UpstreamResponse, bool] | None:
+    """One whole response from the start of ``buf`` (then removed from it), or None while
+    it is incomplete. Raises ValueError for what is not an HTTP/1.x response."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > _MAX_HEAD:
+            raise ValueError("Triton's response headers are too large")
+        return None
+    lines = bytes(buf[:end]).split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    fields: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip()
+    start = end + 4
+    if b"transfer-encoding" in fields:
+        parsed = _chunked(buf, start)
+        if parsed is None:
+            return None
+        body, stop = parsed
+    else:
+        stop = start + int(fields.get(b"content-length", b"0"))
+        if len(buf) < stop:
+            return None
+        body = bytes(buf[start:stop])
+    del buf[:stop]
+    keep = fields.get(b"connection", b"").lower() != b"close" and lines[0].startswith(b"HTTP/1.1")
+    ctype = fields.get(b"content-type")
+    ihcl = fields.get(b"inference-header-content-length")
+    return (
+        UpstreamResponse(
+            status,
+            body,
+            ctype.decode("latin-1") if ctype is not None else None,
+            ihcl.decode("latin-1") if ihcl is not None else None,
+        ),
+        keep,
+    )
+
+
+def _chunked(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
+    """A whole chunked body from ``pos``: (body, end position), None while incomplete."""
+    parts: list[bytes] = []
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        size = int(bytes(buf[pos:eol]).split(b";", 1)[0].strip(), 16)
+        pos = eol + 2
+        if size == 0:
+            if len(buf) < pos + 2:
+                return None
+            return b"".join(parts), pos + 2  # no trailers expected
+        if len(buf) < pos + size + 2:
+            return None
+        parts.append(bytes(buf[pos : pos + size]))
+        pos += size + 2
 
 
 class HttpPool:
@@ -200,93 +314,58 @@ class HttpPool:
         self._idle: list[_Conn] = []
         self._gate = asyncio.Semaphore(limit)
         self._closed = False
+        self._host_line = f"Host: {host}:{port}\r\n"
 
     async def _open(self) -> _Conn:
-        reader, writer = await asyncio.open_connection(self.host, self.port, limit=2**20)
-        return _Conn(reader, writer)
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(_Conn, self.host, self.port)
+        return conn
 
     async def request(
         self, method: str, path: str, body: bytes | None, headers: Mapping[str, str] | None
     ) -> UpstreamResponse:
-        head = [f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"]
+        head = [f"{method} {path} HTTP/1.1\r\n", self._host_line]
         if headers:
             head += [f"{k}: {v}\r\n" for k, v in headers.items()]
         head.append(f"Content-Length: {len(body) if body else 0}\r\n\r\n")
         payload = "".join(head).encode("latin-1") + (body or b"")
         async with self._gate:
-            if self._idle:
+            conn = None
+            while self._idle:  # skip connections the server closed while they were idle
                 conn = self._idle.pop()
-            else:
+                if not conn.lost:
+                    break
+                conn = None
+            if conn is None:
                 try:
                     conn = await self._open()
                 except OSError as exc:
                     raise ConnectFailed(str(exc)) from exc
             try:
                 try:
-                    resp, keep = await self._exchange(conn, payload)
+                    resp, keep = await conn.exchange(payload)
                 except (asyncio.IncompleteReadError, ConnectionError) as exc:
                     nothing = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
                     if not (conn.used and nothing):
                         raise
-                    conn.writer.close()  # the server had closed it while idle: once more
+                    conn.close()  # the server had closed it while idle: once more
                     try:
                         conn = await self._open()
                     except OSError as exc:  # it never got the request: refundable too
                         raise ConnectFailed(str(exc)) from exc
-                    resp, keep = await self._exchange(conn, payload)
+                    resp, keep = await conn.exchange(payload)
             except BaseException:
-                conn.writer.close()
+                conn.close()
                 raise
-            if keep and not self._closed:
+            if keep and not self._closed and not conn.lost and not conn.buf:
                 conn.used = True
                 self._idle.append(conn)
             else:
-                conn.writer.close()
+                conn.close()
             return resp
-
-    @staticmethod
-    async def _exchange(conn: _Conn, payload: bytes) -> tuple[UpstreamResponse, bool]:
-        conn.writer.write(payload)
-        raw = await conn.reader.readuntil(b"\r\n\r\n")
-        lines = raw[:-4].split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        fields: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            fields[name.strip().lower()] = value.strip()
-        if b"transfer-encoding" in fields:
-            body = await _read_chunked(conn.reader)
-        else:
-            body = await conn.reader.readexactly(int(fields.get(b"content-length", b"0")))
-        keep = fields.get(b"connection", b"").lower() != b"close" and lines[0].startswith(
-            b"HTTP/1.1"
-        )
-        ctype = fields.get(b"content-type")
-        ihcl = fields.get(b"inference-header-content-length")
-        return (
-            UpstreamResponse(
-                status,
-                body,
-                ctype.decode("latin-1") if ctype is not None else None,
-                ihcl.decode("latin-1") if ihcl is not None else None,
-            ),
-            keep,
-        )
 
     def close(self) -> None:
         self._closed = True
         for conn in self._idle:
-            conn.writer.close()
+            conn.close()
         self._idle.clear()
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        size_line = await reader.readuntil(b"\r\n")
-        size = int(size_line.split(b";", 1)[0].strip(), 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")  # no trailers expected
-            return b"".join(parts)
-        parts.append(await reader.readexactly(size))
-        await reader.readexactly(2)

@@ -1,7 +1,7 @@
 # make bench-gateway: Triton directly vs the same Triton through the gateway (auth, Redis
 # quotas, audit on), several concurrencies; prints p50/p99/throughput and, last,
 # gateway_vs_direct_throughput_ratio=<x> added_p50_ms=<y>.
-#   BENCH_GATEWAY_ARGS="--duration 4 --concurrency 1,4,16,64"
+#   BENCH_GATEWAY_ARGS="--duration 4 --concurrency 1,4,16,64 --workers 2"
 BENCH_GATEWAY_ARGS ?=
 
 .PHONY: bench-gateway

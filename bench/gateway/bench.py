@@ -13,8 +13,15 @@ throughput through the gateway to the best direct throughput (over all concurren
 the difference of the p50 latencies at concurrency 1 (the gateway's added latency when
 nothing queues).
 
+Before it, the gateway's CPU (user + system, every worker process) per answered request
+and the load average: on a shared machine the throughput figures move with what else runs
+(repeat the run and report ranges); the CPU per request moves much less. The load
+generator is the same for both targets; its own CPU (~50 us a request) is spent on the
+same cores as Triton's, so it lowers the direct figures more than the gateway's.
+
 Options: ``--duration`` seconds per measurement (default 4), ``--concurrency 1,4,16,64``,
-``--elements`` FP32 values per request (default 16), ``--json FILE`` for the raw numbers.
+``--elements`` FP32 values per request (default 16), ``--workers`` gateway worker
+processes (``gateway_workers``, default 1), ``--json FILE`` for the raw numbers.
 Redis runs with ``appendfsync everysec`` here (production advice; the test fixture's
 ``always`` puts a disk flush on every request).
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -67,7 +75,24 @@ def _row(name: str, r: Result) -> str:
     )
 
 
-async def _measure(args: argparse.Namespace, direct_url: str, gw_url: str) -> list[dict[str, Any]]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (the gateway's workers)."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    total = 0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(
+    args: argparse.Namespace, direct_url: str, gw_url: str, gw_pid: int
+) -> list[dict[str, Any]]:
     body = _body(args.elements)
     plain = {"Content-Type": "application/json"}
     authed = {**plain, "Authorization": f"Bearer {KEY}"}
@@ -79,7 +104,9 @@ async def _measure(args: argparse.Namespace, direct_url: str, gw_url: str) -> li
     )
     for conc in args.concurrency:
         for name, url, headers in (("direct", direct_url, plain), ("gateway", gw_url, authed)):
+            cpu0 = _cpu_seconds(gw_pid)
             r = await run_load(url, body, headers, conc, args.duration)
+            cpu_s = _cpu_seconds(gw_pid) - cpu0
             print(_row(name, r), flush=True)
             rows.append(
                 {
@@ -91,6 +118,8 @@ async def _measure(args: argparse.Namespace, direct_url: str, gw_url: str) -> li
                     "p99_ms": r.percentile(99) * 1000,
                     "errors": r.errors,
                     "statuses": r.statuses,
+                    "gateway_cpu_s": cpu_s,
+                    "answered": r.count + r.warmup_count,  # warm-up included, as in cpu_s
                 }
             )
     return rows
@@ -157,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         path = "/v2/models/identity/infer"
-        rows = asyncio.run(_measure(args, triton.http_url + path, gateway.http_url + path))
+        rows = asyncio.run(
+            _measure(args, triton.http_url + path, gateway.http_url + path, gateway.pid)
+        )
     finally:
         if gateway is not None:
             gateway.stop()
@@ -177,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         r["p50_ms"] for r in direct if r["concurrency"] == c1
     )
     errors = sum(r["errors"] for r in rows)
+    served = sum(r["answered"] for r in through)
+    cpu_us = sum(r["gateway_cpu_s"] for r in through) / max(1, served) * 1e6
+    print(
+        f"gateway CPU per request (user+sys, every worker): {cpu_us:.0f} us; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     print(f"gateway audit records written: {audited}; non-200 answers: {errors}")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "ratio": ratio, "added_p50_ms": added}))

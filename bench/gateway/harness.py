@@ -121,6 +121,11 @@ class GatewayProcess:
         return f"http://{LOOPBACK}:{self.metrics_port}"
 
     @property
+    def pid(self) -> int:
+        assert self._process is not None, "gateway not started"
+        return self._process.pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.running
 

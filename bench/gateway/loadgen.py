@@ -21,6 +21,7 @@ class Result:
     duration_s: float
     latencies_s: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
+    warmup_count: int = 0  # answers during the warm-up (not in the figures)
 
     @property
     def count(self) -> int:
@@ -79,6 +80,8 @@ async def _worker(
             if t0 >= warm_until:
                 lat.append(t1 - t0)
                 statuses[status] = statuses.get(status, 0) + 1
+            else:
+                result.warmup_count += 1
             if b"connection: close" in lower:
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)

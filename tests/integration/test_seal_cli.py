@@ -636,3 +636,33 @@ def test_unseal_from_s3(
     assert code == 4
     assert "NoSuchKey" in err
     assert not (target / "repo2").exists()
+
+
+@pytest.mark.parametrize("case", ["truncated", "chunk-bit-flip", "chunks-swapped"])
+def test_bad_bundle_from_s3_refused(
+    case: str,
+    cli: Run,
+    sealed: dict[str, Any],
+    s3_server: Any,
+    s3_bucket: str,
+    target: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    make, _, code_expected, pattern = BAD[case]
+    assert make is not None
+    bad = make(sealed["path"].read_bytes(), {})
+    s3_server.client().put_object(Bucket=s3_bucket, Key="bad.mseal", Body=bad)
+    code, _, err = cli(
+        "unseal",
+        f"s3://{s3_bucket}/bad.mseal",
+        "--to",
+        str(target / "repo"),
+        "--digest",
+        sealed["digest"],
+        "--no-progress",
+    )
+    assert code == code_expected, err
+    assert re.search(pattern, err), err
+    assert_clean(target)

@@ -29,9 +29,7 @@ class Settings(BaseSettings):
     )
 
     # --- Vault --------------------------------------------------------------------------
-    vault_addr: str = Field(
-        "http://127.0.0.1:8200", description="Vault (or OpenBao) API address."
-    )
+    vault_addr: str = Field("http://127.0.0.1:8200", description="Vault (or OpenBao) API address.")
     vault_token_file: Path | None = Field(
         None,
         description="File holding a Vault token (operator, development). When unset, roles "
@@ -113,9 +111,7 @@ class Settings(BaseSettings):
         False,
         description="Development only: let the unsealer write to a target that is not tmpfs.",
     )
-    unseal_workers: int = Field(
-        0, description="Parallel decryption workers; 0 means one per CPU."
-    )
+    unseal_workers: int = Field(0, description="Parallel decryption workers; 0 means one per CPU.")
     unsealer_port: int = Field(8081, description="Unsealer readiness/control port.")
     unsealer_bind_address: str = Field(
         "0.0.0.0",

@@ -296,7 +296,8 @@ def _parse_source(data: Mapping[str, Any]) -> Source:
     digest = _match(
         _req_str(data, "digest", where),
         DIGEST_RE,
-        "spec.source.digest must be sha256tree: followed by 64 lower-case hex digits (as modelseal seal prints it)",
+        "spec.source.digest must be sha256tree: followed by 64 lower-case hex digits "
+        "(as modelseal seal prints it)",
     )
     raw_size = data.get("plaintextSize")
     if raw_size is None:

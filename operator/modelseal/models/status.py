@@ -101,10 +101,10 @@ def _ready(obs: ModelObservation) -> Condition:
         return Condition(READY, "False", "ObjectConflict", obs.conflict)
     if obs.decision is not None and not obs.decision.granted:
         return Condition(READY, "False", obs.decision.reason, obs.decision.message)
-    if obs.key is not None and not obs.key.ok:
-        # Vault unreachable (Unknown) does not stop Pods that already serve their model.
-        if not (obs.key.status == "Unknown" and wl.complete and wl.desired > 0):
-            return Condition(READY, "False", obs.key.reason, obs.key.message)
+    # Vault unreachable (Unknown) does not stop Pods that already serve their model.
+    still_serving = obs.key is not None and obs.key.status == "Unknown" and wl.complete
+    if obs.key is not None and not obs.key.ok and not (still_serving and wl.desired > 0):
+        return Condition(READY, "False", obs.key.reason, obs.key.message)
     if obs.decision is None or obs.key is None:
         return Condition(READY, "Unknown", "Reconciling", obs.error or "not evaluated yet")
     if spec.serving.replicas == 0:

@@ -41,8 +41,6 @@ MODEL = "digits"
 TRANSIT_KEY = "digits-key"
 BUCKET = "models"
 KEYS_OBJECT = "acme-api-keys"  # the Secret with the tenant's hashed API keys
-REVIEWER_NAMESPACE = "vault-system"
-REVIEWER_SA = "vault-token-reviewer"
 
 
 class DemoError(RuntimeError):
@@ -172,12 +170,12 @@ class Stack:
         return self._api
 
     def start_vault(self) -> None:
-        from modelseal_devenv.vault import VaultServer
+        from modelseal_devenv.vault import VaultServer, create_token_reviewer
 
         if self.vault is None:
             self.vault = VaultServer(persistent=True, workdir=self.workdir / "vault").start()
             self._owned.append(self.vault)
-        reviewer_jwt = self._token_reviewer()
+        reviewer_jwt = create_token_reviewer(self.api)
         self.vault.configure_kubernetes_auth(
             kubernetes_host=str(self.kube.server),
             ca_pem=str(self.kube.ca_pem),
@@ -187,47 +185,6 @@ class Stack:
             f"Vault {self.vault.version} at {self.vault.addr}: Transit, Kubernetes auth "
             "against the test API server"
         )
-
-    def _token_reviewer(self) -> str:
-        """A ServiceAccount bound to system:auth-delegator whose token Vault uses for
-        TokenReview (so the model ServiceAccounts that log in need no extra rights)."""
-        from kubernetes import client as k8s
-        from kubernetes.client.exceptions import ApiException
-
-        core = k8s.CoreV1Api(self.api)
-        rbac = k8s.RbacAuthorizationV1Api(self.api)
-
-        def create(fn: Callable[..., Any], *args: Any) -> None:
-            try:
-                fn(*args)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-
-        create(core.create_namespace, {"metadata": {"name": REVIEWER_NAMESPACE}})
-        create(
-            core.create_namespaced_service_account,
-            REVIEWER_NAMESPACE,
-            {"metadata": {"name": REVIEWER_SA}},
-        )
-        create(
-            rbac.create_cluster_role_binding,
-            {
-                "metadata": {"name": "modelseal-demo-vault-token-reviewer"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "system:auth-delegator",
-                },
-                "subjects": [
-                    {"kind": "ServiceAccount", "name": REVIEWER_SA, "namespace": REVIEWER_NAMESPACE}
-                ],
-            },
-        )
-        result = core.create_namespaced_service_account_token(
-            REVIEWER_SA, REVIEWER_NAMESPACE, {"spec": {"expirationSeconds": 24 * 3600}}
-        )
-        return str(result.status.token)
 
     def start_redis(self) -> None:
         from modelseal_devenv.redis import RedisServer

@@ -22,7 +22,7 @@ from modelseal_devenv.models import build_digits_model, sample_digits
 from modelseal_devenv.redis import RedisServer
 from modelseal_devenv.s3 import S3Server
 from modelseal_devenv.triton import TritonServer
-from modelseal_devenv.vault import VaultServer
+from modelseal_devenv.vault import VaultServer, create_token_reviewer, request_sa_token
 
 
 def _step(name: str, action: Callable[[], str]) -> None:
@@ -159,46 +159,22 @@ def check_vault(vault: VaultServer, kube: KubeCluster) -> str:
     core.create_namespaced_service_account(
         ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="model"))
     )
-    # Vault reviews each login with the login's own JWT, so the SA may call TokenReview.
-    client.RbacAuthorizationV1Api(api).create_cluster_role_binding(
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": f"{ns}-auth-delegator"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "system:auth-delegator",
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": "model", "namespace": ns}],
-        }
-    )
-    vault.configure_kubernetes_auth(kube.server, kube.ca_pem)
+    # Vault reviews logins with a dedicated reviewer SA, so the model SA needs no extra rights.
+    vault.configure_kubernetes_auth(kube.server, kube.ca_pem, create_token_reviewer(api))
     vault.write_policy(
         f"{ns}-decrypt", f'path "transit/decrypt/{key}" {{ capabilities = ["update"] }}'
     )
     vault.create_kubernetes_role(
         ns, service_account="model", namespace=ns, policies=[f"{ns}-decrypt"], audience="vault"
     )
-    token_request = core.create_namespaced_service_account_token(
-        "model",
-        ns,
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"audiences": ["vault"], "expirationSeconds": 600},
-        },
-    )
-    login: dict[str, Any] = vault.client(token="").auth.kubernetes.login(
-        role=ns, jwt=token_request.status.token
-    )
+    jwt = request_sa_token(api, ns, "model", ["vault"], expiration_seconds=600)
+    login: dict[str, Any] = vault.client(token="").auth.kubernetes.login(role=ns, jwt=jwt)
     if (
         "default" not in login["auth"]["policies"]
         and f"{ns}-decrypt" not in login["auth"]["policies"]
     ):
         raise AssertionError("Kubernetes-auth login did not grant the role's policy")
     core.delete_namespace(ns)
-    client.RbacAuthorizationV1Api(api).delete_cluster_role_binding(f"{ns}-auth-delegator")
     return "transit datakey round trip; kubernetes-auth login with a TokenRequest token"
 
 

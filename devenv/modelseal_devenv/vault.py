@@ -399,3 +399,75 @@ class VaultServer:
             name=key_name, key_type=key_type, mount_point=TRANSIT_MOUNT
         )
         return key_name
+
+
+# --- Kubernetes side of Vault's Kubernetes auth ---------------------------------------
+
+REVIEWER_NAMESPACE = "vault-system"
+REVIEWER_SA = "vault-token-reviewer"
+REVIEWER_BINDING = "modelseal-vault-token-reviewer"
+
+
+def create_token_reviewer(api_client: Any, expiration_seconds: int = 24 * 3600) -> str:
+    """Namespace, ServiceAccount and auth-delegator binding for Vault's TokenReview calls;
+    returns a TokenRequest token for it (audience: the API server's own)."""
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    core = k8s.CoreV1Api(api_client)
+    rbac = k8s.RbacAuthorizationV1Api(api_client)
+
+    def create(fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except ApiException as exc:
+            if exc.status != 409:  # already there (a second session on the same cluster)
+                raise
+
+    create(
+        core.create_namespace,
+        k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=REVIEWER_NAMESPACE)),
+    )
+    create(
+        core.create_namespaced_service_account,
+        REVIEWER_NAMESPACE,
+        k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=REVIEWER_SA)),
+    )
+    create(
+        rbac.create_cluster_role_binding,
+        k8s.V1ClusterRoleBinding(
+            metadata=k8s.V1ObjectMeta(name=REVIEWER_BINDING),
+            role_ref=k8s.V1RoleRef(
+                api_group="rbac.authorization.k8s.io",
+                kind="ClusterRole",
+                name="system:auth-delegator",
+            ),
+            subjects=[
+                k8s.RbacV1Subject(
+                    kind="ServiceAccount", name=REVIEWER_SA, namespace=REVIEWER_NAMESPACE
+                )
+            ],
+        ),
+    )
+    return request_sa_token(api_client, REVIEWER_NAMESPACE, REVIEWER_SA, [], expiration_seconds)
+
+
+def request_sa_token(
+    api_client: Any,
+    namespace: str,
+    service_account: str,
+    audiences: list[str],
+    expiration_seconds: int = 3600,
+) -> str:
+    """A ServiceAccount token from the TokenRequest API (what a projected volume holds).
+
+    An empty ``audiences`` list means the API server's own audience."""
+    from kubernetes import client as k8s
+
+    body = k8s.AuthenticationV1TokenRequest(
+        spec=k8s.V1TokenRequestSpec(audiences=audiences, expiration_seconds=expiration_seconds)
+    )
+    result = k8s.CoreV1Api(api_client).create_namespaced_service_account_token(
+        service_account, namespace, body
+    )
+    return str(result.status.token)

@@ -101,6 +101,7 @@ class OpsEnv:
     operator_token_file: Path
     audit_log: Path
     api: Any = field(repr=False)
+    namespaces: list[str] = field(default_factory=list)
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         if check:
@@ -213,7 +214,17 @@ class OpsEnv:
 
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         self.core().create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        self.namespaces.append(name)
         return name
+
+    def drop_namespaces(self) -> None:
+        """Delete the namespaces tests made (frees the fake GPUs; not awaited)."""
+        from kubernetes.client.exceptions import ApiException
+
+        while self.namespaces:
+            name = self.namespaces.pop()
+            with contextlib.suppress(ApiException):
+                self.core().delete_namespace(name)
 
     # --- Vault ------------------------------------------------------------------------
     def vault_role(self, name: str) -> dict[str, Any] | None:
@@ -423,6 +434,8 @@ def ops_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsEnv]:
     policy.write_text(yaml.safe_dump(AUDIT_POLICY))
     audit_log = workdir / "audit.log"
     cluster = KubeCluster(
+        nodes=3,
+        gpus_per_node=8,
         bin_dir=ensure_binaries(),
         extra_apiserver_args=[
             f"--audit-policy-file={policy}",

@@ -83,8 +83,11 @@ def op(ops_env: OpsEnv) -> Iterator[Operator]:
 
 
 @pytest.fixture
-def ns(ops_env: OpsEnv) -> str:
-    return ops_env.namespace("op")
+def ns(ops_env: OpsEnv, op: Operator) -> Iterator[str]:
+    name = ops_env.namespace("op")
+    yield name
+    # Deleted while the operator still runs, so finalizers are honoured and GPUs freed.
+    ops_env.drop_namespaces()
 
 
 def apply(env: OpsEnv, doc: dict[str, Any]) -> None:
@@ -149,6 +152,11 @@ def test_create_to_ready(ops_env: OpsEnv, op: Operator, ns: str) -> None:
     assert status["endpoint"] == f"digits.{ns}.svc:8000"
     assert status["readyReplicas"] == 1 and status["servedVersion"] == "1.0.0"
     assert status["vaultRole"] == vault_name(ns, "digits")
+    # kopf keeps its state under our prefix only.
+    meta = pm["metadata"]
+    assert meta["finalizers"] == ["modelseal.io/finalizer"]
+    assert "modelseal.io/last-handled-configuration" in meta["annotations"]
+    assert not [k for k in meta["annotations"] if k.startswith("kopf.zalando.org")]
 
     # Pods run on the fake GPU nodes, with one GPU each.
     pods = running_pods(env, ns, "digits")

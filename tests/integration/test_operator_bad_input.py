@@ -4,6 +4,7 @@ reason naming the problem, no Vault role, no running Pods — and the operator k
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -128,6 +129,8 @@ def op(ops_env: OpsEnv) -> Iterator[Operator]:
     try:
         yield operator
     finally:
+        ops_env.drop_namespaces()
+        time.sleep(2)  # let the operator release the finalizers
         operator.stop()
 
 

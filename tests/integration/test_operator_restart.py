@@ -39,6 +39,22 @@ def _ready(env: OpsEnv, ns: str, name: str) -> bool:
     ).get("generation")
 
 
+def _world(env: OpsEnv, ns: str) -> str:
+    """Pods' and nodes' readiness, to explain writes that external changes caused."""
+    lines = []
+    for pod in env.core().list_namespaced_pod(ns).items:
+        conds = {
+            c.type: (c.status, str(c.last_transition_time)) for c in pod.status.conditions or []
+        }
+        lines.append(f"pod {pod.metadata.name} {pod.status.phase} Ready={conds.get('Ready')}")
+    for node in env.core().list_node().items:
+        conds = {
+            c.type: (c.status, str(c.last_transition_time)) for c in node.status.conditions or []
+        }
+        lines.append(f"node {node.metadata.name} Ready={conds.get('Ready')}")
+    return "\n".join(lines)
+
+
 def _reads(op: Operator) -> int:
     return int(
         sum(
@@ -65,7 +81,7 @@ def test_zero_writes_on_resync_and_restart(ops_env: OpsEnv) -> None:
         time.sleep(12)  # two periodic resyncs (every model and license, Vault included)
         writes = env.operator_writes(offset)
         reads = _reads(op) - reads_before
-        assert writes == [], writes
+        assert writes == [], f"{writes}\n{_world(env, ns)}"
         assert reads > 0, "the resync did not run"
         print(f"resync: 0 writes, {reads} reads in 12s")
     finally:
@@ -87,11 +103,13 @@ def test_zero_writes_on_resync_and_restart(ops_env: OpsEnv) -> None:
         )
         time.sleep(8)  # and one more periodic resync
         writes = env.operator_writes(offset)
-        assert writes == [], writes
+        assert writes == [], f"{writes}\n{_world(env, ns)}"
         print(f"restart: 0 writes, {_reads(op)} reads")
         for name in ("alpha", "beta"):
             assert _ready(env, ns, name)
     finally:
+        env.drop_namespaces()
+        time.sleep(2)
         op.stop()
 
 
@@ -159,6 +177,7 @@ def test_killed_mid_reconcile_converges(ops_env: OpsEnv, kill_after_writes: int)
         env.kubectl("delete", "pm", "digits", "-n", ns, "--timeout=60s")
         assert _our_roles(env, ns) == []
     finally:
+        env.drop_namespaces()
         restarted.stop()
 
 
@@ -198,4 +217,5 @@ def test_deleted_while_down_is_cleaned_up_on_restart(ops_env: OpsEnv) -> None:
         wait_for(lambda: _our_roles(env, ns) == [], "orphaned role collected", 30)
         assert env.vault_policy(f"modelseal_{ns}_ghost") is None
     finally:
+        env.drop_namespaces()
         op.stop()

@@ -776,7 +776,12 @@ class Reconciler:
             self._license_seen[key] = seen
             for m in named:
                 self.enqueue_model(namespace, m["metadata"]["name"])
-        return _seconds_until(state[2], now)
+        delay = _seconds_until(state[2], now)
+        if delay is not None:
+            # A window still opens or closes: also look again every expiry_check_interval_s
+            # (a safety net against clock steps; it costs reads only).
+            delay = min(delay, max(1.0, self.settings.expiry_check_interval_s))
+        return delay
 
     # --- safety nets -----------------------------------------------------------------------
     async def resync_all(self) -> None:

@@ -250,7 +250,6 @@ def triton_args(model: ModelSpec, settings: Settings, p: Ports) -> list[str]:
         f"--model-repository={repository}",
         "--model-control-mode=explicit",
         f"--load-model={model.model_name}",
-        "--strict-model-config=false",
         "--exit-on-error=true",
         "--strict-readiness=true",
         "--http-address=127.0.0.1",

@@ -474,6 +474,11 @@ def test_operator_survives_vault_outage(ops_env: OpsEnv, op: Operator, ns: str) 
         dep = env.raw("Deployment", ns, "steady")
         assert dep is not None and dep["spec"]["replicas"] == 1
         assert ready(env, ns, "steady")["status"] == "True"
+        # Nor is its license file turned into a revocation (the unsealer would wipe).
+        time.sleep(10)  # past one periodic resync (every 8 s here)
+        cm = env.raw("ConfigMap", ns, "steady-license")
+        assert cm is not None and '"revoked": false' in cm["data"]["license.json"]
+        assert ready(env, ns, "steady")["status"] == "True"
     finally:
         env.vault.start()
     wait_reason(env, ns, "newcomer", "Serving", timeout=120)

@@ -272,10 +272,17 @@ class Reconciler:
 
         key_state, vault_error = await self._vault_step(spec, decision, conflict_msg, ref)
         error = vault_error
-        effective = decision.granted and key_state.ok and not conflict_msg
+        # Vault being down is no license decision: the license stays granted in what the
+        # gateway and unsealer read, so running Pods keep serving and new ones wait for Vault.
+        vault_down = (
+            key_state.reason in ("VaultUnavailable", "VaultError")
+            and decision.granted
+            and not conflict_msg
+        )
+        effective = decision.granted and (key_state.ok or vault_down) and not conflict_msg
         rendered = render_model(spec, lic, effective, self.settings)
-        if key_state.reason == "VaultUnavailable" and decision.granted and not conflict_msg:
-            # Vault is down: leave running Pods alone (they hold their model already).
+        if vault_down:
+            # Leave the replica count alone (running Pods hold their model already).
             dep = live.get("Deployment")
             keep = int(((dep or {}).get("spec") or {}).get("replicas") or 0)
             rendered = _with_replicas(rendered, keep)

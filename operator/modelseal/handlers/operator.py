@@ -136,6 +136,8 @@ async def _periodic(reconciler: Reconciler, interval_s: float) -> None:
             removed = await reconciler.collect_vault_garbage()
             if removed:
                 log.warning("collected %d orphaned Vault role(s)", len(removed))
+        except VaultError as exc:
+            log.warning("Vault garbage collection skipped: %s", exc)
         except Exception:
             log.exception("Vault garbage collection failed")
         try:

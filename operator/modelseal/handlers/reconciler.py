@@ -154,7 +154,10 @@ class Reconciler:
         self.auditor = auditor
         self.now = now
         self.finalizer = f"{settings.api_group}/finalizer"
-        self.queue = WorkQueue(self._work, concurrency=4, on_depth=metrics.queue_depth.set)
+        # Retries back off to 15 s at most: a Vault outage heals within that once it ends.
+        self.queue = WorkQueue(
+            self._work, concurrency=4, on_depth=metrics.queue_depth.set, max_backoff_s=15.0
+        )
         self._locks: dict[str, asyncio.Lock] = {}
         self._model_claims: dict[str, tuple[Any, ...]] = {}
         self._license_seen: dict[str, tuple[Any, ...]] = {}

@@ -276,6 +276,41 @@ def kubeconfig_document(server: str, ca_pem: bytes, user: str, pair: _Pair) -> d
 # --------------------------------------------------------------------------- the cluster
 
 
+# kwok's standard stages make a Pod Ready only on its way out of Pending. When the node
+# lifecycle controller marks a running Pod not Ready (a late node heartbeat on a loaded
+# machine), no kubelet is there to flip it back; this stage plays that kubelet's part.
+_POD_READY_AGAIN_STAGE = """\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: modelseal-pod-ready-again
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Running']
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: 'NotIn'
+      values: ['True']
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: Ready
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: ContainersReady
+"""
+
+
 class KubeCluster:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok, on loopback.
 
@@ -621,6 +656,8 @@ class KubeCluster:
 
     def _start_kwok(self, bin_dir: Path) -> None:
         self._kwok_port = free_port()
+        ready_again = self.workdir / "kwok-ready-again.yaml"
+        ready_again.write_text(_POD_READY_AGAIN_STAGE)
         env = dict(os.environ)
         env["HOME"] = str(self.workdir / "kwok-home")  # kwok reads ~/.kwok/kwok.yaml if present
         self._spawn(
@@ -629,6 +666,7 @@ class KubeCluster:
                 str(bin_dir / "kwok"),
                 f"--kubeconfig={self.workdir / 'kwok.kubeconfig'}",
                 f"--config={bin_dir / KWOK_STAGES}",
+                f"--config={ready_again}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_VALUE}",
                 f"--server-address={LOOPBACK}:{self._kwok_port}",

@@ -207,7 +207,7 @@ class Stack:
     def install_crds(self) -> None:
         self.kube.kubectl("apply", "--server-side", "-f", str(repo_root() / "crds"))
         for crd in ("protectedmodels.modelseal.io", "modellicenses.modelseal.io"):
-            self.kube.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+            self.kube.wait_crd_established(crd)
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}})
 
     def start_operator(self) -> None:

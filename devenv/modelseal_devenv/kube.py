@@ -814,6 +814,17 @@ class KubeCluster:
             timeout=timeout,
         )
 
+    def wait_crd_established(self, name: str, timeout: float = 60.0) -> None:
+        """Wait until a CRD is served. (`kubectl wait --for=condition=Established` fails at
+        once, instead of waiting, while a just-created CRD has no conditions yet.)"""
+        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+
+        def established() -> bool:
+            out = self.kubectl("get", f"crd/{name}", f"-o=jsonpath={jsonpath}", timeout=15)
+            return out.strip() == "True"
+
+        wait_until(established, f"CRD {name} Established", timeout=timeout)
+
     def env(self) -> dict[str, str]:
         """Environment variables that point clients (kubectl, kopf) at this cluster."""
         return {"KUBECONFIG": str(self.kubeconfig)}

@@ -423,7 +423,7 @@ def install_crds(cluster: KubeCluster) -> None:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
     for path in sorted(CRDS.glob("*.yaml")):
         name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+        cluster.wait_crd_established(name)
 
 
 @pytest.fixture(scope="session")

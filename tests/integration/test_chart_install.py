@@ -152,9 +152,7 @@ def test_rendered_objects_pass_server_side_dry_run(
 ) -> None:
     apply_docs(cluster, MONITORING_CRDS)
     for crd in MONITORING_CRDS:
-        cluster.kubectl(
-            "wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s"
-        )
+        cluster.wait_crd_established(crd["metadata"]["name"])
     docs = render(helm, *([values] if values else []))
     for ns in {RELEASE_NS, "models-a", "models-b"}:
         make_namespace(api, ns)

@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 LOOPBACK = "127.0.0.1"
 
@@ -56,6 +58,16 @@ def tail(path: Path, lines: int = 40) -> str:
     except FileNotFoundError:
         return f"(no log at {path})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def read_from(path: Path, offset: int) -> str:
+    """A log file's text from `offset` on (what a server wrote since then)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 _LIVE: list[ManagedProcess] = []
@@ -150,6 +162,58 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+
+class ChildServer:
+    """Life cycle shared by the single-process servers (Redis, S3): a subclass sets
+    `_process` in `start()`, and `workdir` / `_own_workdir` in its constructor."""
+
+    workdir: Path
+    _own_workdir: bool
+    _process: ManagedProcess | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.running
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return self._process.pid
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL after `timeout`)."""
+        if self._process is not None:
+            self._process.stop(timeout=timeout)
+
+    def kill(self) -> None:
+        """Hard crash (SIGKILL)."""
+        if self._process is not None:
+            self._process.kill()
+
+    def restart(self) -> Self:
+        """Stop and start again on the same port and folder."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop and remove the work folder when this object made it."""
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self._process.log_tail(lines) if self._process is not None else ""
 
 
 def wait_until(

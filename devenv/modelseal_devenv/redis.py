@@ -14,13 +14,20 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import redis as redis_py
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from modelseal_devenv.common import LOOPBACK, ManagedProcess, StartError, free_port, wait_until
+from modelseal_devenv.common import (
+    LOOPBACK,
+    ChildServer,
+    ManagedProcess,
+    StartError,
+    free_port,
+    read_from,
+    wait_until,
+)
 
 BINARY_ENV = "MODELSEAL_REDIS_SERVER"  # use this redis-server instead of the one on PATH
 
@@ -52,16 +59,7 @@ def redis_server_version(binary: Path | None = None) -> str:
     raise StartError(f"cannot read the redis-server version from {out!r}")
 
 
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-class RedisServer:
+class RedisServer(ChildServer):
     """redis-server on 127.0.0.1:<free port> with its data in `workdir` (default: a temp dir).
 
     `url` is "redis://127.0.0.1:P/0" (with ":password@" when a password is set).
@@ -99,27 +97,6 @@ class RedisServer:
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{LOOPBACK}:{self.port}/0"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
-
-    @property
-    def pid(self) -> int:
-        if self._process is None:
-            raise RuntimeError("redis-server is not started")
-        return self._process.pid
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _write_config(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +164,7 @@ class RedisServer:
                 break
             except StartError:
                 self._process.stop(timeout=5)
-                clash = "Address already in use" in _read_from(self.log_path, offset)
+                clash = "Address already in use" in read_from(self.log_path, offset)
                 if self._port_fixed or attempt == 2 or not clash:
                     raise
                 self.port = free_port()  # taken between free_port() and the bind
@@ -197,26 +174,3 @@ class RedisServer:
             info = client.info("server")
         self.version = str(info.get("redis_version", ""))
         return self
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """Graceful stop (SIGTERM: Redis fsyncs the AOF and exits)."""
-        if self._process is not None:
-            self._process.stop(timeout=timeout)
-
-    def kill(self) -> None:
-        """Hard crash (SIGKILL); with `appendfsync always` no acknowledged write is lost."""
-        if self._process is not None:
-            self._process.kill()
-
-    def restart(self) -> RedisServer:
-        self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        """Stop and remove the work folder when this object made it."""
-        self.stop()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self._process.log_tail(lines) if self._process is not None else ""

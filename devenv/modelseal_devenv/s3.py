@@ -10,17 +10,23 @@ store.
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from modelseal_devenv.common import LOOPBACK, ManagedProcess, StartError, free_port, wait_until
+from modelseal_devenv.common import (
+    LOOPBACK,
+    ChildServer,
+    ManagedProcess,
+    StartError,
+    free_port,
+    read_from,
+    wait_until,
+)
 
 ACCESS_KEY = "modelseal-test-access-key"
 SECRET_KEY = "modelseal-test-secret-key"  # noqa: S105 - a fixed test credential, not a secret
@@ -31,16 +37,7 @@ def moto_version() -> str:
     return importlib.metadata.version("moto")
 
 
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-class S3Server:
+class S3Server(ChildServer):
     """moto's S3 (and other AWS APIs) on http://127.0.0.1:<free port>."""
 
     def __init__(
@@ -69,16 +66,6 @@ class S3Server:
     def endpoint_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
-
-    @property
-    def pid(self) -> int:
-        if self._process is None:
-            raise RuntimeError("moto server is not started")
-        return self._process.pid
-
     def env(self) -> dict[str, str]:
         """AWS_* variables that point an AWS SDK (boto3, the CLI) at this server."""
         return {
@@ -88,17 +75,6 @@ class S3Server:
             "AWS_REGION": self.region,
             "AWS_ENDPOINT_URL_S3": self.endpoint_url,
         }
-
-    def __enter__(self) -> S3Server:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _alive(self) -> bool:
         # moto's own management API; answers once the WSGI app is serving
@@ -138,7 +114,7 @@ class S3Server:
                 break
             except StartError:
                 self._process.stop(timeout=5)
-                log = _read_from(self.log_path, offset)
+                log = read_from(self.log_path, offset)
                 clash = "already in use" in log or "in use by another program" in log
                 if self._port_fixed or attempt == 2 or not clash:
                     raise
@@ -146,27 +122,6 @@ class S3Server:
         self._port_fixed = True  # restarts come back on the same port
         self.start_seconds = time.monotonic() - t0
         return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._process is not None:
-            self._process.stop(timeout=timeout)
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-
-    def restart(self) -> S3Server:
-        """Stop and start on the same port (the store comes back empty)."""
-        self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self._process.log_tail(lines) if self._process is not None else ""
 
     def reset(self) -> None:
         """Drop every bucket and object (moto's reset API)."""

@@ -48,6 +48,12 @@ AUDIT_POLICY = {
     "omitStages": ["RequestReceived"],
     "rules": [
         {"level": "Metadata", "users": [OPERATOR_USER]},
+        # Who changes Pod status (kwok, controllers): explains readiness flips in failures.
+        {
+            "level": "Metadata",
+            "verbs": ["update", "patch"],
+            "resources": [{"group": "", "resources": ["pods/status"]}],
+        },
         {"level": "None"},
     ],
 }
@@ -253,6 +259,28 @@ class OpsEnv:
         except hvac.exceptions.InvalidPath:
             return []
         return [str(k) for k in (data or {}).get("data", {}).get("keys", [])]
+
+    def pod_status_writes(self, namespace: str, since: int = 0) -> list[str]:
+        """Who wrote Pod status in `namespace` after byte `since` (for failure messages)."""
+        out: list[str] = []
+        if not self.audit_log.exists():
+            return out
+        with self.audit_log.open("rb") as fh:
+            fh.seek(since)
+            for line in fh:
+                with contextlib.suppress(ValueError):
+                    ev = json.loads(line)
+                    ref = ev.get("objectRef") or {}
+                    if (
+                        ev.get("stage") == "ResponseComplete"
+                        and ref.get("subresource") == "status"
+                        and ref.get("resource") == "pods"
+                        and ref.get("namespace") == namespace
+                    ):
+                        who = (ev.get("user") or {}).get("username")
+                        when = ev.get("requestReceivedTimestamp")
+                        out.append(f"{when} {who} {ev.get('verb')} {ref.get('name')}")
+        return out
 
     # --- the audit log: the operator's write calls -------------------------------------
     def audit_offset(self) -> int:

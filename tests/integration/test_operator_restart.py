@@ -65,52 +65,85 @@ def _reads(op: Operator) -> int:
     )
 
 
+def _explain(env: OpsEnv, ns: str, writes: list[dict[str, Any]], offset: int) -> str:
+    return f"{writes}\n{_world(env, ns)}\npod status writes:\n" + "\n".join(
+        env.pod_status_writes(ns, offset)
+    )
+
+
+ATTEMPTS = 3
+
+
 def test_zero_writes_on_resync_and_restart(ops_env: OpsEnv) -> None:
+    """Nothing changed -> no write. "Nothing changed" is checked too: when someone else
+    changed the models' Pods inside a measuring window (on a loaded machine the node
+    controller sometimes marks kwok's Pods NotReady for a moment), the operator is right to
+    write, so that window does not count and is measured again."""
     env = ops_env
     ns = env.namespace("idem")
     key = env.vault.create_transit_key()
     op = Operator(env, resync_interval_s=5).start()
+    disturbed = 0
     try:
         assert env.apply(license_doc(ns))[0]
         for name in ("alpha", "beta"):
             assert env.apply(model_doc(ns, name, key))[0]
         for name in ("alpha", "beta"):
             wait_for(lambda n=name: _ready(env, ns, n), f"{name} Ready", 120)
-        offset = _quiet(env, 4)
-        reads_before = _reads(op)
-        time.sleep(12)  # two periodic resyncs (every model and license, Vault included)
-        writes = env.operator_writes(offset)
-        reads = _reads(op) - reads_before
-        assert writes == [], f"{writes}\n{_world(env, ns)}"
-        assert reads > 0, "the resync did not run"
-        print(f"resync: 0 writes, {reads} reads in 12s")
+        for attempt in range(1, ATTEMPTS + 1):
+            offset = _quiet(env, 4)
+            reads_before = _reads(op)
+            time.sleep(12)  # two periodic resyncs (every model and license, Vault included)
+            writes = env.operator_writes(offset)
+            reads = _reads(op) - reads_before
+            if env.pod_status_writes(ns, offset) and attempt < ATTEMPTS:
+                disturbed += 1
+                continue
+            assert writes == [], _explain(env, ns, writes, offset)
+            assert reads > 0, "the resync did not run"
+            print(f"resync: 0 writes, {reads} reads in 12s")
+            break
     finally:
         op.stop()
 
-    offset = env.audit_offset()
-    op = Operator(env, resync_interval_s=5).start()
     try:
-        # Wait until the new process has reconciled both models and the license.
-        wait_for(
-            lambda: (
-                op.metrics().get(
-                    'modelseal_operator_reconciles_total{kind="ProtectedModel",result="ok"}', 0
+        for attempt in range(1, ATTEMPTS + 1):
+            offset = env.audit_offset()
+            restarted = Operator(env, resync_interval_s=5).start()
+            try:
+                # Wait until the new process has reconciled both models and the license.
+                wait_for(
+                    lambda o=restarted: (
+                        o.metrics().get(
+                            'modelseal_operator_reconciles_total{kind="ProtectedModel",result="ok"}',
+                            0,
+                        )
+                        >= 2
+                    ),
+                    "restart reconciles",
+                    60,
                 )
-                >= 2
-            ),
-            "restart reconciles",
-            60,
-        )
-        time.sleep(8)  # and one more periodic resync
-        writes = env.operator_writes(offset)
-        assert writes == [], f"{writes}\n{_world(env, ns)}"
-        print(f"restart: 0 writes, {_reads(op)} reads")
-        for name in ("alpha", "beta"):
-            assert _ready(env, ns, name)
+                time.sleep(8)  # and one more periodic resync
+                writes = env.operator_writes(offset)
+                if env.pod_status_writes(ns, offset) and attempt < ATTEMPTS:
+                    disturbed += 1
+                    _quiet(env, 4)
+                    continue
+                assert writes == [], _explain(env, ns, writes, offset)
+                print(
+                    f"restart: 0 writes, {_reads(restarted)} reads "
+                    f"({disturbed} disturbed window(s) measured again)"
+                )
+                for name in ("alpha", "beta"):
+                    assert _ready(env, ns, name)
+                break
+            finally:
+                if attempt == ATTEMPTS or not env.pod_status_writes(ns, offset):
+                    env.drop_namespaces()  # while an operator runs: finalizers honoured
+                    time.sleep(2)
+                restarted.stop()
     finally:
         env.drop_namespaces()
-        time.sleep(2)
-        op.stop()
 
 
 def _objects(env: OpsEnv, ns: str, name: str) -> dict[str, int]:

@@ -14,6 +14,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Header that Triton's restricted APIs (model repository, shared memory, ...) require in a
+# model pod; the operator renders Triton with it and the unsealer sends it to unload.
+TRITON_CONTROL_HEADER = "x-modelseal-control"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELSEAL_", extra="ignore", frozen=True)

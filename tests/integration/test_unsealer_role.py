@@ -212,6 +212,7 @@ def test_publish_then_revoke_over_http_unloads_triton(
     vault_server: Any,
     tmpfs_path: Path,
 ) -> None:
+    from modelseal.config import TRITON_CONTROL_HEADER
     from modelseal_devenv.triton import TritonServer
 
     role = start(role_env)
@@ -225,7 +226,14 @@ def test_publish_then_revoke_over_http_unloads_triton(
     assert marker["digest"] == sealed["digest"]
     assert sorted(os.listdir(tmpfs_path)) == [".modelseal-ready", "repository"]
 
-    with TritonServer(repo, model_control_mode="explicit", load_models=["identity"]) as triton:
+    # Triton as the operator renders it: the repository API needs the pod's control token,
+    # which the unsealer reads from its control-token file.
+    with TritonServer(
+        repo,
+        model_control_mode="explicit",
+        load_models=["identity"],
+        restrict_model_control=(TRITON_CONTROL_HEADER, "s3cret-control"),
+    ) as triton:
         assert triton.model_ready("identity")
         role_env_url = triton.http_url
         # point the (running) unsealer at this Triton: restart it with the right URL

@@ -27,7 +27,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelseal.config import Settings
+from modelseal.config import TRITON_CONTROL_HEADER, Settings
 from modelseal.models.quantity import MIB, format_bytes, parse_quantity, round_up_mib
 from modelseal.models.spec import LicenseSpec, ModelSpec
 from modelseal.render.license_config import license_config_data
@@ -48,7 +48,7 @@ TRITON_METRICS_PORT = 8102
 TOKEN_VOLUME = "vault-token"  # noqa: S105 - a volume name
 MODELS_VOLUME = "models"
 CONTROL_TOKEN_KEY = "token"  # noqa: S105 - a Secret key name
-CONTROL_HEADER = "x-modelseal-control"
+CONTROL_HEADER = TRITON_CONTROL_HEADER
 #: Triton HTTP APIs only the unsealer may call (with the per-model control token).
 RESTRICTED_HTTP_APIS = "model-repository,shared-memory,trace,logging"
 RESTRICTED_GRPC_PROTOCOLS = "model-repository,shared-memory,trace,logging"

@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-from modelseal.config import Settings
+from modelseal.config import TRITON_CONTROL_HEADER, Settings
 from modelseal.crypto import BundleError, sign
 from modelseal.crypto import format as fmt
 from modelseal.crypto.stream import SecretBytes
@@ -378,11 +378,13 @@ class Unsealer:
 
     async def unload_models(self) -> None:
         base = self.s.triton_http_url.rstrip("/")
+        # Triton's repository API is restricted to holders of the pod's control token.
+        headers = {TRITON_CONTROL_HEADER: self._control_token} if self._control_token else {}
         async with ClientSession(timeout=ClientTimeout(total=15)) as http:
             for name in self.models:
                 url = f"{base}/v2/repository/models/{name}/unload"
                 try:
-                    async with http.post(url, json={}) as resp:
+                    async with http.post(url, json={}, headers=headers) as resp:
                         if resp.status == 200:
                             log.info("Triton unloaded model %s", name)
                         else:

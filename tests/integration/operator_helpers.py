@@ -18,16 +18,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from tests.waiting import wait_for as poll
 
 from modelseal_devenv.common import ManagedProcess, free_port, repo_root
 from modelseal_devenv.kube import KubeCluster, ensure_binaries
@@ -318,17 +319,7 @@ class OpsEnv:
         return out
 
 
-def wait_for(
-    check: Callable[[], Any], what: str, timeout: float = 60.0, interval: float = 0.25
-) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+wait_for = partial(poll, interval=0.25)
 
 
 def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:

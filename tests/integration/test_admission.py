@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -29,6 +29,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from tests.integration.test_chart_static import CHART, build_helm
 from tests.unit.test_argocd_health import CUSTOMIZATIONS
+from tests.waiting import wait_for as poll
 
 from modelseal_devenv.kube import KubeCluster, ensure_binaries
 
@@ -44,18 +45,7 @@ GROUP, VERSION = "modelseal.io", "v1alpha1"
 # --------------------------------------------------------------------------- helpers
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except ApiException as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+wait_for = partial(poll, tolerate=(ApiException,))
 
 
 def client_as(cluster: KubeCluster, user: str, group: str | None = None) -> Any:

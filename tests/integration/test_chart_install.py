@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from tests.integration.test_chart_static import ALL_ON, CHART, build_helm, pod_specs, render
 from tests.unit.test_argocd_health import CUSTOMIZATIONS, run_health
+from tests.waiting import wait_for as poll
 
 from modelseal_devenv.kube import KubeCluster, ensure_binaries
 
@@ -34,18 +35,7 @@ RELEASE_NS = "modelseal-system"
 GROUP, VERSION = "modelseal.io", "v1alpha1"
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except ApiException as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+wait_for = partial(poll, tolerate=(ApiException,))
 
 
 # --------------------------------------------------------------------------- fixtures

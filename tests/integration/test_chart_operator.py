@@ -20,7 +20,8 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from tests.integration.test_chart_static import CHART, build_helm
 from tests.unit.test_argocd_health import CUSTOMIZATIONS, run_health
+from tests.waiting import wait_for as poll
 
 from modelseal_devenv.common import ManagedProcess, free_port
 from modelseal_devenv.kube import KubeCluster, ensure_binaries
@@ -41,18 +43,7 @@ SA = "ms-modelseal-operator"
 GROUP, VERSION = "modelseal.io", "v1alpha1"
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (ApiException, OSError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+wait_for = partial(poll, timeout=90.0, tolerate=(ApiException, OSError))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -10,21 +9,14 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from tests.waiting import wait_for as poll
 
 from modelseal_devenv.kube import GPU_RESOURCE, KWOK_NODE_ANNOTATION, KubeCluster
 
 pytestmark = pytest.mark.integration
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+wait_for = poll
 
 
 def test_versions_and_kubectl(kube_cluster: KubeCluster) -> None:

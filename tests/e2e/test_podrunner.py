@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.waiting import wait_for as poll
 
 from modelseal_devenv.podrunner import PodRunner
 
@@ -75,16 +75,7 @@ def _get(url: str, timeout: float = 5.0) -> Any:
 
 
 def _eventually(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception as exc:
-            last = exc
-        time.sleep(0.3)
-    raise AssertionError(f"timed out: {what} (last error: {last})")
+    poll(check, what, timeout, interval=0.3, tolerate=(Exception,))
 
 
 def _pod_spec() -> dict[str, Any]:

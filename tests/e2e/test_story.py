@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.waiting import wait_for as poll
 
 from modelseal_devenv.demo import LICENSE, MODEL, Reply, Stack
 from modelseal_devenv.models import predict_digits, sample_digits, train_digits
@@ -33,16 +34,7 @@ _STATE: dict[str, Path] = {}  # what one test hands to the next
 
 
 def _eventually(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s: {what} (last error: {last!r})")
+    poll(check, what, timeout, interval=0.5, tolerate=(Exception,))
 
 
 def _classify(story: Stack, n: int = 5) -> tuple[Reply, Any, Any]:

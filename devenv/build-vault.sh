@@ -45,6 +45,11 @@ if [[ "${VAULT_BUILD_FORCE:-0}" != 1 ]] && binary_ok; then
     exit 0
 fi
 
+# Download the module first: `go list -m -f '{{.Dir}}'` and `{{.Time}}` only read the module
+# cache and answer empty strings on a machine where it is cold (with -mod=readonly nothing
+# else would fetch it before `go build`).
+go mod download github.com/hashicorp/vault 9>&-
+
 # Reproducible metadata: the module's publication time stands in for the build date.
 build_date="$(go list -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' \
     github.com/hashicorp/vault 9>&-)"
@@ -64,6 +69,11 @@ trap 'rm -rf "$tmp" "$work" "$src"' EXIT
 # go.mod/go.sum stay as they are. Each fix names a file, the exact text and its
 # replacement; a fix whose text is not found (another Vault version) is skipped with a note.
 vault_dir="$(go list -m -f '{{.Dir}}' github.com/hashicorp/vault 9>&-)"
+if [[ -z "$vault_dir" || ! -f "$vault_dir/go.mod" ]]; then
+    echo "build-vault: the module github.com/hashicorp/vault is not in the module cache" \
+        "($(go env GOMODCACHE)) after 'go mod download'; cannot copy its source" >&2
+    exit 1
+fi
 rm -rf "$src"
 mkdir -p "$(dirname "$src")"
 cp -a "$vault_dir" "$src"

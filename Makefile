@@ -12,13 +12,14 @@ PY := $(VENV)/bin/python
 export MODELSEAL_CACHE_DIR ?= $(HOME)/.cache/modelseal
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps testservers lint typecheck test unit env-check demo clean
+.PHONY: help venv system-deps testservers lint typecheck test unit env-check demo cold-check clean
 
-help:
-	@echo "make test       set up, lint, type-check and run every test (needs no GPU)"
-	@echo "make demo       run the whole story on this machine"
-	@echo "make env-check  start each real test server and prove it works"
-	@echo "make bench-unseal / bench-gateway   benchmarks with a reference in the same run"
+# `make help` is generated from the `## ` comment on each target's own line (here and in
+# mk/*.mk), so the list cannot drift from the targets; tests/unit/test_make_help.py checks
+# that every phony target has one.
+help: ## list every target with what it does
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_.-]+:[^=]*## / {printf "  %-20s %s\n", $$1, $$2}' \
+	  $(MAKEFILE_LIST) | LC_ALL=C sort
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -27,38 +28,42 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed ## create .venv and install the pinned Python packages
 
-system-deps:
+system-deps: ## install the Debian packages the tests and the demo need (if missing)
 	bash devenv/install-system-deps.sh
 
 # Builds (or reuses, keyed by pinned versions) the Go test servers under $(MODELSEAL_CACHE_DIR).
-testservers: venv
+testservers: venv ## build (or reuse) kube, etcd, kwok, Vault and Helm from their Go modules
 	bash devenv/build-kube.sh
 	bash devenv/build-vault.sh
 	bash devenv/build-helm.sh
 
-lint: venv
+lint: venv ## ruff check, ruff format --check and the import contracts
 	$(VENV)/bin/ruff check operator devenv tests bench
 	$(VENV)/bin/ruff format --check operator devenv tests bench
 	$(VENV)/bin/lint-imports
 
-typecheck: venv
+typecheck: venv ## mypy --strict
 	$(VENV)/bin/mypy
 
-unit: venv
+unit: venv ## the tests that need no server
 	$(VENV)/bin/pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
-test: system-deps venv testservers lint typecheck
+test: system-deps venv testservers lint typecheck ## set up, lint, type-check and run every test (no GPU needed)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-env-check: system-deps venv testservers
+env-check: system-deps venv testservers ## start each real test server, prove it works, print versions
 	$(PY) -m modelseal_devenv.envcheck
 
-demo: system-deps venv testservers
+demo: system-deps venv testservers ## the whole story on this machine: seal, license, serve, meter, revoke, audit
 	$(PY) -m modelseal_devenv.demo
 
-clean:
+# Slow (a cold build of every server): run it before closing work that changes set-up.
+cold-check: ## set up from a fresh clone with every cache empty and private, then env-check
+	bash devenv/cold-check.sh
+
+clean: ## remove the venv and the tool caches of this clone
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 -include mk/*.mk

@@ -5,5 +5,5 @@
 BENCH_GATEWAY_ARGS ?=
 
 .PHONY: bench-gateway
-bench-gateway: venv system-deps
+bench-gateway: venv system-deps ## Triton direct vs through the gateway; last line: the throughput ratio
 	$(PY) -m bench.gateway.bench $(BENCH_GATEWAY_ARGS)

@@ -23,6 +23,12 @@ Line types:
 
 Without a key, checkpoints are written with ``mac: null`` (the chain still detects edits
 made by anyone who does not recompute every later hash).
+
+Fields come partly from requests (ids, names, error messages quoting them), so a record may
+hold text that UTF-8 cannot encode (a lone surrogate such as JSON ``"\\ud800"``) or a value
+JSON has no form for. Such a record is not refused: ``json_safe`` writes each lone
+surrogate as the six visible characters ``\\udXXX`` and any other value as its ``str``,
+and the record is sealed as it then reads, so it verifies like any other line.
 """
 
 from __future__ import annotations
@@ -40,6 +46,31 @@ FORMAT_VERSION: Final = 1
 
 def canonical(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _safe_str(text: str) -> str:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` made of JSON types only, every string encodable as UTF-8 (see above)."""
+    if isinstance(value, str):
+        return _safe_str(value)
+    if value is None or isinstance(value, bool | int | float):
+        if isinstance(value, int) and value.bit_length() > 14_000:  # over int->str's limit
+            return f"(integer of {value.bit_length()} bits)"
+        return value
+    if isinstance(value, dict | list | tuple):
+        if depth >= 32:
+            return "(nested too deep)"
+        if isinstance(value, dict):
+            return {_safe_str(str(k)): json_safe(v, depth + 1) for k, v in value.items()}
+        return [json_safe(v, depth + 1) for v in value]
+    return _safe_str(str(value))
 
 
 def record_hash(body: dict[str, Any]) -> str:
@@ -89,7 +120,11 @@ class Chain:
         body["prev"] = self.prev
         body["v"] = FORMAT_VERSION
         body.pop("hash", None)
-        hashed = canonical(body)  # serialised once: hashed, then written with its hash
+        try:
+            hashed = canonical(body)  # serialised once: hashed, then written with its hash
+        except (UnicodeEncodeError, TypeError, ValueError, RecursionError):
+            body = json_safe(body)  # rare: only a record that cannot be written as it is
+            hashed = canonical(body)
         digest = hashlib.sha256(hashed).hexdigest()
         body["hash"] = digest
         self.seq += 1

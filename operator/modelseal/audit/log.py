@@ -9,6 +9,13 @@ full, ``reserve`` either waits (policy ``block``) or raises ``AuditOverflow`` (p
 One writer task seals records into the chain (``Chain``) in the order they were submitted
 and hands them to the sink in batches. ``close`` drains the queue and writes a final
 checkpoint.
+
+No record stops the writer: one that cannot be sealed even after ``json_safe`` is replaced
+by an ``event`` line ``audit_record_unwritable`` in its place (so the count holds and the
+loss is on the record), and a sink that raises is retried with back-off. Should the writer
+task end anyway while the log is open, ``dead`` says why: ``reserve`` then raises
+``AuditWriterDead`` at once (and wakes every waiter with it) instead of waiting forever,
+and the gateway's liveness check fails so that the container is restarted.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
-from modelseal.audit.chain import Chain
+from modelseal.audit.chain import Chain, json_safe, now_iso
 from modelseal.audit.sinks import Sink
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,10 @@ log = logging.getLogger(__name__)
 
 class AuditOverflow(RuntimeError):
     """The audit queue is full and the policy is ``reject``."""
+
+
+class AuditWriterDead(AuditOverflow):
+    """The writer task has ended while the log is open: no record would be written."""
 
 
 class AuditLog:
@@ -60,6 +71,9 @@ class AuditLog:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.dead: str | None = None
+        self.unwritable = 0  # records replaced by an audit_record_unwritable line
+        self.sink_failures = 0  # sink writes that raised (retried)
         self.written = 0
         self.blocked = 0
         self.rejected = 0
@@ -73,12 +87,14 @@ class AuditLog:
         return self._used
 
     def try_reserve(self) -> bool:
-        if self._used < self.capacity:
+        if self._used < self.capacity and self.dead is None:
             self._used += 1
             return True
         return False
 
     async def reserve(self) -> None:
+        if self.dead is not None:
+            raise AuditWriterDead(f"audit writer stopped: {self.dead}")
         if self.try_reserve():
             return
         if self.overflow == "reject":
@@ -96,6 +112,8 @@ class AuditLog:
                     fut.cancel()
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(fut)
+            if self.dead is not None:
+                raise AuditWriterDead(f"audit writer stopped: {self.dead}")
 
     def unreserve(self) -> None:
         self._free(1)
@@ -131,6 +149,58 @@ class AuditLog:
         if not self.chain.started:
             await self.sink.write([self.chain.genesis()])
         self._task = asyncio.create_task(self._run(), name="audit-writer")
+        self._task.add_done_callback(self._writer_ended)
+
+    @property
+    def alive(self) -> bool:
+        """False once the writer task has ended while the log is still open."""
+        return self.dead is None
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        if self._closing and not task.cancelled() and task.exception() is None:
+            return  # close() drained it: the normal end
+        if task.cancelled():
+            why = "cancelled"
+        else:
+            exc = task.exception()
+            why = f"{type(exc).__name__}: {exc}" if exc is not None else "returned"
+        self.dead = why
+        log.critical("audit writer stopped (%s): no further record can be written", why)
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # each waiter then sees ``dead`` and raises
+
+    def _seal_one(self, record: dict[str, Any]) -> list[bytes]:
+        try:
+            return self.chain.seal(record)
+        except Exception as exc:
+            self.unwritable += 1
+            log.error("audit record could not be sealed (%s): writing a stand-in", exc)
+            stand_in = {
+                "type": "event",
+                "ts": now_iso(),
+                "event": "audit_record_unwritable",
+                "error": type(exc).__name__,
+                "record_type": json_safe(str(record.get("type"))[:64]),
+                "fields": json_safe(sorted(str(k)[:64] for k in record)[:64]),
+            }
+            return self.chain.seal(stand_in)
+
+    async def _write(self, batch: list[bytes]) -> None:
+        """Hand a batch to the sink; anything it raises is retried, never fatal."""
+        delay = 0.05
+        while True:
+            try:
+                await self.sink.write(batch)
+                return
+            except Exception as exc:
+                self.sink_failures += 1
+                log.error("audit sink %s raised, retrying: %s", self.sink.name, exc)
+                with contextlib.suppress(Exception):
+                    self.sink.on_error(f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
 
     async def _run(self) -> None:
         while True:
@@ -144,24 +214,34 @@ class AuditLog:
             batch: list[bytes] = []
             taken = 0
             while self._pending and taken < self.batch_max:
-                batch += self.chain.seal(self._pending.popleft())
+                batch += self._seal_one(self._pending.popleft())
                 taken += 1
             checkpointed = any(b'"type":"checkpoint"' in line for line in batch)
-            await self.sink.write(batch)
+            await self._write(batch)
             if checkpointed:
-                await self.sink.sync()
+                try:
+                    await self.sink.sync()
+                except Exception as exc:
+                    log.error("audit sink %s: sync failed: %s", self.sink.name, exc)
             self.written += taken
             self._free(taken)
 
     async def flush(self) -> None:
+        if self.dead is not None:
+            raise AuditWriterDead(f"audit writer stopped: {self.dead}")
         await self._idle.wait()
 
     async def close(self) -> None:
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
-            await self._task
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._pending:  # the writer had died: write what it left, best effort
+            batch: list[bytes] = []
+            while self._pending:
+                batch += self._seal_one(self._pending.popleft())
+            await self.sink.write(batch)
         await self.sink.write([self.chain.checkpoint("shutdown")])
         await self.sink.sync()
         await self.sink.close()

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from modelseal.audit.chain import now_iso
 from modelseal.audit.keyfile import read_key
-from modelseal.audit.log import AuditLog, AuditOverflow
+from modelseal.audit.log import AuditLog, AuditOverflow, AuditWriterDead
 from modelseal.audit.sinks import FileSink, Sink, StdoutSink, WebhookSink
 from modelseal.config import Settings
 from modelseal.gateway.keys import Consumer, KeyRing, KeyTable, parse_keys, presented_key
@@ -224,6 +224,18 @@ class Gateway:
         await self.audit.close()
         await self.store.close()
 
+    def liveness_problems(self) -> list[str]:
+        """Why this gateway cannot serve as it must any more (``/healthz`` answers 503 then,
+        and the kubelet restarts the container): a stopped audit writer would otherwise
+        leave every metered request waiting for a record that is never written."""
+        problems = []
+        if self.audit.dead is not None:
+            problems.append(f"audit writer stopped: {self.audit.dead}")
+        task = self._reload_task
+        if task is not None and task.done():
+            problems.append("the reload loop of the license and keys files stopped")
+        return problems
+
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
@@ -278,9 +290,14 @@ class Gateway:
         if self.audit.try_reserve():
             ctx.reserved = True
             return
-        self.metrics.audit_overflow.labels(self.audit.overflow).inc()
+        if self.audit.dead is None:
+            self.metrics.audit_overflow.labels(self.audit.overflow).inc()
         try:
             await self.audit.reserve()
+        except AuditWriterDead:
+            raise GatewayError(
+                503, "audit trail unavailable: request not served", decision="error"
+            ) from None
         except AuditOverflow as exc:
             log.error("audit queue full: request refused (policy reject)")
             raise GatewayError(503, str(exc), decision="error") from None

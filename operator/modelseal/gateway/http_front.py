@@ -40,6 +40,7 @@ from modelseal.gateway.kserve import (
     BadRequest,
     check_names,
     check_request,
+    check_unicode,
     parse_json,
     split_body,
 )
@@ -249,7 +250,8 @@ class HttpFront:
             header, binary = split_body(body, request.headers.get(IHCL))
             req = parse_json(header)
             if isinstance(req.get("id"), str):
-                ctx.request_id = req["id"][:200]
+                ctx.request_id = req["id"][:200]  # the audit record escapes what UTF-8 cannot hold
+            check_unicode(header, req)
             meta = await gw.upstream.metadata(model, version)
             requested = check_request(req, meta, len(binary))
         except BadRequest as exc:

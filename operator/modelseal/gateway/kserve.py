@@ -120,6 +120,25 @@ def parse_json(data: bytes) -> dict[str, Any]:
     return obj
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def check_unicode(data: bytes, obj: Any) -> None:
+    """Refuse JSON whose strings hold a lone surrogate (``"\\ud800"`` without its pair):
+    Python's parser accepts the escape, but the text is not Unicode, Triton refuses it
+    (after the quota counted it) and it cannot be written as UTF-8. The escape is rare,
+    so the full check runs only when the raw bytes hold one."""
+    if _SURROGATE_ESCAPE.search(data) is None:
+        return
+    try:
+        json.dumps(obj, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise BadRequest(
+            "request JSON holds a lone surrogate escape (\\uD800-\\uDFFF without its "
+            "pair): not valid Unicode"
+        ) from None
+
+
 def check_shape(name: str, shape: Sequence[int], expected: Sequence[int]) -> None:
     if len(shape) != len(expected):
         raise BadRequest(

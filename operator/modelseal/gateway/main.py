@@ -2,7 +2,8 @@
 
 Ports (all from settings, 0 = any free port): ``gateway_http_port`` (KServe v2 HTTP,
 default 8000), ``gateway_grpc_port`` (KServe v2 gRPC, default 8001),
-``gateway_metrics_port`` (default 8002: ``/metrics``, ``/healthz`` (process up),
+``gateway_metrics_port`` (default 8002: ``/metrics``, ``/healthz`` (alive: 503 once the
+audit writer or the file reload loop has stopped),
 ``/readyz`` (license and keys loaded, Triton ready)). Logs are JSON lines on stderr;
 stdout carries only audit records when ``audit_sink=stdout``.
 
@@ -139,6 +140,9 @@ class Servers:
         )
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        problems = self.gw.liveness_problems()
+        if problems:
+            return web.Response(status=503, text="\n".join(problems))
         return web.Response(text="ok")
 
     async def _readyz(self, request: web.Request) -> web.Response:

@@ -1,0 +1,162 @@
+"""Attacks on the gateway as a tenant (or anyone who reaches its port) would make them:
+hostile text in the fields that end up in audit records, random model names and random
+keys in floods. Each runs a real gateway process in front of the real Triton test server
+and passes only when the gateway handled the attack safely (issue 12: High 1, 5, 6)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bench.gateway.harness import (
+    GatewayProcess,
+    call,
+    digits_body,
+    license_doc,
+    write_keys,
+    write_license,
+)
+
+from modelseal_devenv.triton import TritonServer
+from tests.attack.conftest import AttackLedger
+
+pytestmark = pytest.mark.integration
+
+KEY = "attack-gateway-key-0123456789abcdef"
+TENANT = "atk"
+LONE = chr(0xD800)  # json.dumps writes it as the escape \ud800, which json.loads accepts
+
+
+def _healthz(gw: GatewayProcess) -> int:
+    try:
+        with urllib.request.urlopen(gw.metrics_url + "/healthz", timeout=10) as resp:  # noqa: S310
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _verify(gw: GatewayProcess) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "modelseal",
+            "audit",
+            "verify",
+            str(gw.audit_file),
+            "--key-file",
+            str(gw.hmac_key_file),
+            "--strict",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, triton_server: TritonServer) -> Iterator[GatewayProcess]:
+    write_license(tmp_path / "license.json", license_doc(TENANT, ["digits"]))
+    write_keys(tmp_path / "keys.json", {"alice": (TENANT, KEY)})
+    gw = GatewayProcess(
+        tmp_path,
+        triton_http_url=triton_server.http_url,
+        triton_grpc_url=triton_server.grpc_url,
+        # a small queue: a writer that died would block every request after 8
+        env={"MODELSEAL_AUDIT_QUEUE_SIZE": "8", "MODELSEAL_AUDIT_CHECKPOINT_EVERY": "10"},
+    ).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def _hostile_requests(gw: GatewayProcess) -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """(what, url, body, headers): every request field that reaches an audit record, with
+    a lone surrogate (valid JSON, not encodable as UTF-8) or bytes that do not decode."""
+    infer = f"{gw.http_url}/v2/models/digits/infer"
+    good = json.loads(digits_body())
+    surrogate_id = digits_body()[:-1] + b',"id":"\\ud800"}'
+    params = dict(good, parameters={LONE: chr(0xDFFF)})
+    bad_input = {
+        "id": chr(0xDBFF) + chr(0xDFFF) + LONE,
+        "inputs": [dict(good["inputs"][0], name=LONE)],
+    }
+    bad_output = dict(good, outputs=[{"name": chr(0xDC00)}])
+    return [
+        ("licensed request, id a lone surrogate", infer, surrogate_id, {}),
+        (
+            "versioned, id a lone surrogate",
+            infer.replace("/infer", "/versions/1/infer"),
+            surrogate_id,
+            {},
+        ),
+        ("parameters with surrogates", infer, json.dumps(params).encode(), {}),
+        ("input named by a surrogate", infer, json.dumps(bad_input).encode(), {}),
+        ("output named by a surrogate", infer, json.dumps(bad_output).encode(), {}),
+        (
+            "model name of undecodable bytes",
+            f"{gw.http_url}/v2/models/%ED%A0%80/infer",
+            surrogate_id,
+            {},
+        ),
+        (
+            "version of undecodable bytes",
+            f"{gw.http_url}/v2/models/digits/versions/%ff/infer",
+            surrogate_id,
+            {},
+        ),
+        ("unknown path of undecodable bytes", f"{gw.http_url}/v2/%ED%A0%80%ff/x", b"{}", {}),
+        ("request id header", infer, surrogate_id, {"X-Request-ID": "id-\xff"}),
+        ("binary header length", infer, surrogate_id, {"Inference-Header-Content-Length": "x"}),
+    ]
+
+
+def test_hostile_text_in_audited_fields_keeps_the_audit_trail(
+    gateway: GatewayProcess, attack_ledger: AttackLedger
+) -> None:
+    """High 1: a licensed request with JSON ``"id":"\\ud800"`` (and the same in every other
+    audited field) is served or refused, its record is written and verifies, and the
+    gateway keeps serving and writing records for the requests after it."""
+    gw = gateway
+    sent: list[tuple[str, int]] = []
+    for what, url, body, headers in _hostile_requests(gw):
+        try:
+            status = call(url, body, KEY, headers=headers)[0]
+        except (TimeoutError, urllib.error.URLError, ConnectionError):
+            status = -1  # hung or dropped: counted below as lost
+        sent.append((what, status))
+    # more than the queue holds: with a dead writer these would hang
+    url = f"{gw.http_url}/v2/models/digits/infer"
+    for i in range(20):
+        try:
+            status = call(url, digits_body(), KEY)[0]
+        except (TimeoutError, urllib.error.URLError, ConnectionError):
+            status = -1
+        sent.append((f"plain request {i}", status))
+    assert _healthz(gw) == 200
+    served = sum(1 for _, status in sent if status > 0)
+    gw.stop()  # the shutdown checkpoint covers the tail
+
+    lines = gw.audit_lines()
+    records = [r for r in lines if r["type"] == "request"]
+    lost = len(sent) - len(records)
+    attack_ledger.record_lost(max(0, lost) + (len(sent) - served))
+    assert served == len(sent), [s for s in sent if s[1] < 0]
+    assert lost == 0, (sent, records[-3:])
+    assert [r["status"] for r in records] == [status for _, status in sent]
+    # refused before the quota counts them (Triton cannot parse them either), and answered
+    hostile = sent[:-20]
+    assert all(status in (400, 404) for _, status in hostile), hostile
+    assert all(status == 200 for _, status in sent[-20:])
+    assert records[0]["request_id"] == "\\ud800"  # written, escaped, still findable
+    assert not any(r.get("event") == "audit_record_unwritable" for r in lines)
+    result = _verify(gw)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -5,14 +5,18 @@ and passes only when the gateway handled the attack safely (issue 12: High 1, 5,
 
 from __future__ import annotations
 
+import asyncio
 import json
+import secrets
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from bench.gateway.harness import (
     GatewayProcess,
@@ -160,3 +164,83 @@ def test_hostile_text_in_audited_fields_keeps_the_audit_trail(
     assert not any(r.get("event") == "audit_record_unwritable" for r in lines)
     result = _verify(gw)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _series(metrics_text: str) -> set[str]:
+    """The gateway's metric series (one per sample line, labels included)."""
+    return {
+        line.rpartition(" ")[0]
+        for line in metrics_text.splitlines()
+        if line.startswith("modelseal_gateway_")
+    }
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
+
+
+async def _flood(
+    urls: list[tuple[str, str]], headers: dict[str, str], concurrency: int, budget_s: float
+) -> dict[int, int]:
+    """Send each (method, url) once, ``concurrency`` at a time, until done or the time
+    budget is spent (a slow machine sends fewer); returns the count of each status."""
+    counts: dict[int, int] = {}
+    queue = iter(urls)
+    deadline = time.monotonic() + budget_s
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def worker() -> None:
+            for method, url in queue:
+                if time.monotonic() > deadline:
+                    return
+                async with session.request(method, url, data=b"{}", headers=headers) as r:
+                    await r.read()
+                    counts[r.status] = counts.get(r.status, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return counts
+
+
+def test_random_model_names_do_not_grow_metrics(gateway: GatewayProcess) -> None:
+    """High 5: keyless requests naming random models (each a valid model name) are refused
+    with 401, and the /metrics series stay the same set: the name of a model no license
+    names is counted as ``unknown``, never as a label of its own."""
+    gw = gateway
+    base = gw.http_url
+
+    def names(n: int) -> list[tuple[str, str]]:
+        out = []
+        for i in range(n):
+            name = "m" + secrets.token_hex(8)
+            if i % 4 == 3:
+                out.append(("GET", f"{base}/v2/models/{name}"))
+            else:
+                out.append(("POST", f"{base}/v2/models/{name}/infer"))
+        return out
+
+    json_hdr = {"Content-Type": "application/json"}
+    warm = asyncio.run(_flood(names(200), json_hdr, 8, 120))  # every bounded series exists
+    assert set(warm) == {401}, warm
+    before = _series(gw.metrics())
+    rss_before = _rss_kib(gw.pid)
+    flood = names(20_000)
+    counts = asyncio.run(_flood(flood, json_hdr, 32, 120))
+    sent = sum(counts.values())
+    after_text = gw.metrics()
+    after = _series(after_text)
+    rss_after = _rss_kib(gw.pid)
+    print(
+        f"random-name flood: sent={sent} statuses={counts} series {len(before)}->{len(after)} "
+        f"rss_kib {rss_before}->{rss_after}"
+    )
+    assert sent >= 2_000, f"only {sent} requests sent in the time budget: the attack is too small"
+    assert set(counts) == {401}, counts
+    assert after - before == set(), sorted(after - before)[:10]
+    sent_names = [url.split("/v2/models/")[1].split("/")[0] for _, url in flood[:sent]]
+    assert not any(name in after_text for name in sent_names)
+    assert 'model="unknown"' in after_text
+    assert gw.metric("modelseal_gateway_requests_total", model="unknown", code="401") >= sent

@@ -202,6 +202,8 @@ class Gateway:
         self._scopes: dict[tuple[str, str], Any] = {}
         self._children: dict[tuple[Any, ...], Any] = {}
         self._gauged: dict[tuple[str, str], float] = {}
+        self._known_for: dict[str, License] | None = None
+        self._known_models: frozenset[str] = frozenset()
 
     # -- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -336,10 +338,25 @@ class Gateway:
             self.audit.submit(record)
         else:
             self.audit.emit(record)
-        self._child(self.metrics.requests, tenant, ctx.model, str(ctx.status), ctx.proto).inc()
+        model = self.model_label(ctx.model)
+        self._child(self.metrics.requests, tenant, model, str(ctx.status), ctx.proto).inc()
         if ctx.upstream_s:
             self._child(self.metrics.upstream, ctx.proto).observe(ctx.upstream_s)
         self._child(self.metrics.overhead, ctx.proto).observe(max(0.0, latency - ctx.upstream_s))
+
+    def model_label(self, model: str) -> str:
+        """The ``model`` label of a request: its name only when a loaded license names that
+        model, else ``unknown``. The name comes from the request, before authentication:
+        as a label, random names would each add a series, without bound."""
+        if not model:
+            return ""
+        licenses = self.licenses_file.value
+        if licenses is not self._known_for:
+            self._known_for = licenses
+            self._known_models = frozenset(
+                m for lic in (licenses or {}).values() for m in lic.models
+            )
+        return model if model in self._known_models else "unknown"
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """A labelled metric, looked up once (``labels()`` costs more than the update)."""

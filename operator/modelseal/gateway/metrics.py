@@ -16,6 +16,11 @@
 * ``modelseal_gateway_config_state{file}`` (1 loaded, 0 refused or missing),
   ``modelseal_gateway_config_reloads_total{file,result}``
 * ``modelseal_gateway_output_policy_dropped_total{tenant,model}``: outputs withheld
+
+Every label value comes from a bounded set: ``tenant`` from the keys file (empty before
+authentication), ``model`` only from the models the loaded licenses name (any other name a
+request carries is counted as ``unknown``; see ``Gateway.model_label``), codes, protocols,
+limits and file names from the gateway's own lists.
 """
 
 from __future__ import annotations

@@ -441,22 +441,21 @@ class Stack:
 
     def run_pods(self, timeout: float = 300) -> Any:
         """Our local kubelet: run the Deployment's pod as processes on this machine."""
-        from modelseal.render.names import names_for
         from modelseal_devenv.podrunner import PodRunner
 
-        names = names_for(self.namespace, MODEL)
+        deployment = MODEL  # the operator names the model's Deployment after the model
         deadline = time.monotonic() + 120
         from kubernetes import client as k8s
 
         apps = k8s.AppsV1Api(self.api)
         while True:
             try:
-                apps.read_namespaced_deployment(names.deployment, self.namespace)
+                apps.read_namespaced_deployment(deployment, self.namespace)
                 break
             except Exception as exc:
                 if time.monotonic() > deadline:
                     raise DemoError(
-                        f"the operator rendered no Deployment {names.deployment} in 120s "
+                        f"the operator rendered no Deployment {deployment} in 120s "
                         f"({exc}); conditions:\n{self.conditions_text('protectedmodels', MODEL)}"
                     ) from exc
                 time.sleep(0.5)
@@ -464,7 +463,7 @@ class Stack:
             self.runner = PodRunner(
                 self.api,
                 self.namespace,
-                deployment=names.deployment,
+                deployment=deployment,
                 workdir=self.workdir / "pods",
                 log_dir=self.log_dir / "pods",
                 on_event=self._pod_event,
@@ -524,9 +523,9 @@ class Stack:
         )  # fmt: skip
 
     def vault_role_exists(self) -> bool:
-        from modelseal.render.names import names_for
+        from modelseal.render.names import vault_name
 
-        role = names_for(self.namespace, MODEL).vault_role
+        role = vault_name("modelseal", self.namespace, MODEL)
         try:
             self.vault.client().auth.kubernetes.read_role(role, mount_point="kubernetes")
         except Exception:

@@ -198,6 +198,9 @@ class LocalCommand:
 
 
 CommandResolver = Callable[[list[str], "PortMap"], LocalCommand]
+#: Shell scripts the podrunner runs as they are: resource limits, then exec of "$0" "$@"
+#: (how the operator starts Triton with core dumps off). Other scripts are refused.
+_EXEC_WRAPPER_RE = re.compile(r'(ulimit -[A-Za-z] \d+ && )+exec "\$0" "\$@"')
 
 
 def _resolve_python(argv: list[str], ports: PortMap) -> LocalCommand:
@@ -1299,6 +1302,12 @@ class PodRunner:
 
     def resolve_command(self, image: str, argv: list[str], ports: PortMap) -> LocalCommand:
         exe = Path(argv[0]).name
+        wrapper = len(argv) >= 4 and argv[1] == "-c" and _EXEC_WRAPPER_RE.fullmatch(argv[2])
+        if exe in ("sh", "bash") and wrapper:
+            # `sh -c 'ulimit ... && exec "$0" "$@"' prog args...`: run the same script with
+            # the real shell (the limits really apply) around the resolved program.
+            inner = self.resolve_command(image, argv[3:], ports)
+            return LocalCommand(["/bin/sh", "-c", argv[2], *inner.argv], inner.env, inner.cleanup)
         resolver = self.commands.get(exe)
         if resolver is not None:
             return resolver(argv, ports)

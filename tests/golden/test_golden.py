@@ -135,6 +135,15 @@ def test_golden_invariants(case: str, settings: Settings) -> None:
     assert got["vault"]["role"]["bound_service_account_names"] == [
         objects["ServiceAccount"]["metadata"]["name"]
     ]
+    # The ServiceAccount is not guessable before the model exists: <name>-<uid[:8]>.
+    data = yaml.safe_load((CASES / case / "input.yaml").read_text())
+    meta = data["model"]["metadata"]
+    account = f"{meta['name']}-{meta['uid'][:8]}"
+    assert objects["ServiceAccount"]["metadata"]["name"] == account
+    assert pod["serviceAccountName"] == account
+    # Triton never dumps core (RLIMIT_CORE 0 before it starts).
+    assert triton["command"][:3] == ["/bin/sh", "-c", 'ulimit -c 0 && exec "$0" "$@"']
+    assert triton["command"][3] == "tritonserver"
     # A rendering compares equal to itself (no false drift).
     for obj in got["objects"]:
         assert differences(obj, obj) == []

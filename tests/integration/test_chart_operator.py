@@ -165,17 +165,19 @@ def test_operator_works_with_the_charts_rbac_and_guards(setup: dict[str, Any]) -
         "modellicenses",
         {**{k: lic[k] for k in ("apiVersion", "kind", "spec")}, "metadata": {"name": "acme"}},
     )
-    custom.create_namespaced_custom_object(
+    created = custom.create_namespaced_custom_object(
         GROUP,
         VERSION,
         ns,
         "protectedmodels",
         {**{k: pm[k] for k in ("apiVersion", "kind", "spec")}, "metadata": {"name": "digits"}},
     )
+    # The model's ServiceAccount: <name>-<first 8 characters of its uid>.
+    account = f"digits-{created['metadata']['uid'][:8]}"
     core, apps, net = k8s.CoreV1Api(admin), k8s.AppsV1Api(admin), k8s.NetworkingV1Api(admin)
     # Everything the operator renders, created with the chart's RBAC past the guards.
     wait_for(lambda: apps.read_namespaced_deployment("digits", ns), "the model's Deployment")
-    assert core.read_namespaced_service_account("digits", ns)
+    assert core.read_namespaced_service_account(account, ns)
     assert core.read_namespaced_service("digits", ns)
     assert net.read_namespaced_network_policy("digits", ns)
     assert core.read_namespaced_secret("digits-triton-control", ns)

@@ -169,9 +169,16 @@ def test_create_to_ready(ops_env: OpsEnv, op: Operator, ns: str) -> None:
     policy = env.vault_policy(vault_name(ns, "digits"))
     assert policy is not None and f'path "transit/decrypt/{key}"' in policy
     assert policy.count("path ") == 1
+    # The model's ServiceAccount is <name>-<uid[:8]>, recorded in the status.
+    account = f"digits-{meta['uid'][:8]}"
+    assert status["serviceAccountName"] == account
+    pod_spec = env.raw("Deployment", ns, "digits")["spec"]["template"]["spec"]  # type: ignore[index]
+    assert pod_spec["serviceAccountName"] == account
+    assert env.raw("ServiceAccount", ns, account) is not None
+    assert env.raw("ServiceAccount", ns, "digits") is None
     role = env.vault_role(vault_name(ns, "digits"))
     assert role is not None
-    assert role["bound_service_account_names"] == ["digits"]
+    assert role["bound_service_account_names"] == [account]
     assert role["bound_service_account_namespaces"] == [ns]
     assert role["token_policies"] == [vault_name(ns, "digits")]
     assert role["token_ttl"] == 600 and role["token_max_ttl"] == 1800
@@ -180,7 +187,7 @@ def test_create_to_ready(ops_env: OpsEnv, op: Operator, ns: str) -> None:
     # The role really lets the model's ServiceAccount decrypt, and nothing else.
     admin = env.vault.client()
     wrapped = admin.secrets.transit.encrypt_data(key, "aGVsbG8=")["data"]["ciphertext"]
-    jwt = _sa_token(env.api, ns, "digits", ["vault"], 600)
+    jwt = _sa_token(env.api, ns, account, ["vault"], 600)
     model_client = hvac.Client(url=env.vault.addr)
     model_client.auth.kubernetes.login(role=vault_name(ns, "digits"), jwt=jwt)
     plain = model_client.secrets.transit.decrypt_data(key, wrapped)["data"]["plaintext"]
@@ -200,7 +207,7 @@ def test_create_to_ready(ops_env: OpsEnv, op: Operator, ns: str) -> None:
         )
     with pytest.raises(hvac.exceptions.VaultError):
         hvac.Client(url=env.vault.addr).auth.kubernetes.login(
-            role=vault_name(ns, "digits"), jwt=_sa_token(env.api, ns, "digits", [], 600)
+            role=vault_name(ns, "digits"), jwt=_sa_token(env.api, ns, account, [], 600)
         )
 
     # Events per decision, audit records, license usage, metrics, JSON logs.

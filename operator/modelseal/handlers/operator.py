@@ -2,11 +2,15 @@
 
 * ProtectedModel events → reconcile the model (create, update, resume, and any change of
   its status or metadata: the reconcile is level-triggered and writes nothing when in sync).
-* ProtectedModel deletion → withdraw its Vault access under our finalizer
-  (``<api_group>/finalizer``); ownerReferences remove its objects.
+* ProtectedModel deletion → stop serving (Deployment scaled to zero and deleted, license
+  file revoked, ServiceAccount deleted), then withdraw its Vault access under our finalizer
+  (``<api_group>/finalizer``), retried until Vault answers; ownerReferences remove the rest.
 * ModelLicense events → reconcile the license, which re-evaluates the models naming it.
 * Events of objects we own (labelled ``app.kubernetes.io/managed-by``) → reconcile their
   model: a drifted Deployment is put back within a watch event's delay.
+* Events of any Pod or Deployment that runs as a model's ServiceAccount → reconcile that
+  model: an intruder loses the model's Vault role (and its Pods) within a watch event's
+  delay rather than at the next resync.
 
 kopf's own persistence uses our prefix (annotations ``<api_group>/…``), posts no Events
 of its own (we post ours), and runs standalone (no peering objects to write).
@@ -23,6 +27,7 @@ import kopf
 
 from modelseal.config import Settings
 from modelseal.handlers.reconciler import Reconciler
+from modelseal.k8s.api import ApiError
 from modelseal.models.spec import GROUP, LICENSE_PLURAL, MODEL_PLURAL, VERSION
 from modelseal.render.names import LABEL_MODEL, MANAGED_BY
 from modelseal.vault.auth import VaultError
@@ -97,6 +102,8 @@ def build_registry(
             await reconciler.delete_model(dict(body))
         except VaultError as exc:
             raise kopf.TemporaryError(f"cannot withdraw Vault access yet: {exc}", delay=5) from exc
+        except ApiError as exc:
+            raise kopf.TemporaryError(f"cannot stop serving yet: {exc}", delay=5) from exc
 
     @kopf.on.event(GROUP, VERSION, LICENSE_PLURAL, registry=registry)
     async def license_event(body: kopf.Body, **_: Any) -> None:
@@ -119,11 +126,27 @@ def build_registry(
             if model:
                 reconciler.enqueue_model(str(meta.get("namespace")), str(model))
 
+    # Any Pod or Deployment (not only ours) that runs as a model's ServiceAccount wakes that
+    # model's check at once (the operator already watches both kinds for what it owns; the
+    # other kinds that make Pods are checked on every reconcile and resync).
+    for kind, plural, group in (("Pod", "pods", ""), ("Deployment", "deployments", "apps")):
+        kopf.on.event(group, "v1", plural, registry=registry, id=f"identity-{plural}")(
+            _identity_handler(reconciler, kind)
+        )
+
     @kopf.on.probe(id="queue", registry=registry)
     def queue_probe(**_: Any) -> int:
         return reconciler.queue.pending()
 
     return registry
+
+
+def _identity_handler(reconciler: Reconciler, kind: str) -> Any:
+    async def identity_event(body: kopf.Body, **_: Any) -> None:
+        meta = body.get("metadata") or {}
+        reconciler.workload_seen(str(meta.get("namespace")), kind, body)
+
+    return identity_event
 
 
 async def _periodic(reconciler: Reconciler, interval_s: float) -> None:

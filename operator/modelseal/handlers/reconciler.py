@@ -5,22 +5,29 @@ objects, a timer, a resync), a reconcile reads the current state, decides with t
 modules (`modelseal.models`, `modelseal.render`) and writes only what differs:
 
 1. the model and its license (and the other models drawing on the license's seats);
-2. the license decision; then Vault: the Transit key must exist, and the model's policy
-   and role are created or repaired while the license grants it, and withdrawn otherwise;
-3. the owned objects (ServiceAccount, triton-control Secret, license ConfigMap, Service,
+2. who runs as the model's ServiceAccount (``<name>-<uid[:8]>``, not guessable before the
+   model exists): Pods and workloads the model does not own are intruders
+   (`modelseal.models.identity`); their Pods are deleted;
+3. the license decision; then Vault: the Transit key must exist, and the model's policy
+   and role are created or repaired while the license grants it and no intruder uses the
+   account, and withdrawn otherwise (KeyAccessible=False, ServiceAccountInUse);
+4. the owned objects (ServiceAccount, triton-control Secret, license ConfigMap, Service,
    NetworkPolicy, Deployment): created when missing, put back when they drifted, with
-   zero replicas while the model may not run;
-4. the status (conditions with observedGeneration, endpoint, replicas, served version),
-   patched only when it changed, with an Event and an audit record per decision.
+   zero replicas while the model may not run. When it may not run, this comes before the
+   Vault withdrawal, so that a Vault outage never keeps it serving;
+5. the status (conditions with observedGeneration, endpoint, replicas, served version,
+   ServiceAccount), patched only when it changed, with an Event and an audit record per
+   decision.
 
 Nothing is written when nothing changed, so a resync or an operator restart costs reads
 only. Vault access is never provisioned before kopf's finalizer is on the model, so a
-deletion always passes through `delete_model`, which withdraws it.
+deletion always passes through `delete_model`, which stops serving and then withdraws it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
@@ -39,6 +46,12 @@ from modelseal.handlers.workqueue import RetryLater, WorkQueue
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError, Kube
 from modelseal.models import conditions as cond
+from modelseal.models.identity import (
+    REASON_IN_USE,
+    IdentityCheck,
+    check_identity,
+    service_account_of,
+)
 from modelseal.models.license import LicenseDecision, decide, license_state, license_usage
 from modelseal.models.spec import (
     API_VERSION,
@@ -74,7 +87,15 @@ from modelseal.models.status import (
 from modelseal.render import manifests
 from modelseal.render.compare import conflict, differences, update_body
 from modelseal.render.model import Rendered, render_model
-from modelseal.render.names import ANNOTATION_DIGEST, LABEL_MODEL, LABEL_VERSION, names_for
+from modelseal.render.names import (
+    ANNOTATION_DIGEST,
+    LABEL_MODEL,
+    LABEL_VERSION,
+    Names,
+    names_for,
+    parse_vault_name,
+    vault_name,
+)
 from modelseal.render.vault import vault_access
 from modelseal.vault import provision
 from modelseal.vault.auth import VaultError, VaultUnreachableError
@@ -88,6 +109,10 @@ COMPONENT = "modelseal-operator"
 #: Conditions whose transitions become Events (and, for the license, audit records).
 EVENT_CONDITIONS = (READY, LICENSE_VALID, KEY_ACCESSIBLE, ARTIFACT_VERIFIED, DEGRADED)
 APPLY_ORDER = ("ServiceAccount", "ConfigMap", "Service", "NetworkPolicy", "Deployment")
+#: How often a model whose ServiceAccount is used by an intruder is checked again (s).
+INTRUDER_RECHECK_S = 10.0
+#: Key of `_live_objects` for the ServiceAccount named after the model (before issue 12).
+LEGACY_ACCOUNT = "LegacyServiceAccount"
 
 
 def _now() -> datetime:
@@ -162,10 +187,21 @@ class Reconciler:
         self._model_claims: dict[str, tuple[Any, ...]] = {}
         self._license_seen: dict[str, tuple[Any, ...]] = {}
         self._model_conditions: dict[str, dict[str, str]] = {}
+        # (namespace, ServiceAccount) -> model name: which model an account belongs to, so
+        # that a Pod or workload appearing with it wakes that model's check at once.
+        self._accounts: dict[tuple[str, str], str] = {}
 
     # --- queue ---------------------------------------------------------------------------
     def enqueue_model(self, namespace: str, name: str, delay: float = 0.0) -> None:
         self.queue.add(f"pm/{namespace}/{name}", delay)
+
+    def workload_seen(self, namespace: str, kind: str, body: Mapping[str, Any]) -> None:
+        """A Pod or workload changed: check its model again if it runs as a model's account.
+
+        Cheap (a dict lookup); the reconcile that follows makes the real decision."""
+        model = self._accounts.get((namespace, service_account_of(kind, body)))
+        if model is not None:
+            self.enqueue_model(namespace, model)
 
     def enqueue_license(self, namespace: str, name: str, delay: float = 0.0) -> None:
         self.queue.add(f"ml/{namespace}/{name}", delay)
@@ -255,10 +291,16 @@ class Reconciler:
             await self._write_model_status(body, ref, obs, status_before, now, None)
             return None
 
+        names = names_for(namespace, name, meta.uid, self.settings.vault_policy_prefix)
+        self._accounts[(namespace, names.service_account)] = name
         lic, lic_error = await self._license_for(spec)
         peers = await self._peers(spec) if lic is not None else []
         decision = decide(spec, lic, peers, now, lic_error)
         live = await self._live_objects(spec)
+        # Who else runs as the model's ServiceAccount (checked before every grant).
+        identity, workloads = await self._identity(spec, names.service_account)
+        if identity.pods_to_delete:
+            await self._delete_intruders(spec, identity, ref)
         preview = render_model(spec, lic, decision.granted, self.settings)
         conflicts = [
             c
@@ -273,27 +315,34 @@ class Reconciler:
                 conflicts.append(c)
         conflict_msg = "; ".join(conflicts) or None
 
-        key_state, vault_error = await self._vault_step(spec, decision, conflict_msg, ref)
-        error = vault_error
-        # Vault being down is no license decision: the license stays granted in what the
-        # gateway and unsealer read, so running Pods keep serving and new ones wait for Vault.
-        vault_down = (
-            key_state.reason in ("VaultUnavailable", "VaultError")
-            and decision.granted
-            and not conflict_msg
-        )
-        effective = decision.granted and (key_state.ok or vault_down) and not conflict_msg
-        rendered = render_model(spec, lic, effective, self.settings)
-        if vault_down:
-            # Leave the replica count alone (running Pods hold their model already).
-            dep = live.get("Deployment")
-            keep = int(((dep or {}).get("spec") or {}).get("replicas") or 0)
-            rendered = _with_replicas(rendered, keep)
-
         deployment = live.get("Deployment")
-        if not conflict_msg:
+        if not decision.granted or conflict_msg:
+            # The model may not run: stop serving first (zero replicas, the license file
+            # says revoked so the gateway answers 403 and the unsealer wipes), and only then
+            # withdraw Vault, so that a Vault outage never keeps it serving.
+            effective = False
+            rendered = render_model(spec, lic, effective, self.settings)
+            if not conflict_msg:
+                await self._ensure_control_secret(spec, secret_live, secret_name, ref)
+                deployment = await self._apply(rendered, live, ref)
+            key_state, error = await self._vault_step(spec, decision, conflict_msg, identity, ref)
+        else:
+            key_state, error = await self._vault_step(spec, decision, conflict_msg, identity, ref)
+            # Vault being down is no license decision: the license stays granted in what the
+            # gateway and unsealer read, so running Pods keep serving and new ones wait for
+            # Vault. Likewise while an intruder holds the account: the Vault role is gone,
+            # the running Pods (which hold their model already) are left as they are.
+            hold = key_state.reason in ("VaultUnavailable", "VaultError", REASON_IN_USE)
+            effective = key_state.ok or hold
+            rendered = render_model(spec, lic, effective, self.settings)
+            if hold:
+                # Leave the replica count alone.
+                keep = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
+                rendered = _with_replicas(rendered, keep)
             await self._ensure_control_secret(spec, secret_live, secret_name, ref)
             deployment = await self._apply(rendered, live, ref)
+        if not conflict_msg:
+            await self._migrate_service_account(spec, live, workloads, ref)
 
         workload = _workload(deployment, rendered.replicas)
         artifact = await self._artifact(spec, workload)
@@ -308,6 +357,7 @@ class Reconciler:
             error=error,
             endpoint=rendered.endpoint,
             granted_replicas=rendered.replicas,
+            service_account=names.service_account,
         )
         await self._write_model_status(body, ref, obs, status_before, now, spec)
 
@@ -319,12 +369,22 @@ class Reconciler:
 
         if error:
             raise RetryLater(error)
-        return _seconds_until(decision.next_change, now)
+        delay = _seconds_until(decision.next_change, now)
+        if not identity.clear:
+            # Look again soon: the role comes back as soon as the intruders are gone.
+            delay = min(delay, INTRUDER_RECHECK_S) if delay is not None else INTRUDER_RECHECK_S
+        return delay
 
     async def _invalid_model(self, meta: ObjectMeta, message: str) -> ModelObservation:
-        """A spec the operator cannot act on: no Vault access, no Pods."""
-        names = names_for(meta.namespace, meta.name, self.settings.vault_policy_prefix)
+        """A spec the operator cannot act on: no Pods (first), then no Vault access."""
+        names = names_for(meta.namespace, meta.name, meta.uid, self.settings.vault_policy_prefix)
         ref = _ref(MODEL_KIND, meta)
+        dep = await self.kube.get(k8s.DEPLOYMENT, meta.namespace, names.deployment)
+        if dep is not None and _owned(dep, meta.uid) and (dep.get("spec") or {}).get("replicas"):
+            await self.kube.merge_patch(
+                k8s.DEPLOYMENT, meta.namespace, names.deployment, {"spec": {"replicas": 0}}
+            )
+            dep = await self.kube.get(k8s.DEPLOYMENT, meta.namespace, names.deployment)
         key = KeyState("False", "AccessWithdrawn", "no Vault access for an invalid spec")
         error = None
         try:
@@ -332,12 +392,6 @@ class Reconciler:
         except VaultError as exc:
             key = KeyState("Unknown", "VaultUnavailable", str(exc))
             error = str(exc)
-        dep = await self.kube.get(k8s.DEPLOYMENT, meta.namespace, names.deployment)
-        if dep is not None and _owned(dep, meta.uid) and (dep.get("spec") or {}).get("replicas"):
-            await self.kube.merge_patch(
-                k8s.DEPLOYMENT, meta.namespace, names.deployment, {"spec": {"replicas": 0}}
-            )
-            dep = await self.kube.get(k8s.DEPLOYMENT, meta.namespace, names.deployment)
         return ModelObservation(
             meta=meta,
             spec=None,
@@ -347,6 +401,7 @@ class Reconciler:
             if dep is not None and _owned(dep, meta.uid)
             else WorkloadState(),
             error=error,
+            service_account=names.service_account,
         )
 
     async def _license_for(self, spec: ModelSpec) -> tuple[LicenseSpec | None, str | None]:
@@ -373,9 +428,11 @@ class Reconciler:
         return peers
 
     async def _live_objects(self, spec: ModelSpec) -> dict[str, dict[str, Any]]:
-        names = names_for(spec.namespace, spec.name, self.settings.vault_policy_prefix)
+        names = names_for(spec.namespace, spec.name, spec.uid, self.settings.vault_policy_prefix)
         wanted = {
             "ServiceAccount": (k8s.SERVICE_ACCOUNT, names.service_account),
+            # Named after the model, as before issue 12: migrated away (see below).
+            LEGACY_ACCOUNT: (k8s.SERVICE_ACCOUNT, spec.name),
             "ConfigMap": (k8s.CONFIG_MAP, names.license_config),
             "Service": (k8s.SERVICE, names.service),
             "NetworkPolicy": (k8s.NETWORK_POLICY, names.network_policy),
@@ -386,6 +443,92 @@ class Reconciler:
             *(self.kube.get(kind, spec.namespace, name) for kind, name in wanted.values())
         )
         return {k: v for k, v in zip(wanted, results, strict=True) if v is not None}
+
+    # --- who runs as the model's ServiceAccount ---------------------------------------------
+    async def _identity(
+        self, spec: ModelSpec, account: str
+    ) -> tuple[IdentityCheck, dict[str, list[dict[str, Any]]]]:
+        """List what runs (or would run) Pods as `account` in the model's namespace."""
+        ns = spec.namespace
+        pods, *lists = await asyncio.gather(
+            self.kube.list(k8s.POD, ns, field_selector=f"spec.serviceAccountName={account}"),
+            *(self.kube.list(kind, ns) for kind in k8s.WORKLOADS),
+        )
+        objects: dict[str, list[dict[str, Any]]] = {"Pod": pods}
+        for kind, items in zip(k8s.WORKLOADS, lists, strict=True):
+            objects[kind.kind] = items
+        names = names_for(ns, spec.name, spec.uid, self.settings.vault_policy_prefix)
+        return check_identity(account, spec.uid, names.deployment, objects), objects
+
+    async def _delete_intruders(
+        self, spec: ModelSpec, identity: IdentityCheck, ref: Mapping[str, str]
+    ) -> None:
+        """Delete Pods that run as the model's ServiceAccount without being the model's."""
+        for name, uid in identity.pods_to_delete:
+            try:
+                gone = await self.kube.delete(k8s.POD, spec.namespace, name, uid=uid or None)
+            except ApiError as exc:
+                if exc.conflict:  # another Pod of that name by now: the next check sees it
+                    continue
+                raise
+            if not gone:
+                continue
+            self.metrics.drift_repairs.labels("Pod").inc()
+            self._log(
+                logging.WARNING,
+                ref,
+                "deleted Pod %s: it ran as the model's ServiceAccount %s",
+                name,
+                identity.service_account,
+            )
+            self.auditor.record(
+                "identity.intruder_deleted",
+                dict(ref),
+                pod=name,
+                service_account=f"{spec.namespace}/{identity.service_account}",
+            )
+            await self.event(
+                ref,
+                "Warning",
+                "IntruderDeleted",
+                f"deleted Pod {name}: it ran as the model's ServiceAccount "
+                f"{identity.service_account} without belonging to the model",
+            )
+
+    async def _migrate_service_account(
+        self,
+        spec: ModelSpec,
+        live: Mapping[str, dict[str, Any]],
+        workloads: Mapping[str, list[dict[str, Any]]],
+        ref: Mapping[str, str],
+    ) -> None:
+        """Delete the ServiceAccount named after the model (before issue 12) once none of the
+        model's own Pods runs as it any more; only when the model owns it."""
+        legacy = live.get(LEGACY_ACCOUNT)
+        if legacy is None or not _owned(legacy, spec.uid):
+            return
+        names = names_for(spec.namespace, spec.name, spec.uid, self.settings.vault_policy_prefix)
+        pods = await self.kube.list(
+            k8s.POD, spec.namespace, field_selector=f"spec.serviceAccountName={spec.name}"
+        )
+        objects = {**workloads, "Pod": pods}
+        still = check_identity(spec.name, spec.uid, names.deployment, objects).own_pods
+        if still:
+            return
+        uid = str((legacy.get("metadata") or {}).get("uid") or "") or None
+        try:
+            gone = await self.kube.delete(k8s.SERVICE_ACCOUNT, spec.namespace, spec.name, uid=uid)
+        except ApiError as exc:
+            if exc.conflict:
+                return
+            raise
+        if gone:
+            await self.event(
+                ref,
+                "Normal",
+                "ServiceAccountMigrated",
+                f"ServiceAccount {spec.name} replaced by {names.service_account}",
+            )
 
     # --- Vault ---------------------------------------------------------------------------
     async def _withdraw(
@@ -416,6 +559,7 @@ class Reconciler:
         spec: ModelSpec,
         decision: LicenseDecision,
         conflict_msg: str | None,
+        identity: IdentityCheck,
         ref: Mapping[str, str],
     ) -> tuple[KeyState, str | None]:
         access = vault_access(spec, self.settings)
@@ -426,6 +570,11 @@ class Reconciler:
                 why = decision.message if not decision.granted else (conflict_msg or "")
                 await self._withdraw(access.policy_name, access.role_name, ref, why)
                 return KeyState("False", "AccessWithdrawn", f"no Vault role while: {why}"), None
+            if not identity.clear:
+                # Never grant (and withdraw) while a workload we do not own uses the account.
+                message = identity.message()
+                await self._withdraw(access.policy_name, access.role_name, ref, message)
+                return KeyState("False", REASON_IN_USE, message), None
             exists = await self.vault.run(
                 "key_check",
                 lambda c: provision.transit_key_exists(c, s.vault_transit_mount, spec.transit_key),
@@ -475,7 +624,7 @@ class Reconciler:
                     ref,
                     "Normal",
                     "VaultAccessProvisioned",
-                    f"role {access.role_name} (ServiceAccount {spec.namespace}/{spec.name}) may "
+                    f"role {access.role_name} (ServiceAccount {spec.namespace}/{account}) may "
                     f"decrypt with {s.vault_transit_mount}/{spec.transit_key} only",
                 )
             return (
@@ -703,6 +852,9 @@ class Reconciler:
             self.metrics.models.labels(ctype, value).set(n)
 
     def _forget_model(self, key: str) -> None:
+        namespace, _, name = key.partition("/")
+        for account in [a for a, m in self._accounts.items() if a[0] == namespace and m == name]:
+            del self._accounts[account]
         self._model_conditions.pop(key, None)
         self._model_claims.pop(key, None)
         self._locks.pop(key, None)
@@ -710,12 +862,27 @@ class Reconciler:
 
     # --- deletion --------------------------------------------------------------------------
     async def delete_model(self, body: Mapping[str, Any]) -> None:
-        """Finalizer work: withdraw the model's Vault access (raises to be retried)."""
+        """Finalizer work: stop serving, then withdraw the model's Vault access.
+
+        Serving stops first and does not depend on Vault: the Deployment is scaled to zero
+        and deleted, the license file is turned into a revocation (the gateway answers 403,
+        the unsealer wipes its tmpfs) and the model's ServiceAccount is deleted (its tokens
+        stop passing Vault's TokenReview). Then the Vault role and policy are withdrawn;
+        that raises while Vault cannot be reached, and the caller retries until it can.
+        """
         meta = parse_meta(body)
-        names = names_for(meta.namespace, meta.name, self.settings.vault_policy_prefix)
+        names = names_for(meta.namespace, meta.name, meta.uid, self.settings.vault_policy_prefix)
         ref = _ref(MODEL_KIND, meta)
         async with self._lock(meta.key):
+            stop_error: ApiError | None = None
+            try:
+                await self._stop_serving(body, meta, names, ref)
+            except ApiError as exc:
+                stop_error = exc  # Vault is still withdrawn below; then retried
+                self._log(logging.WARNING, ref, "could not stop serving yet: %s", exc)
             await self._withdraw(names.vault_policy, names.vault_role, ref, "model deleted")
+            if stop_error is not None:
+                raise stop_error
         self._forget_model(meta.key)
         spec = (body.get("spec") or {}) if isinstance(body.get("spec"), Mapping) else {}
         lic_ref = spec.get("licenseRef") if isinstance(spec.get("licenseRef"), Mapping) else None
@@ -723,6 +890,46 @@ class Reconciler:
             # Seats freed: the license's other models may now fit.
             self.enqueue_license(meta.namespace, lic_ref["name"])
             self._license_seen.pop(f"{meta.namespace}/{lic_ref['name']}", None)
+
+    async def _stop_serving(
+        self, body: Mapping[str, Any], meta: ObjectMeta, names: Names, ref: Mapping[str, str]
+    ) -> None:
+        """Kubernetes only (no Vault): no replicas, revoked license file, no ServiceAccount."""
+        ns = meta.namespace
+        deployment = names.deployment
+        dep = await self.kube.get(k8s.DEPLOYMENT, ns, deployment)
+        if dep is not None and _owned(dep, meta.uid):
+            if (dep.get("spec") or {}).get("replicas"):
+                await self.kube.merge_patch(
+                    k8s.DEPLOYMENT, ns, deployment, {"spec": {"replicas": 0}}
+                )
+            dep_uid = str((dep.get("metadata") or {}).get("uid") or "") or None
+            with contextlib.suppress(ApiError):
+                if await self.kube.delete(k8s.DEPLOYMENT, ns, deployment, uid=dep_uid):
+                    self._log(
+                        logging.INFO, ref, "Deployment %s deleted (model deleted)", deployment
+                    )
+        try:
+            spec: ModelSpec | None = parse_model(body)
+        except SpecError:
+            spec = None
+        if spec is not None:
+            revoked = render_model(spec, None, False, self.settings).license_config
+            cm = await self.kube.get(k8s.CONFIG_MAP, ns, revoked["metadata"]["name"])
+            if cm is not None and _owned(cm, meta.uid) and cm.get("data") != revoked["data"]:
+                await self.kube.merge_patch(
+                    k8s.CONFIG_MAP,
+                    ns,
+                    revoked["metadata"]["name"],
+                    {"data": _merge_patch(cm.get("data") or {}, revoked["data"])},
+                )
+        # The model's account, and the one named after the model before issue 12.
+        for account in (names.service_account, meta.name):
+            sa = await self.kube.get(k8s.SERVICE_ACCOUNT, ns, account)
+            if sa is not None and _owned(sa, meta.uid):
+                sa_uid = str((sa.get("metadata") or {}).get("uid") or "") or None
+                with contextlib.suppress(ApiError):
+                    await self.kube.delete(k8s.SERVICE_ACCOUNT, ns, account, uid=sa_uid)
 
     # --- ModelLicense --------------------------------------------------------------------
     async def reconcile_license(self, namespace: str, name: str) -> float | None:
@@ -816,22 +1023,23 @@ class Reconciler:
         for binding in roles:
             if s.namespaces and binding.namespace not in s.namespaces:
                 continue
-            names = names_for(binding.namespace, binding.service_account, s.vault_policy_prefix)
-            if names.vault_role != binding.role:
+            parsed = parse_vault_name(s.vault_policy_prefix, binding.role)
+            if parsed is None or parsed[0] != binding.namespace:
                 continue  # not one of ours after all
-            key = f"{binding.namespace}/{binding.service_account}"
+            namespace, model = parsed
+            key = f"{namespace}/{model}"
             async with self._lock(key):
-                body = await self.kube.get(MODELS, binding.namespace, binding.service_account)
+                body = await self.kube.get(MODELS, namespace, model)
                 if body is not None and not parse_meta(body).deleting:
                     continue
                 ref = {
                     "apiVersion": API_VERSION,
                     "kind": MODEL_KIND,
-                    "namespace": binding.namespace,
-                    "name": binding.service_account,
+                    "namespace": namespace,
+                    "name": model,
                     "uid": "",
                 }
-                policy, role = names.vault_policy, names.vault_role
+                policy = role = vault_name(s.vault_policy_prefix, namespace, model)
 
                 def withdraw(c: Any, policy: str = policy, role: str = role) -> provision.Change:
                     return provision.withdraw_access(c, s.vault_kubernetes_mount, policy, role)

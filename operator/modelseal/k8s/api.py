@@ -74,10 +74,31 @@ POD = Kind("Pod", "", "v1", "pods")
 EVENT = Kind("Event", "", "v1", "events")
 DEPLOYMENT = Kind("Deployment", "apps", "v1", "deployments")
 NETWORK_POLICY = Kind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies")
+# Read only (list): what may run Pods as a model's ServiceAccount.
+REPLICA_SET = Kind("ReplicaSet", "apps", "v1", "replicasets")
+STATEFUL_SET = Kind("StatefulSet", "apps", "v1", "statefulsets")
+DAEMON_SET = Kind("DaemonSet", "apps", "v1", "daemonsets")
+JOB = Kind("Job", "batch", "v1", "jobs")
+CRON_JOB = Kind("CronJob", "batch", "v1", "cronjobs")
+WORKLOADS = (DEPLOYMENT, REPLICA_SET, STATEFUL_SET, DAEMON_SET, JOB, CRON_JOB)
 
 KINDS = {
     k.kind: k
-    for k in (SERVICE_ACCOUNT, CONFIG_MAP, SECRET, SERVICE, POD, EVENT, DEPLOYMENT, NETWORK_POLICY)
+    for k in (
+        SERVICE_ACCOUNT,
+        CONFIG_MAP,
+        SECRET,
+        SERVICE,
+        POD,
+        EVENT,
+        DEPLOYMENT,
+        NETWORK_POLICY,
+        REPLICA_SET,
+        STATEFUL_SET,
+        DAEMON_SET,
+        JOB,
+        CRON_JOB,
+    )
 }
 
 
@@ -168,9 +189,17 @@ class Kube:
             raise
 
     async def list(
-        self, kind: Kind, namespace: str | None = None, label_selector: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[Json]:
-        query = {"labelSelector": label_selector} if label_selector else None
+        query: dict[str, str] = {}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         path = kind.path(namespace) if namespace is not None else kind.cluster_path()
         doc = await self._acall("GET", path, kind.kind, query=query)
         items = doc.get("items") or []
@@ -194,9 +223,11 @@ class Kube:
             content_type="application/merge-patch+json",
         )
 
-    async def delete(self, kind: Kind, namespace: str, name: str) -> bool:
+    async def delete(self, kind: Kind, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete (False when already gone); with `uid`, only that incarnation of it."""
+        body = {"preconditions": {"uid": uid}} if uid else None
         try:
-            await self._acall("DELETE", kind.path(namespace, name), kind.kind)
+            await self._acall("DELETE", kind.path(namespace, name), kind.kind, body=body)
             return True
         except ApiError as exc:
             if exc.not_found:

@@ -91,6 +91,7 @@ class ModelObservation:
     error: str | None = None  # a reconcile error (API, Vault) that is being retried
     endpoint: str = ""
     granted_replicas: int = 0
+    service_account: str = ""  # the model's ServiceAccount (`<name>-<uid[:8]>`)
 
 
 def _ready(obs: ModelObservation) -> Condition:
@@ -228,6 +229,8 @@ def model_status(
     }
     if obs.endpoint:
         status["endpoint"] = obs.endpoint
+    if obs.service_account:
+        status["serviceAccountName"] = obs.service_account
     spec = obs.spec
     if spec is not None:
         status["tenant"] = spec.tenant

@@ -10,7 +10,8 @@ The Pod (one image for the Modelseal roles, plus Triton):
   charged to it, so its memory limit is the model size plus ``unsealer_memory_mib``.
 * ``triton`` — listens on 127.0.0.1 only (HTTP, gRPC, metrics), explicit model control,
   the model directory mounted read-only, model-repository/shared-memory/trace/logging APIs
-  restricted by a per-model token only the unsealer also has.
+  restricted by a per-model token only the unsealer also has; started through
+  ``/bin/sh -c 'ulimit -c 0 && exec ...'`` so that it never dumps core (docs/node-requirements.md).
 * ``gateway`` — the only exposed ports (HTTP, gRPC, metrics); reads the license ConfigMap
   and the API keys Secret.
 
@@ -57,6 +58,10 @@ CONTROL_MOUNT = "/var/run/modelseal/control"
 TRUSTED_KEYS_KEY = "trusted-keys"
 TMPFS_SLACK_BYTES = 32 * MIB
 SHM_BYTES = 256 * MIB
+#: Triton's entrypoint: ``ulimit -c 0`` (RLIMIT_CORE soft and hard) and exec; "$0" is the
+#: program, "$@" the container's args. The Kubernetes ``$(VAR)`` expansion leaves it alone.
+CORE_DUMPS_OFF = 'ulimit -c 0 && exec "$0" "$@"'
+TRITON_COMMAND = ("/bin/sh", "-c", CORE_DUMPS_OFF, "tritonserver")
 
 
 @dataclass(frozen=True)
@@ -288,7 +293,10 @@ def _triton(model: ModelSpec, settings: Settings, names: Names, p: Ports) -> Jso
     return {
         "name": "triton",
         **_container_defaults(serving.triton_image or settings.triton_image),
-        "command": ["tritonserver"],
+        # Core dumps off before Triton starts (a dump would write the model's plaintext
+        # weights to the node's disk): the shell sets RLIMIT_CORE to 0 (soft and hard, so
+        # Triton cannot raise it) and execs Triton in its place, same PID, same args.
+        "command": [*TRITON_COMMAND],
         "args": triton_args(model, settings, p),
         "env": [_control_token_env(names)],
         "resources": resources,
@@ -427,7 +435,7 @@ def _tolerations(model: ModelSpec) -> list[Json]:
 
 
 def pod_template(model: ModelSpec, settings: Settings) -> Json:
-    names = names_for(model.namespace, model.name, settings.vault_policy_prefix)
+    names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
     p = ports(settings)
     spec: Json = {
         "serviceAccountName": names.service_account,
@@ -472,7 +480,7 @@ def pod_template(model: ModelSpec, settings: Settings) -> Json:
 
 
 def deployment(model: ModelSpec, settings: Settings, replicas: int) -> Json:
-    names = names_for(model.namespace, model.name, settings.vault_policy_prefix)
+    names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -496,7 +504,7 @@ def deployment(model: ModelSpec, settings: Settings, replicas: int) -> Json:
 
 
 def service_account(model: ModelSpec, settings: Settings) -> Json:
-    names = names_for(model.namespace, model.name, settings.vault_policy_prefix)
+    names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
@@ -506,7 +514,7 @@ def service_account(model: ModelSpec, settings: Settings) -> Json:
 
 
 def service(model: ModelSpec, settings: Settings) -> Json:
-    names = names_for(model.namespace, model.name, settings.vault_policy_prefix)
+    names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
     p = ports(settings)
     return {
         "apiVersion": "v1",
@@ -532,7 +540,7 @@ def service(model: ModelSpec, settings: Settings) -> Json:
 
 
 def network_policy(model: ModelSpec, settings: Settings) -> Json:
-    names = names_for(model.namespace, model.name, settings.vault_policy_prefix)
+    names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
     p = ports(settings)
     rule: Json = {
         "ports": [
@@ -558,7 +566,7 @@ def network_policy(model: ModelSpec, settings: Settings) -> Json:
 def license_config_map(
     model: ModelSpec, settings: Settings, lic: LicenseSpec | None, granted: bool
 ) -> Json:
-    names = names_for(model.namespace, model.name, settings.vault_policy_prefix)
+    names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -576,7 +584,7 @@ def _model_config_data(model: ModelSpec, lic: LicenseSpec | None, granted: bool)
 
 def control_secret(model: ModelSpec, settings: Settings, token: str) -> Json:
     """The per-model token for Triton's restricted APIs (created once; never compared)."""
-    names = names_for(model.namespace, model.name, settings.vault_policy_prefix)
+    names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
     return {
         "apiVersion": "v1",
         "kind": "Secret",

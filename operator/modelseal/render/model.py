@@ -43,7 +43,7 @@ def render_model(
     """Render `model`; without a grant the Deployment asks for zero replicas."""
     replicas = model.serving.replicas if granted else 0
     return Rendered(
-        names=names_for(model.namespace, model.name, settings.vault_policy_prefix),
+        names=names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix),
         service_account=manifests.service_account(model, settings),
         license_config=manifests.license_config_map(model, settings, lic, granted),
         service=manifests.service(model, settings),

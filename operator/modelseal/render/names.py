@@ -35,10 +35,35 @@ def vault_name(prefix: str, namespace: str, name: str) -> str:
     return f"{prefix}_{namespace}_{name}"
 
 
-def names_for(namespace: str, name: str, prefix: str = "modelseal") -> Names:
+def parse_vault_name(prefix: str, vault: str) -> tuple[str, str] | None:
+    """(namespace, model name) of a `vault_name`, or None when it is not one of ours."""
+    head = f"{prefix}_"
+    if not vault.startswith(head):
+        return None
+    namespace, sep, name = vault[len(head) :].partition("_")
+    if not sep or not namespace or not name or "_" in name:
+        return None
+    return namespace, name
+
+
+def service_account_name(name: str, uid: str) -> str:
+    """``<model name>-<first 8 characters of the ProtectedModel's metadata.uid>``.
+
+    The API server assigns the uid when the model is created, so nobody can know this name
+    before the model exists (a workload planted earlier names the wrong account), and it is
+    deterministic, so every reconcile and every operator restart agrees on it. The chart's
+    admission policies compute the same formula from the ProtectedModel; keep them equal.
+    """
+    if not uid:
+        raise ValueError(f"ProtectedModel {name!r} has no uid yet; its ServiceAccount is unnamed")
+    return f"{name}-{uid[:8]}"
+
+
+def names_for(namespace: str, name: str, uid: str, prefix: str = "modelseal") -> Names:
+    """Every name of one model; `uid` is the ProtectedModel's ``metadata.uid``."""
     vault = vault_name(prefix, namespace, name)
     return Names(
-        service_account=name,
+        service_account=service_account_name(name, uid),
         deployment=name,
         service=name,
         license_config=f"{name}-license",

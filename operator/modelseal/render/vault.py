@@ -44,7 +44,7 @@ def policy_document(transit_mount: str, key: str) -> str:
 
 
 def vault_access(model: ModelSpec, settings: Settings) -> VaultAccess:
-    names = names_for(model.namespace, model.name, settings.vault_policy_prefix)
+    names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
     ttl = _ttl_seconds(settings.vault_role_token_ttl)
     role: dict[str, object] = {
         "bound_service_account_names": [names.service_account],

@@ -1,14 +1,19 @@
 """Parallel, bounded-memory sealing and opening of the chunk stream.
 
 One thread reads chunk records (or plaintext) sequentially from a stream into a fixed pool
-of buffers; a thread pool hashes, encrypts or decrypts them (hashlib and AES-GCM release the
-GIL) and hands the results on. Memory is `window` buffer pairs, whatever the model's size.
+of buffers; a thread pool hashes, encrypts or decrypts them and hands the results on.
+hashlib releases the GIL; decryption releases it on the OpenSSL path (`ossl_gcm`), while
+`cryptography`'s AESGCM keeps it. Memory is `window` record buffers (plus as many
+plaintext buffers when the cipher cannot decrypt in place), whatever the model's size.
 
 Opening never hands a byte of a chunk to the sink before that chunk has authenticated.
-What the sink receives is authenticated plaintext that must still be kept unpublished
-until `open_payload` returns (the digest pin and signature come at the end of the stream).
-This module does no I/O of its own: it reads/writes the streams and calls the sink it is
-given.
+A sink with a `direct(file_index, offset, length)` method may offer the destination
+memory itself (a map of the file): a chunk whose file data lies in one file is then
+decrypted straight into it; if its tag fails, that range is zeroed before the error
+propagates, and the caller must wipe the whole (unpublished) staging area. What the sink
+receives is authenticated plaintext that must still be kept unpublished until
+`open_payload` returns (the digest pin and signature come at the end of the stream). This
+module does no I/O of its own: it reads/writes the streams and calls the sink it is given.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO, Protocol
@@ -56,6 +62,14 @@ class FileSink(Protocol):
     def write(self, file_index: int, offset: int, data: memoryview) -> None: ...
 
 
+class DirectTarget(Protocol):
+    """Optional sink method: writable memory for [offset, offset + length) of a file."""
+
+    def __call__(
+        self, file_index: int, offset: int, length: int
+    ) -> AbstractContextManager[memoryview] | None: ...
+
+
 class NullSink:
     def write(self, file_index: int, offset: int, data: memoryview) -> None:
         return None
@@ -84,12 +98,14 @@ def readinto_exact(stream: ReadStream, view: memoryview, what: str) -> None:
 
 
 class _Slots:
-    """A fixed pool of (record, plaintext) buffer pairs."""
+    """A fixed pool of (record, plaintext) buffer pairs; with `plain=False` the plaintext
+    buffers are empty (the cipher decrypts inside the record buffer)."""
 
-    def __init__(self, count: int, chunk_size: int) -> None:
+    def __init__(self, count: int, chunk_size: int, plain: bool = True) -> None:
         self.free: queue.Queue[tuple[bytearray, bytearray]] = queue.Queue()
+        self.count = count
         for _ in range(count):
-            self.free.put((bytearray(chunk_size + TAG_SIZE), bytearray(chunk_size)))
+            self.free.put((bytearray(chunk_size + TAG_SIZE), bytearray(chunk_size if plain else 0)))
 
     def take(self) -> tuple[bytearray, bytearray]:
         return self.free.get()
@@ -97,14 +113,17 @@ class _Slots:
     def give(self, slot: tuple[bytearray, bytearray]) -> None:
         self.free.put(slot)
 
-    def scrub(self) -> None:
-        """Zero the plaintext buffers (best effort: they held model bytes)."""
+    def scrub(self, records: bool = False) -> None:
+        """Zero the plaintext buffers, and the record buffers too with `records` (after
+        in-place decryption they held model bytes). Best effort: only free slots."""
         while True:
             try:
-                _, plain = self.free.get_nowait()
+                rec, plain = self.free.get_nowait()
             except queue.Empty:
                 return
             plain[:] = bytes(len(plain))
+            if records:
+                rec[:] = bytes(len(rec))
 
 
 class _Failure:
@@ -122,6 +141,12 @@ class _Failure:
             raise self.exc
 
 
+def buffers_needed(chunk_size: int, window: int, in_place: bool) -> int:
+    """Bytes of chunk buffers `open_payload` allocates for `window` slots."""
+    per_slot = chunk_size + TAG_SIZE + (0 if in_place else chunk_size)
+    return window * per_slot
+
+
 def open_payload(
     header: BundleHeader,
     stream: ReadStream,
@@ -129,6 +154,7 @@ def open_payload(
     on_manifest: Callable[[Manifest], FileSink],
     *,
     workers: int = 0,
+    window: int = 0,
     pinned_digest: bytes | None = None,
     trusted_keys: Sequence[Ed25519PublicKey] | None = None,
     progress: Progress | None = None,
@@ -140,106 +166,148 @@ def open_payload(
     any problem; on success every chunk, the manifest, the digest pin and (when
     `trusted_keys` is given) a publisher signature have been verified.
 
+    `window` is the number of chunk buffers (default 2 per worker, at least 2); the
+    memory they take is `buffers_needed(chunk_size, window, cipher.in_place)`.
+
     With `compute_digest=False` and neither a pin nor trusted keys, the records are not
     hashed (every chunk is still authenticated) and the result's digest is None.
     """
     core = header.core
     workers = workers or default_workers()
+    window = window or max(2, 2 * workers)
     hashing = compute_digest or pinned_digest is not None or bool(trusted_keys)
     tree = TreeDigest(header)
-    window = max(2, 2 * workers)
-    slots = _Slots(window, core.chunk_size)
+    in_place = cipher.in_place
+    slots = _Slots(window, core.chunk_size, plain=not in_place)
     failure = _Failure()
     n = core.chunk_count
     cs = core.chunk_size
 
-    # 1. the manifest: decrypt chunks in order until we have all of it.
-    manifest_buf = bytearray()
-    index = 0
-    carry: tuple[int, tuple[bytearray, bytearray]] | None = None
-    while len(manifest_buf) < core.manifest_size:
-        slot = slots.take()
-        rec_len = core.chunk_plain_len(index) + TAG_SIZE
+    def open_chunk(i: int, slot: tuple[bytearray, bytearray], rec_len: int) -> memoryview:
+        """Hash and authenticate/decrypt chunk i held in `slot`; return its plaintext."""
         rec = memoryview(slot[0])[:rec_len]
-        plain = memoryview(slot[1])[: rec_len - TAG_SIZE]
-        readinto_exact(stream, rec, f"chunk {index}")
         if hashing:
-            tree.add(index, leaf_hash(rec))
-        cipher.decrypt_into(index, rec, plain)
-        take = min(core.manifest_size - len(manifest_buf), len(plain))
-        manifest_buf += plain[:take]
-        if take < len(plain):
-            carry = (index, slot)
-        else:
-            slots.give(slot)
-        if progress:
-            progress(rec_len)
-        index += 1
-    if not hmac.compare_digest(hashlib.sha256(manifest_buf).digest(), core.manifest_sha256):
-        raise ManifestError("manifest digest does not match the header")
-    manifest = parse_manifest(bytes(manifest_buf))
-    if manifest.total_size != core.plaintext_size:
-        raise ManifestError(
-            f"manifest files add up to {manifest.total_size} bytes, header says "
-            f"{core.plaintext_size}"
-        )
-    if len(manifest.files) != core.file_count:
-        raise ManifestError(
-            f"manifest lists {len(manifest.files)} files, header says {core.file_count}"
-        )
-    filemap = FileMap(manifest)
-    sink = on_manifest(manifest)
-    ms = core.manifest_size
+            tree.add(i, leaf_hash(rec))
+        if in_place:
+            return cipher.decrypt_in_place(i, rec)
+        plain = memoryview(slot[1])[: rec_len - TAG_SIZE]
+        cipher.decrypt_into(i, rec, plain)
+        return plain
 
-    def deliver(chunk_index: int, plain: memoryview) -> None:
-        start = chunk_index * cs  # payload offset of this chunk
-        skip = max(0, ms - start)
-        for file_index, file_off, rel, length in filemap.extents(
-            start + skip - ms, len(plain) - skip
-        ):
-            sink.write(file_index, file_off, plain[skip + rel : skip + rel + length])
-
-    if carry is not None:
-        ci, slot = carry
-        deliver(ci, memoryview(slot[1])[: core.chunk_plain_len(ci)])
-        slots.give(slot)
-
-    # 2. the rest, in parallel.
-    def work(i: int, slot: tuple[bytearray, bytearray], rec_len: int) -> None:
-        try:
-            if failure.exc is not None:
-                return
-            rec = memoryview(slot[0])[:rec_len]
-            plain = memoryview(slot[1])[: rec_len - TAG_SIZE]
-            if hashing:
-                tree.add(i, leaf_hash(rec))
-            cipher.decrypt_into(i, rec, plain)
-            deliver(i, plain)
+    carry: tuple[int, tuple[bytearray, bytearray], memoryview] | None = None
+    try:
+        # 1. the manifest: decrypt chunks in order until we have all of it.
+        manifest_buf = bytearray()
+        index = 0
+        while len(manifest_buf) < core.manifest_size:
+            slot = slots.take()
+            rec_len = core.chunk_plain_len(index) + TAG_SIZE
+            try:
+                readinto_exact(stream, memoryview(slot[0])[:rec_len], f"chunk {index}")
+                plain = open_chunk(index, slot, rec_len)
+            except BaseException:
+                slots.give(slot)
+                raise
+            take = min(core.manifest_size - len(manifest_buf), len(plain))
+            manifest_buf += plain[:take]
+            if take < len(plain):
+                carry = (index, slot, plain)
+            else:
+                slots.give(slot)
             if progress:
                 progress(rec_len)
-        except BaseException as exc:
-            failure.set(exc)
-        finally:
-            slots.give(slot)
+            index += 1
+        if not hmac.compare_digest(hashlib.sha256(manifest_buf).digest(), core.manifest_sha256):
+            raise ManifestError("manifest digest does not match the header")
+        manifest = parse_manifest(bytes(manifest_buf))
+        if manifest.total_size != core.plaintext_size:
+            raise ManifestError(
+                f"manifest files add up to {manifest.total_size} bytes, header says "
+                f"{core.plaintext_size}"
+            )
+        if len(manifest.files) != core.file_count:
+            raise ManifestError(
+                f"manifest lists {len(manifest.files)} files, header says {core.file_count}"
+            )
+        filemap = FileMap(manifest)
+        sink = on_manifest(manifest)
+        direct: DirectTarget | None = getattr(sink, "direct", None)
+        ms = core.manifest_size
 
-    if index < n:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unseal") as pool:
+        def deliver(chunk_index: int, plain: memoryview) -> None:
+            start = chunk_index * cs  # payload offset of this chunk
+            skip = max(0, ms - start)
+            for file_index, file_off, rel, length in filemap.extents(
+                start + skip - ms, len(plain) - skip
+            ):
+                sink.write(file_index, file_off, plain[skip + rel : skip + rel + length])
+
+        if carry is not None:
+            ci, slot, plain = carry
+            carry = None
             try:
-                for i in range(index, n):
-                    slot = slots.take()
-                    if failure.exc is not None:
-                        slots.give(slot)
-                        break
-                    rec_len = core.chunk_plain_len(i) + TAG_SIZE
-                    try:
-                        readinto_exact(stream, memoryview(slot[0])[:rec_len], f"chunk {i}")
-                    except BaseException:
-                        slots.give(slot)
-                        raise
-                    pool.submit(work, i, slot, rec_len)
+                deliver(ci, plain)
+            finally:
+                slots.give(slot)
+
+        def direct_target(i: int, plain_len: int) -> AbstractContextManager[memoryview] | None:
+            """The destination memory of chunk i when all of its bytes go to one file."""
+            if direct is None:
+                return None
+            start = i * cs - ms
+            if start < 0:
+                return None
+            pieces = filemap.extents(start, plain_len)
+            if len(pieces) != 1 or pieces[0][3] != plain_len:
+                return None
+            return direct(pieces[0][0], pieces[0][1], plain_len)
+
+        # 2. the rest, in parallel.
+        def work(i: int, slot: tuple[bytearray, bytearray], rec_len: int) -> None:
+            try:
+                if failure.exc is not None:
+                    return
+                target = direct_target(i, rec_len - TAG_SIZE)
+                if target is None:
+                    deliver(i, open_chunk(i, slot, rec_len))
+                else:
+                    rec = memoryview(slot[0])[:rec_len]
+                    if hashing:
+                        tree.add(i, leaf_hash(rec))
+                    with target as out:
+                        try:
+                            cipher.decrypt_into(i, rec, out)
+                        except BaseException:
+                            out[:] = bytes(len(out))  # unauthenticated: wipe it now
+                            raise
+                if progress:
+                    progress(rec_len)
             except BaseException as exc:
                 failure.set(exc)
-    slots.scrub()
+            finally:
+                slots.give(slot)
+
+        if index < n:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unseal") as pool:
+                try:
+                    for i in range(index, n):
+                        slot = slots.take()
+                        if failure.exc is not None:
+                            slots.give(slot)
+                            break
+                        rec_len = core.chunk_plain_len(i) + TAG_SIZE
+                        try:
+                            readinto_exact(stream, memoryview(slot[0])[:rec_len], f"chunk {i}")
+                        except BaseException:
+                            slots.give(slot)
+                            raise
+                        pool.submit(work, i, slot, rec_len)
+                except BaseException as exc:
+                    failure.set(exc)
+    finally:
+        if carry is not None:  # failed before the carried chunk was delivered
+            slots.give(carry[1])
+        slots.scrub(records=in_place)
     failure.check()
 
     trailer = read_trailer(stream)

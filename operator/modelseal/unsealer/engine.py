@@ -6,9 +6,14 @@ Used by the unsealer role and by `modelseal unseal`. The steps:
    one whose filesystem lacks room for the plaintext size the header declares;
 2. unwrap the data key through the caller's `unwrap` (Vault Transit), check it against the
    header's key commitment, and keep only the derived cipher;
-3. decrypt into a private staging directory (mode 0700) next to the destination, in the
-   same filesystem; only authenticated chunks are ever written;
-4. when every chunk, the manifest, the trailer, the digest pin and the signature check out,
+3. size the worker pool and chunk buffers to the container's memory limit (`limits`),
+   refusing a header whose chunk size cannot fit, before the key is unwrapped;
+4. create every file in a private staging directory (mode 0700) next to the destination,
+   in the same filesystem, at its final size, and decrypt into it: with `pwrite` from the
+   chunk buffer (few workers), or straight into a shared memory map of the file (many
+   workers: `pwrite` writers of one file queue on its inode lock, map writers do not);
+   a chunk whose tag fails has its range zeroed at once;
+5. when every chunk, the manifest, the trailer, the digest pin and the signature check out,
    set the modes and rename the staging directory to the destination in one step.
 
 On any failure the staging directory is overwritten with zeros and removed, so no
@@ -21,23 +26,27 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import secrets
 import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from modelseal.crypto import BundleError
+from modelseal.crypto import BundleError, ossl_gcm
 from modelseal.crypto import format as fmt
 from modelseal.crypto.manifest import Manifest
-from modelseal.crypto.pipeline import OpenResult, Progress, default_workers, open_payload
+from modelseal.crypto.pipeline import OpenResult, Progress, open_payload
 from modelseal.crypto.stream import ChunkCipher, SecretBytes
+
+from . import limits
 
 log = logging.getLogger("modelseal.unsealer")
 
@@ -47,6 +56,9 @@ MEMORY_FS = {"tmpfs": TMPFS_MAGIC, "ramfs": RAMFS_MAGIC}
 STAGING_PREFIX = ".modelseal-staging-"
 _OPEN_FDS_LIMIT = 512
 _ZEROS = bytes(1 << 20)
+WRITE_MODES = ("auto", "pwrite", "mmap")
+MMAP_MIN_WORKERS = 4  # below this, pwrite costs less CPU than page faults (docs/unsealer.md)
+_PAGE = mmap.ALLOCATIONGRANULARITY
 
 
 class UnsealError(Exception):
@@ -242,14 +254,21 @@ def _wipe_file(path: Path, overwrite: bool) -> None:
 
 
 class DirectorySink:
-    """Creates the manifest's tree under a staging directory and writes file pieces."""
+    """Creates the manifest's tree under a staging directory, every file at its final size,
+    and writes file pieces (pwrite), or with `mode="mmap"` also offers the destination
+    memory itself (`direct`) so that chunks are decrypted straight into the file."""
 
-    def __init__(self, root: Path, manifest: Manifest) -> None:
+    def __init__(self, root: Path, manifest: Manifest, mode: str = "pwrite") -> None:
+        if mode not in ("pwrite", "mmap"):
+            raise ValueError(f"unknown write mode {mode!r}")
         self.root = root
         self.manifest = manifest
         self.files = manifest.files
         self.fds: list[int] = []
+        self.mode = mode
         self._lock = threading.Lock()
+        access = os.O_RDWR if mode == "mmap" else os.O_WRONLY  # a map needs read access
+        self._access = access
         for entry in manifest.entries:
             if entry.type == "dir":
                 (root / entry.path).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -259,7 +278,7 @@ class DirectorySink:
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(
                 target,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                access | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                 0o600,
             )
             if entry.size:
@@ -279,6 +298,38 @@ class DirectorySink:
             _pwrite_all(fd, data, offset)
         finally:
             os.close(fd)
+
+    @contextmanager
+    def _mapped(self, file_index: int, offset: int, length: int) -> Iterator[memoryview]:
+        start = offset - offset % _PAGE
+        delta = offset - start
+        fd = self.fds[file_index] if self.fds else None
+        own_fd = fd is None
+        if fd is None:
+            path = self.root / self.files[file_index].path
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            mm = mmap.mmap(
+                fd, delta + length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=start
+            )
+        finally:
+            if own_fd:
+                os.close(fd)  # the map keeps the file
+        view = memoryview(mm)[delta : delta + length]
+        try:
+            yield view
+        finally:
+            view.release()
+            with suppress(BufferError):  # a view still referenced (traceback): GC unmaps
+                mm.close()
+
+    def direct(
+        self, file_index: int, offset: int, length: int
+    ) -> AbstractContextManager[memoryview] | None:
+        """Writable memory of [offset, offset + length) of a file (mmap mode only)."""
+        if self.mode != "mmap" or length <= 0:
+            return None
+        return self._mapped(file_index, offset, length)
 
     def close(self) -> None:
         fds, self.fds = self.fds, []
@@ -323,6 +374,12 @@ class UnsealOptions:
     progress: Progress | None = None
     wipe_overwrite: bool = True
     compute_digest: bool = True  # False: skip hashing unless a pin or trusted keys need it
+    # "auto": mmap from MMAP_MIN_WORKERS workers up, else pwrite. When "auto", the
+    # development variable MODELSEAL_UNSEAL_WRITE_MODE may force one (benchmarks).
+    write_mode: str = "auto"
+    # Injected for tests; None: read the cgroup / the machine.
+    memory_limit: int | None = None
+    cpus: int | None = None
 
 
 @dataclass(frozen=True)
@@ -332,6 +389,9 @@ class UnsealReport:
     result: OpenResult
     fstype: str
     seconds: float
+    plan: limits.BufferPlan | None = None
+    write_mode: str = ""
+    aead: str = ""
 
     @property
     def digest(self) -> str | None:
@@ -369,12 +429,20 @@ def unseal_stream(
             f"unsealer may use only {opts.expected_key_name!r}"
         )
     check_room(parent, header)
+    plan = plan_unseal(header, opts)
+    write_mode = choose_write_mode(opts.write_mode, plan.workers)
 
     key = unwrap(env)
     try:
         cipher = ChunkCipher(header, key)
     finally:
         key.wipe()
+    log.info(
+        "unseal plan: %s; writes: %s; AES-GCM: %s",
+        plan.describe(),
+        write_mode,
+        cipher.backend,
+    )
 
     staging = parent / f"{STAGING_PREFIX}{destination.name}-{secrets.token_hex(6)}"
     os.mkdir(staging, 0o700)
@@ -382,7 +450,7 @@ def unseal_stream(
     try:
 
         def on_manifest(manifest: Manifest) -> DirectorySink:
-            sinks.append(DirectorySink(staging, manifest))
+            sinks.append(DirectorySink(staging, manifest, write_mode))
             return sinks[-1]
 
         result = open_payload(
@@ -390,7 +458,8 @@ def unseal_stream(
             stream,
             cipher,
             on_manifest,
-            workers=opts.workers or default_workers(),
+            workers=plan.workers,
+            window=plan.window,
             pinned_digest=opts.pinned_digest,
             trusted_keys=opts.trusted_keys,
             progress=opts.progress,
@@ -413,7 +482,51 @@ def unseal_stream(
         except Exception as wipe_exc:  # report, but the original error matters more
             log.error("cleanup after a failed unseal: %s", wipe_exc)
         raise
-    return UnsealReport(destination, header, result, fstype, time.monotonic() - started)
+    finally:
+        cipher.wipe()
+    return UnsealReport(
+        destination,
+        header,
+        result,
+        fstype,
+        time.monotonic() - started,
+        plan,
+        write_mode,
+        cipher.backend,
+    )
+
+
+def plan_unseal(header: fmt.BundleHeader, opts: UnsealOptions) -> limits.BufferPlan:
+    """Workers and buffers for this bundle within the memory limit (refused if none fit)."""
+    core = header.core
+    if opts.memory_limit is not None:
+        limit: int | None = opts.memory_limit
+    else:
+        limit, _source = limits.memory_limit()
+    try:
+        return limits.plan_buffers(
+            cpus=opts.cpus or limits.available_cpus(),
+            chunk_size=core.chunk_size,
+            plaintext_size=core.plaintext_size,
+            manifest_size=core.manifest_size,
+            file_count=core.file_count,
+            memory_limit=limit,
+            requested_workers=opts.workers,
+            in_place=ossl_gcm.load() is not None,
+        )
+    except limits.BufferBudgetError as exc:
+        raise UnsealError(str(exc)) from None
+
+
+def choose_write_mode(requested: str, workers: int) -> str:
+    mode = requested
+    if mode == "auto":
+        mode = os.environ.get("MODELSEAL_UNSEAL_WRITE_MODE", "").strip().lower() or "auto"
+    if mode not in WRITE_MODES:
+        raise UnsealError(f"unknown write mode {mode!r} (one of {', '.join(WRITE_MODES)})")
+    if mode == "auto":
+        mode = "mmap" if workers >= MMAP_MIN_WORKERS else "pwrite"
+    return mode
 
 
 def clean_stale_staging(parent: Path, overwrite: bool = True) -> int:

@@ -27,6 +27,7 @@ from bench.gateway.harness import (
     write_license,
 )
 
+from modelseal.gateway.keys import hash_key_scrypt, hash_key_sha256, new_api_key
 from modelseal_devenv.triton import TritonServer
 from tests.attack.conftest import AttackLedger
 
@@ -244,3 +245,129 @@ def test_random_model_names_do_not_grow_metrics(gateway: GatewayProcess) -> None
     assert not any(name in after_text for name in sent_names)
     assert 'model="unknown"' in after_text
     assert gw.metric("modelseal_gateway_requests_total", model="unknown", code="401") >= sent
+
+
+async def _probe_under_flood(
+    gw: GatewayProcess, valid_keys: list[str], flood_keys: list[str], probes: int
+) -> tuple[list[float], list[float], list[int], dict[int, int], int]:
+    """Valid requests (one at a time, each key in turn) while idle, then while
+    ``flood_keys`` are sent from many connections at once. Returns (idle latencies, flood
+    latencies, statuses of the valid requests under flood, flood statuses, flood requests
+    answered while the valid ones ran)."""
+    url = f"{gw.http_url}/v2/models/digits/infer"
+    body = digits_body()
+    timeout = aiohttp.ClientTimeout(total=120)
+    connector = aiohttp.TCPConnector(limit=0)
+    flood_counts: dict[int, int] = {}
+    answered = 0
+    stop = asyncio.Event()
+    started = asyncio.Event()
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+
+        async def valid(key: str) -> tuple[int, float]:
+            hdr = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+            t0 = time.perf_counter()
+            async with session.post(url, data=body, headers=hdr) as r:
+                await r.read()
+                return r.status, time.perf_counter() - t0
+
+        async def flooder(keys: list[str]) -> None:
+            nonlocal answered
+            for key in keys:
+                if stop.is_set():
+                    return
+                hdr = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+                try:
+                    async with session.post(url, data=body, headers=hdr) as r:
+                        await r.read()
+                        status = r.status
+                except aiohttp.ClientError:
+                    status = -1
+                flood_counts[status] = flood_counts.get(status, 0) + 1
+                answered += 1
+                if answered >= 200:
+                    started.set()
+
+        for key in valid_keys:  # first use (a scrypt key is verified once, then remembered)
+            assert (await valid(key))[0] == 200
+        idle = [(await valid(valid_keys[i % len(valid_keys)]))[1] for i in range(probes)]
+        n = 256  # connections flooding at once
+        floods = [asyncio.create_task(flooder(flood_keys[i::n])) for i in range(n)]
+        await started.wait()
+        before = answered
+        under = [await valid(valid_keys[i % len(valid_keys)]) for i in range(probes)]
+        during = answered - before
+        stop.set()
+        await asyncio.gather(*floods)
+    return idle, [t for _, t in under], [s for s, _ in under], flood_counts, during
+
+
+def test_random_keys_do_not_block_valid_users(
+    tmp_path: Path, triton_server: TritonServer, attack_ledger: AttackLedger
+) -> None:
+    """High 6: thousands of concurrent requests with random keys, while the keys file holds
+    scrypt entries (one without a key id: every unknown key must be tried against it).
+    The slow checks are bounded (refused with 503 beyond them, never queued), the audit
+    slot is taken only after authentication, so sha256 and cached scrypt users are all
+    served. Their latency under the flood, relative to idle, is reported."""
+    kid, human = new_api_key()
+    write_license(tmp_path / "license.json", license_doc(TENANT, ["digits"]))
+    (tmp_path / "keys.json").write_text(
+        json.dumps(
+            {
+                "consumers": [
+                    {"id": "alice", "tenant": TENANT, "hash": hash_key_sha256(KEY)},
+                    {
+                        "id": "human",
+                        "tenant": TENANT,
+                        "key_id": kid,
+                        "hash": hash_key_scrypt(human),
+                    },
+                    {
+                        "id": "old",
+                        "tenant": TENANT,
+                        "hash": hash_key_scrypt("an-older-secret-0123"),
+                    },
+                ]
+            }
+        )
+    )
+    gw = GatewayProcess(
+        tmp_path,
+        triton_http_url=triton_server.http_url,
+        triton_grpc_url=triton_server.grpc_url,
+        # a queue smaller than the flood: were slots taken before authentication, valid
+        # requests would wait behind random keys
+        env={"MODELSEAL_AUDIT_QUEUE_SIZE": "64"},
+    ).start()
+    flood: list[str] = []
+    for i in range(5_000):
+        if i % 3 == 0:
+            flood.append(secrets.token_urlsafe(32))  # no key id: tried against "old"
+        elif i % 3 == 1:
+            flood.append(new_api_key()[1])  # an id nobody has
+        else:
+            flood.append(f"{kid}.{secrets.token_urlsafe(32)}")  # human's id, a wrong secret
+    try:
+        idle, under, statuses, flood_counts, during = asyncio.run(
+            _probe_under_flood(gw, [KEY, human], flood, probes=20)
+        )
+        busy = gw.metric("modelseal_gateway_requests_total", code="503")
+    finally:
+        gw.stop()
+    idle_med = sorted(idle)[len(idle) // 2]
+    under_med = sorted(under)[len(under) // 2]
+    print(
+        f"random-key flood: flood statuses={flood_counts}, answered during the probe={during}; "
+        f"valid median latency idle={idle_med * 1000:.1f}ms under flood={under_med * 1000:.1f}ms "
+        f"ratio={under_med / idle_med:.1f}"
+    )
+    assert statuses == [200] * len(statuses), statuses
+    assert during > 0, "the flood had stopped before the valid requests ran"
+    assert set(flood_counts) <= {401, 503}, flood_counts
+    assert busy == flood_counts.get(503, 0)
+    records = [r for r in gw.audit_lines() if r["type"] == "request"]
+    served = [r for r in records if r["status"] == 200]
+    sent_valid = 2 + 20 + 20
+    attack_ledger.record_lost(max(0, sent_valid - len(served)))
+    assert len(served) == sent_valid

@@ -1,14 +1,27 @@
 """Pure logic behind the gateway's hardening (issue 12): lone surrogates in request JSON,
-metric labels only from known models."""
+metric labels only from known models, API keys whose unknown ones cost a lookup."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
 from modelseal.gateway.core import Gateway, settings_for_tests
+from modelseal.gateway.keys import (
+    KEY_RE,
+    Consumer,
+    KeyRing,
+    KeysBusy,
+    KeysError,
+    KeyTable,
+    hash_key_scrypt,
+    hash_key_sha256,
+    new_api_key,
+    parse_keys,
+)
 from modelseal.gateway.kserve import BadRequest, check_unicode, parse_json
 
 
@@ -57,3 +70,59 @@ async def test_model_label_is_bounded_by_the_licenses(tmp_path: Path) -> None:
     finally:
         await gw.store.close()
         await gw.upstream.close()
+
+
+# -- API keys: unknown keys cost a lookup, slow checks are bounded (High 6) --------------
+
+
+def _keys(*consumers: dict[str, object]) -> KeyTable:
+    return parse_keys(json.dumps({"consumers": list(consumers)}))
+
+
+def test_new_api_key_has_its_id_and_256_bits() -> None:
+    kid, key = new_api_key()
+    assert key.startswith(kid + ".") and KEY_RE.match(key) and len(key) >= len(kid) + 43
+    assert new_api_key("team-a")[0] == "team-a"
+    with pytest.raises(ValueError, match="key id"):
+        new_api_key("no.dots")
+
+
+async def test_unknown_key_ids_never_reach_scrypt() -> None:
+    kid, key = new_api_key()
+    table = _keys(
+        {"id": "human", "tenant": "t", "key_id": kid, "hash": hash_key_scrypt(key, n=1024)},
+    )
+    ring = KeyRing(table)
+    for probe in (new_api_key()[1], "x" * 40, f"{kid}x.abcdefghijklmnop"):
+        assert ring.lookup_fast(probe)[2] is False  # refused by a lookup: no KDF
+    assert ring.lookup_fast(kid + ".wrong-secret-0123456789")[2] is True
+    assert await ring.lookup(kid + ".wrong-secret-0123456789") is None
+    assert await ring.lookup(key) == Consumer("human", "t")
+    assert ring.lookup_fast(key) == (Consumer("human", "t"), ring.lookup_fast(key)[1], False)
+
+
+def test_key_ids_are_checked() -> None:
+    with pytest.raises(KeysError, match="key_id"):
+        _keys({"id": "a", "tenant": "t", "key_id": "a.b", "hash": hash_key_sha256("k" * 20)})
+
+
+async def test_scrypt_checks_are_bounded_and_known_keys_never_wait() -> None:
+    sha_key = "sha-user-key-0123456789abcdef"
+    table = _keys(
+        {"id": "fast", "tenant": "t", "hash": hash_key_sha256(sha_key)},
+        {"id": "legacy", "tenant": "t", "hash": hash_key_scrypt("legacy-secret-012345", n=1 << 14)},
+    )
+    assert len(table.scrypt_without_id) == 1
+    ring = KeyRing(table, scrypt_parallel=1, scrypt_waiting=2)
+    probes = [asyncio.ensure_future(ring.lookup(f"random-{i:04d}-abcdefghijkl")) for i in range(40)]
+    await asyncio.sleep(0)  # every probe has started: 3 hold or wait for a check
+    # a known key is answered while the flood is queued, without waiting for it
+    # (it completes in its first step: it never awaits anything)
+    known = ring.lookup(sha_key)
+    with pytest.raises(StopIteration) as done:
+        known.send(None)
+    assert done.value.value == Consumer("fast", "t")
+    results = await asyncio.gather(*probes, return_exceptions=True)
+    busy = [r for r in results if isinstance(r, KeysBusy)]
+    assert len(busy) == 37 and ring.busy_refusals == 37
+    assert [r for r in results if not isinstance(r, KeysBusy)] == [None, None, None]

@@ -3,9 +3,13 @@
 Every metered request goes through the same steps, in this order, and each refusal has
 its status, its reason, an audit record and its metrics:
 
-1. room in the audit queue is reserved (``block``: wait; ``reject``: 503), so the record
-   of a request that is let through can always be written;
-2. the API key → consumer → tenant (401, one message for every failure);
+1. the API key → consumer → tenant (401, one message for every failure); a key is found
+   by a lookup, and the few slow scrypt checks are bounded (503 beyond them: see
+   ``modelseal.gateway.keys``), so a flood of unknown keys costs little and never queues;
+2. room in the audit queue is reserved (``block``: wait; ``reject``: 503), so the record
+   of a request that is let through can always be written. Only then: an unauthenticated
+   request reserves nothing and waits for nothing; its refusal is written if the queue
+   has room, else counted as dropped (``AuditLog.dropped``) and logged;
 3. the tenant's license: loaded, not revoked, inside its validity window, the model
    allowed (403; 503 when the license or keys file is missing or broken);
 4. the request itself: size (413), body arrival time (408), JSON and tensors checked
@@ -32,7 +36,14 @@ from modelseal.audit.keyfile import read_key
 from modelseal.audit.log import AuditLog, AuditOverflow, AuditWriterDead
 from modelseal.audit.sinks import FileSink, Sink, StdoutSink, WebhookSink
 from modelseal.config import Settings
-from modelseal.gateway.keys import Consumer, KeyRing, KeyTable, parse_keys, presented_key
+from modelseal.gateway.keys import (
+    Consumer,
+    KeyRing,
+    KeysBusy,
+    KeyTable,
+    parse_keys,
+    presented_key,
+)
 from modelseal.gateway.metrics import GatewayMetrics
 from modelseal.gateway.reload import Change, WatchedFile
 from modelseal.gateway.upstream import Upstream
@@ -252,6 +263,14 @@ class Gateway:
             self._on_change(label, change)
             if watched is self.keys_file:
                 self.keys.replace(self.keys_file.value)
+                table = self.keys_file.value
+                if table is not None and table.scrypt_without_id:
+                    log.warning(
+                        "API keys file: %d scrypt entries have no key_id: every unknown key "
+                        "costs a scrypt check for each (bounded, but slow); issue keys as "
+                        "<key_id>.<secret> and name their key_id",
+                        len(table.scrypt_without_id),
+                    )
         self.metrics.audit_records.inc(self.audit.written - self._written_seen)
         self._written_seen = self.audit.written
 
@@ -372,6 +391,7 @@ class Gateway:
     async def authenticate(
         self, ctx: Ctx, authorization: list[str], api_keys: list[str]
     ) -> Consumer:
+        """The consumer of the presented key (steps 1 and 2: then room for its record)."""
         if self.keys_file.value is None:
             raise GatewayError(503, f"gateway not ready: {self.keys_file.error}", decision="error")
         key = presented_key(authorization, api_keys)
@@ -379,11 +399,15 @@ class Gateway:
         if key is not None:
             consumer, _, slow = self.keys.lookup_fast(key)
             if slow:
-                consumer = await self.keys.lookup(key)
+                try:
+                    consumer = await self.keys.lookup(key)
+                except KeysBusy as exc:
+                    raise GatewayError(503, str(exc), decision="error", retry_after=1) from None
         if consumer is None:
             self.metrics.auth_failures.inc()
             raise GatewayError(401, UNAUTHORIZED)
         ctx.consumer = consumer
+        await self.reserve_audit(ctx)  # only now: see step 2 above
         return consumer
 
     def license_for(self, ctx: Ctx, consumer: Consumer, model: str) -> License:

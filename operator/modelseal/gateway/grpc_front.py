@@ -340,7 +340,6 @@ class GrpcFront:
     def _metadata(self, name: str, message: Any) -> Handler:
         async def method(request: bytes, context: Any) -> bytes:
             async def step(ctx: Ctx) -> bytes:
-                await self.gw.reserve_audit(ctx)
                 await self._auth(context, ctx)
                 if name != "ServerMetadata":
                     try:
@@ -380,7 +379,6 @@ class GrpcFront:
     async def model_infer(self, request: bytes, context: Any) -> bytes:
         async def step(ctx: Ctx) -> bytes:
             gw = self.gw
-            await gw.reserve_audit(ctx)
             ctx.req_bytes = len(request)
             try:
                 req = pb.ModelInferRequest.FromString(request)

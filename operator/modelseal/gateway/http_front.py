@@ -168,7 +168,6 @@ class HttpFront:
     # -- metadata -------------------------------------------------------------------------
     async def server_metadata(self, request: web.Request) -> web.StreamResponse:
         async def step(request: web.Request, ctx: Ctx) -> web.Response:
-            await self.gw.reserve_audit(ctx)
             await self._auth(request, ctx)
             return await self._passthrough(ctx, "/v2")
 
@@ -178,7 +177,6 @@ class HttpFront:
         route = "model_ready" if request.path.endswith("/ready") else "model_metadata"
 
         async def step(request: web.Request, ctx: Ctx) -> web.Response:
-            await self.gw.reserve_audit(ctx)
             model = request.match_info["model"]
             version = request.match_info.get("version", "")
             try:
@@ -229,7 +227,6 @@ class HttpFront:
         gw = self.gw
         if request.method != "POST":
             raise GatewayError(405, "inference needs POST")
-        await gw.reserve_audit(ctx)
         model = request.match_info["model"]
         version = request.match_info.get("version", "")
         try:

@@ -254,3 +254,87 @@ def test_wipe_zeroes_data_but_does_not_fill_holes(shm_dir: Path) -> None:
         assert os.pread(fd, len(MARKER) * 100, 32 << 20) == bytes(len(MARKER) * 100)
     finally:
         os.close(fd)
+
+
+# ------------------------------------------ write modes: pwrite, and decrypt into the map
+
+
+BIG = {
+    "llm/config.pbtxt": b'name: "llm"\n' + MARKER,
+    "llm/1/model.bin": MARKER + os.urandom(200_000) + MARKER,
+    "llm/1/shard.bin": os.urandom(50_000) + MARKER,
+    **{f"llm/1/tok/{i:03d}.json": MARKER + os.urandom(i * 7) for i in range(30)},
+}
+
+
+@pytest.fixture(scope="module")
+def big_bundle() -> Bundle:
+    return make_bundle(BIG, key())
+
+
+@pytest.mark.parametrize("mode", ["pwrite", "mmap"])
+def test_write_modes_publish_the_same_tree(big_bundle: Bundle, shm_dir: Path, mode: str) -> None:
+    report = unseal(
+        big_bundle.data, shm_dir / "r", workers=3, write_mode=mode, pinned_digest=big_bundle.digest
+    )
+    assert report.write_mode == mode
+    for path, data in BIG.items():
+        assert (shm_dir / "r" / path).read_bytes() == data
+    assert sorted(os.listdir(shm_dir)) == ["r"]
+
+
+def test_auto_mode_maps_from_four_workers(big_bundle: Bundle, shm_dir: Path) -> None:
+    assert unseal(big_bundle.data, shm_dir / "a", workers=2).write_mode == "pwrite"
+    assert unseal(big_bundle.data, shm_dir / "b", workers=4).write_mode == "mmap"
+
+
+def test_mmap_mode_decrypts_into_the_file(
+    big_bundle: Bundle, shm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    original = engine.DirectorySink.direct
+
+    def spy(self: engine.DirectorySink, i: int, off: int, n: int) -> object:
+        calls.append(n)
+        return original(self, i, off, n)
+
+    monkeypatch.setattr(engine.DirectorySink, "direct", spy)
+    unseal(big_bundle.data, shm_dir / "r", workers=4, write_mode="mmap")
+    chunk = big_bundle.header.core.chunk_size
+    assert sum(calls) >= 200_000 - 2 * chunk  # model.bin came in through the map
+    assert (shm_dir / "r/llm/1/model.bin").read_bytes() == BIG["llm/1/model.bin"]
+
+
+@pytest.mark.parametrize("where", ["early", "middle", "last"])
+def test_mmap_mode_tampered_chunk_leaves_nothing(
+    big_bundle: Bundle, shm_dir: Path, where: str
+) -> None:
+    n = big_bundle.header.core.chunk_count
+    index = {"early": 3, "middle": n // 2, "last": n - 1}[where]
+    start, _ = big_bundle.record_span(index)
+    data = bytearray(big_bundle.data)
+    data[start + 100] ^= 0x10
+    with pytest.raises(BundleError):
+        unseal(bytes(data), shm_dir / "repository", workers=4, write_mode="mmap")
+    assert os.listdir(shm_dir) == []
+
+
+def test_mmap_mode_many_small_files(shm_dir: Path) -> None:
+    files = {f"m/1/f{i:04d}": os.urandom(i % 9000) for i in range(engine._OPEN_FDS_LIMIT + 20)}
+    b = make_bundle(files, key())
+    unseal(b.data, shm_dir / "r", workers=4, write_mode="mmap")
+    for path, data in files.items():
+        assert (shm_dir / "r" / path).read_bytes() == data
+
+
+def test_mmap_mode_wrong_pin_wipes(big_bundle: Bundle, shm_dir: Path) -> None:
+    with pytest.raises(DigestMismatchError):
+        unseal(big_bundle.data, shm_dir / "r", pinned_digest=bytes(32), write_mode="mmap")
+    assert os.listdir(shm_dir) == []
+    assert_no_plaintext(shm_dir)
+
+
+def test_unknown_write_mode_refused(bundle: Bundle, shm_dir: Path) -> None:
+    with pytest.raises(UnsealError, match="unknown write mode"):
+        unseal(bundle.data, shm_dir / "r", write_mode="splice")
+    assert os.listdir(shm_dir) == []

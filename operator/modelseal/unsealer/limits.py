@@ -207,17 +207,24 @@ def plan_buffers(
 # ---------------------------------------------------------------------- core dumps
 
 
-def harden_process() -> dict[str, int | None]:
-    """No core dumps, not dumpable. Returns what was set (for the start-up log line)."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def dump_state() -> dict[str, int | None]:
+    """This process's core-file limit (hard) and dumpable flag (None off Linux)."""
     dumpable: int | None = None
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        dumpable = int(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+    return {"core_limit": resource.getrlimit(resource.RLIMIT_CORE)[1], "dumpable": dumpable}
+
+
+def harden_process() -> dict[str, int | None]:
+    """No core dumps, not dumpable. Returns `dump_state()` after the change."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(err)}")
-        dumpable = int(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
-    return {"core_limit": resource.getrlimit(resource.RLIMIT_CORE)[1], "dumpable": dumpable}
+    return dump_state()
 
 
 __all__ = [
@@ -226,6 +233,7 @@ __all__ = [
     "BufferPlan",
     "available_cpus",
     "cgroup_memory_limit",
+    "dump_state",
     "harden_process",
     "machine_memory",
     "memory_limit",

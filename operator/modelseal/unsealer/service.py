@@ -52,6 +52,7 @@ from .engine import (
     unseal_stream,
     wipe_tree,
 )
+from .limits import dump_state, harden_process
 
 log = logging.getLogger("modelseal.unsealer")
 
@@ -207,6 +208,7 @@ class Unsealer:
             "models": self.models,
             "repository": str(self.repository),
             "peak_rss_kib": peak_rss_kib(),
+            "core_dumps": dump_state(),
         }
         if self.report is not None:
             core = self.report.header.core
@@ -216,6 +218,9 @@ class Unsealer:
                 files=core.file_count,
                 unseal_seconds=round(self.report.seconds, 3),
                 signer=self.report.result.signer,
+                unseal_workers=self.report.plan.workers if self.report.plan else None,
+                unseal_write_mode=self.report.write_mode,
+                aead=self.report.aead,
             )
         return out
 
@@ -502,7 +507,15 @@ def _source_name(uri: str) -> str:
 
 
 def run(settings: Settings) -> None:
+    # First thing: no core dump and no ptrace of a process that will hold the data key
+    # and plaintext (issue 12, item 12).
+    hardened = harden_process()
     setup_logging(settings.log_level)
+    log.info(
+        "core dumps off (RLIMIT_CORE %s), dumpable %s",
+        hardened["core_limit"],
+        hardened["dumpable"],
+    )
     code = asyncio.run(Unsealer(settings).main())
     if code:
         sys.exit(code)

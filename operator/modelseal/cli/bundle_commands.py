@@ -16,6 +16,8 @@ from .common import (
     EXIT_IO,
     CommandError,
     add_vault_options,
+    checked_transit_mount,
+    configured_transit_mount,
     human_size,
     progress_bar,
     vault_client,
@@ -128,7 +130,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
             args.output,
             client,
             key_name=args.transit_key,
-            mount=args.transit_mount or "transit",
+            mount=configured_transit_mount(args),
             chunk_size=args.chunk_size,
             model_name=args.model_name or directory.resolve().name,
             sign_key=sign_key,
@@ -264,10 +266,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from modelseal.crypto.stream import ChunkCipher
 
     pinned, trusted = _pin_and_keys(args)
-    client = vault_client(args)
     with _open(args) as stream:
         header = fmt.read_header(stream)
-        key = _unwrap(client, args, header.envelope)
+        checked_transit_mount(args, header.envelope.mount)  # before any Vault call
+        key = _unwrap(vault_client(args), args, header.envelope)
         try:
             cipher = ChunkCipher(header, key)
         finally:
@@ -328,7 +330,7 @@ def cmd_rewrap(args: argparse.Namespace) -> int:
         header = fmt.read_header(f)
     env = header.envelope
     key_name = args.transit_key or env.key_name
-    mount = args.transit_mount or env.mount
+    mount = checked_transit_mount(args, env.mount)
     client = vault_client(args)
     wrapped, version = transit.rewrap_data_key(client, key_name, env.wrapped_key, mount)
     old_version = env.key_version
@@ -418,10 +420,10 @@ def cmd_unseal(args: argparse.Namespace) -> int:
     # refuse a bad target before talking to Vault or fetching anything
     if dest.parent.is_dir():
         check_memory_fs(dest.parent, args.allow_non_tmpfs)
-    client = vault_client(args)
 
     def unwrap(env: fmt.Envelope) -> Any:
-        return _unwrap(client, args, env)
+        checked_transit_mount(args, env.mount)  # before logging in to Vault
+        return _unwrap(vault_client(args), args, env)
 
     with _open(args) as stream, _LateBar(args) as bar:
         report = unseal_stream(
@@ -531,6 +533,5 @@ def _unwrap(client: Any, args: argparse.Namespace, env: Any) -> Any:
     from modelseal.vault import transit
 
     key_name = args.transit_key or env.key_name
-    return transit.unwrap_data_key(
-        client, key_name, env.wrapped_key, args.transit_mount or env.mount
-    )
+    mount = checked_transit_mount(args, env.mount)
+    return transit.unwrap_data_key(client, key_name, env.wrapped_key, mount)

@@ -63,6 +63,36 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+DEFAULT_TRANSIT_MOUNT = "transit"
+TRANSIT_MOUNT_ENV = "MODELSEAL_VAULT_TRANSIT_MOUNT"  # the operator's setting of the same name
+
+
+def configured_transit_mount(args: argparse.Namespace) -> str:
+    """The Transit mount to use: --transit-mount, else $MODELSEAL_VAULT_TRANSIT_MOUNT, else
+    ``transit``. Never the bundle's: see ``checked_transit_mount``."""
+    mount = args.transit_mount or os.environ.get(TRANSIT_MOUNT_ENV) or DEFAULT_TRANSIT_MOUNT
+    return str(mount).strip("/")
+
+
+def checked_transit_mount(args: argparse.Namespace, envelope_mount: str) -> str:
+    """The configured mount, once the bundle's key envelope agrees with it.
+
+    The envelope is read before the data key is unwrapped, so nothing has authenticated it
+    yet: were its mount used, a tampered bundle could send the owner's Vault token to
+    another path (``secret/data/...``, another engine). A bundle naming another mount is
+    refused (exit 1) before any Vault call."""
+    mount = configured_transit_mount(args)
+    if envelope_mount.strip("/") != mount:
+        raise CommandError(
+            f"the bundle's key envelope names Transit mount {envelope_mount[:128]!r}, but the "
+            f"configured mount is {mount!r}; the envelope is not authenticated before the "
+            "key is unwrapped, so it never chooses a Vault path. If that mount is really "
+            f"yours, pass --transit-mount (or set {TRANSIT_MOUNT_ENV}).",
+            EXIT_FAILED,
+        )
+    return mount
+
+
 def add_vault_options(parser: argparse.ArgumentParser, transit_key_required: bool) -> None:
     group = parser.add_argument_group(
         "Vault",
@@ -101,7 +131,9 @@ def add_vault_options(parser: argparse.ArgumentParser, transit_key_required: boo
     group.add_argument(
         "--transit-mount",
         default=None,
-        help="Mount path of the Transit engine (default: the bundle's, else 'transit').",
+        help=f"Mount path of the Transit engine (default: ${TRANSIT_MOUNT_ENV}, else "
+        "'transit'). A bundle whose key envelope names another mount is refused: the "
+        "envelope never chooses where the Vault token goes.",
     )
     group.add_argument(
         "--transit-key",

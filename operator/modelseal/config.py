@@ -280,7 +280,13 @@ class Settings(BaseSettings):
     )
     redis_password_file: Path | None = Field(
         default=None,
-        description="File holding the Redis password (never put it in redis_url).",
+        description="File holding the Redis password, mounted from a Secret (never in "
+        "redis_url, the environment or arguments: a redis_url with a password is refused).",
+    )
+    redis_username_file: Path | None = Field(
+        default=None,
+        description="File holding the Redis ACL user name (with redis_password_file; "
+        "unset: Redis' default user).",
     )
     redis_key_prefix: str = Field(
         default="modelseal", description="Prefix of the gateway's Redis keys."

@@ -1,11 +1,14 @@
 """Attacks on the gateway as a tenant (or anyone who reaches its port) would make them:
 hostile text in the fields that end up in audit records, random model names and random
 keys in floods. Each runs a real gateway process in front of the real Triton test server
-and passes only when the gateway handled the attack safely (issue 12: High 1, 5, 6)."""
+and passes only when the gateway handled the attack safely (issue 12: High 1, 2, 5, 6).
+The last attack is on the ``modelseal`` CLI with a tampered bundle and the real Vault
+(High 14)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import subprocess
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis as redis_py
 from bench.gateway.harness import (
     GatewayProcess,
     call,
@@ -28,6 +32,8 @@ from bench.gateway.harness import (
 )
 
 from modelseal.gateway.keys import hash_key_scrypt, hash_key_sha256, new_api_key
+from modelseal.store.redis import gateway_acl_rule
+from modelseal_devenv.redis import RedisServer
 from modelseal_devenv.triton import TritonServer
 from tests.attack.conftest import AttackLedger
 
@@ -371,3 +377,110 @@ def test_random_keys_do_not_block_valid_users(
     sent_valid = 2 + 20 + 20
     attack_ledger.record_lost(max(0, sent_valid - len(served)))
     assert len(served) == sent_valid
+
+
+# -- the quota Redis: counters only for the gateway's credentials (High 2) ---------------
+
+
+def _acl_setuser(client: redis_py.Redis, rule: str) -> None:
+    """An ACL-file line ("user <name> <rules...>") applied with ACL SETUSER."""
+    _, name, *rules = rule.split()
+    client.execute_command("ACL", "SETUSER", name, *rules)
+
+
+def test_quota_redis_refuses_everyone_but_the_gateway(
+    tmp_path: Path, triton_server: TritonServer, attack_ledger: AttackLedger
+) -> None:
+    """High 2: a pod that reaches Redis (labels copied) tries to reset its counters or
+    exhaust others'. Redis runs with the chart's users (default user off; the gateway's
+    user limited to its key prefix and commands); the gateway reads its user and password
+    from files. Without them nothing is served; with them, FLUSHALL/DEL/KEYS/CONFIG are
+    refused; the counters hold; the password is in no argument, environment or log."""
+    password = secrets.token_urlsafe(24)
+    admin_pw = secrets.token_urlsafe(24)
+    with RedisServer(tmp_path / "redis", password=admin_pw) as redis:
+        boot = redis.client()
+        _acl_setuser(boot, f"user admin on >{admin_pw} ~* &* +@all")
+        sha = hashlib.sha256(password.encode()).hexdigest()
+        _acl_setuser(boot, gateway_acl_rule("modelseal", sha))
+        _acl_setuser(boot, "user default off resetpass resetkeys resetchannels nocommands")
+        boot.close()
+        admin = redis_py.Redis(
+            host=redis.host, port=redis.port, username="admin", password=admin_pw
+        )
+        url = f"redis://{redis.host}:{redis.port}/0"
+        (tmp_path / "redis-user").write_text("modelseal\n")
+        (tmp_path / "redis-password").write_text(password + "\n")
+        (tmp_path / "redis-password").chmod(0o600)
+        write_license(
+            tmp_path / "license.json", license_doc(TENANT, ["digits"], quotas={"per_day": 5})
+        )
+        write_keys(tmp_path / "keys.json", {"alice": (TENANT, KEY)})
+        gw = GatewayProcess(
+            tmp_path,
+            triton_http_url=triton_server.http_url,
+            triton_grpc_url=triton_server.grpc_url,
+            store="redis",
+            redis_url=url,
+            env={
+                "MODELSEAL_REDIS_USERNAME_FILE": str(tmp_path / "redis-user"),
+                "MODELSEAL_REDIS_PASSWORD_FILE": str(tmp_path / "redis-password"),
+            },
+        ).start()
+        infer = f"{gw.http_url}/v2/models/digits/infer"
+        try:
+            statuses = [call(infer, digits_body(), KEY)[0] for _ in range(5)]
+            counters = sorted(k.decode() for k in admin.scan_iter("modelseal:*"))
+            proc = Path(f"/proc/{gw.pid}")
+            exposed = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+
+            attempts = {}
+            anonymous = redis_py.Redis(host=redis.host, port=redis.port, protocol=2)
+            for name, argv in (
+                ("FLUSHALL", ("FLUSHALL",)),
+                ("DEL", ("DEL", *counters)),
+                ("SET", ("SET", counters[0], "0")),
+            ):
+                try:
+                    anonymous.execute_command(*argv)
+                    attempts[f"anonymous {name}"] = "done"
+                except redis_py.exceptions.RedisError as exc:  # NOAUTH
+                    attempts[f"anonymous {name}"] = type(exc).__name__
+            for user, pw in (("default", ""), ("default", password), ("modelseal", "guess")):
+                try:
+                    anonymous.execute_command("AUTH", user, pw)
+                    attempts[f"AUTH {user}"] = "done"
+                except redis_py.exceptions.RedisError as exc:
+                    attempts[f"AUTH {user}"] = type(exc).__name__
+            anonymous.close()
+            # even with the gateway's own credentials: nothing outside its scripts' needs
+            stolen = redis_py.Redis(
+                host=redis.host, port=redis.port, username="modelseal", password=password
+            )
+            for name, argv in (
+                ("FLUSHALL", ("FLUSHALL",)),
+                ("DEL", ("DEL", *counters)),
+                ("KEYS", ("KEYS", "*")),
+                ("CONFIG", ("CONFIG", "SET", "protected-mode", "no")),
+                ("SET other prefix", ("SET", "other:x", "1")),
+            ):
+                try:
+                    stolen.execute_command(*argv)
+                    attempts[f"gateway user {name}"] = "done"
+                except redis_py.exceptions.RedisError as exc:
+                    attempts[f"gateway user {name}"] = type(exc).__name__
+            stolen.close()
+            after = [call(infer, digits_body(), KEY)[0] for _ in range(2)]
+        finally:
+            gw.stop()
+            admin.close()
+        log_text = gw.log_path.read_bytes()
+    leaked = exposed.count(password.encode()) + log_text.count(password.encode())
+    attack_ledger.record_leaked(leaked)
+    assert statuses == [200] * 5 and after == [429, 429], (statuses, after)
+    assert counters, "the gateway wrote no counter under its prefix"
+    print(f"redis attempts: {attempts}")
+    assert all(v != "done" for v in attempts.values()), attempts
+    assert attempts["anonymous FLUSHALL"] == "AuthenticationError", attempts
+    assert attempts["gateway user FLUSHALL"] == "NoPermissionError", attempts
+    assert leaked == 0

@@ -1,5 +1,6 @@
 """Pure logic behind the gateway's hardening (issue 12): lone surrogates in request JSON,
-metric labels only from known models, API keys whose unknown ones cost a lookup."""
+metric labels only from known models, API keys whose unknown ones cost a lookup, Redis
+credentials from files and the chart's Redis ACL."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelseal.gateway.core import Gateway, settings_for_tests
+from modelseal.gateway.core import Gateway, redis_credentials, settings_for_tests
 from modelseal.gateway.keys import (
     KEY_RE,
     Consumer,
@@ -23,6 +24,7 @@ from modelseal.gateway.keys import (
     parse_keys,
 )
 from modelseal.gateway.kserve import BadRequest, check_unicode, parse_json
+from modelseal.store.redis import gateway_acl_rule
 
 
 @pytest.mark.parametrize(
@@ -126,3 +128,39 @@ async def test_scrypt_checks_are_bounded_and_known_keys_never_wait() -> None:
     busy = [r for r in results if isinstance(r, KeysBusy)]
     assert len(busy) == 37 and ring.busy_refusals == 37
     assert [r for r in results if not isinstance(r, KeysBusy)] == [None, None, None]
+
+
+# -- quota Redis: authentication (High 2) ------------------------------------------------
+
+CHART_REDIS = Path(__file__).resolve().parents[2] / "charts/modelseal/templates/redis.yaml"
+
+
+def test_chart_redis_acl_is_the_gateways_rule() -> None:
+    text = CHART_REDIS.read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    user = next(line for line in lines if line.startswith("user modelseal "))
+    assert user == gateway_acl_rule("modelseal", "{{ sha256sum $password }}")
+    assert "user default off resetpass resetkeys resetchannels nocommands" in lines
+    # Redis reads its users from the mounted ACL file; no password in its arguments
+    start = text.index("args:")
+    args = text[start : text.index("ports:", start)]
+    assert "--aclfile" in args and "requirepass" not in text and "$password" not in args
+    assert args.split("--protected-mode")[1].split()[1] == '"yes"'
+
+
+def test_redis_credentials_come_from_files_only(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret-pw\n")
+    (tmp_path / "user").write_text("modelseal\n")
+    base = settings_for_tests(tmp_path, quota_store="redis", redis_url="redis://127.0.0.1:1/0")
+    assert redis_credentials(base) == (None, None)
+    with_files = base.model_copy(
+        update={"redis_password_file": tmp_path / "pw", "redis_username_file": tmp_path / "user"}
+    )
+    assert redis_credentials(with_files) == ("modelseal", "s3cret-pw")
+    in_url = base.model_copy(update={"redis_url": "redis://:s3cret-pw@127.0.0.1:1/0"})
+    with pytest.raises(ValueError, match="redis_password_file") as refused:
+        redis_credentials(in_url)
+    assert "s3cret" not in str(refused.value)
+    user_only = base.model_copy(update={"redis_username_file": tmp_path / "user"})
+    with pytest.raises(ValueError, match="needs redis_password_file"):
+        redis_credentials(user_only)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from modelseal.audit.chain import now_iso
 from modelseal.audit.keyfile import read_key
@@ -130,18 +131,40 @@ class Ctx:
     meter: bool = False  # counted against quotas (inference)
 
 
+def redis_credentials(settings: Settings) -> tuple[str | None, str | None]:
+    """(ACL user, password) for the quota Redis, each read from its file (mounted from a
+    Secret). A password in ``redis_url`` (an environment variable, visible in the pod
+    spec) is refused; so is a user name without a password."""
+    if urlsplit(settings.redis_url).password is not None:
+        raise ValueError(
+            "redis_url holds a password: put it in a file mounted from a Secret and name "
+            "that file in redis_password_file (MODELSEAL_REDIS_PASSWORD_FILE)"
+        )
+    password = username = None
+    if settings.redis_password_file is not None:
+        password = read_key(settings.redis_password_file).decode()
+    if settings.redis_username_file is not None:
+        username = read_key(settings.redis_username_file).decode()
+        if password is None:
+            raise ValueError("redis_username_file needs redis_password_file")
+    if password is None:
+        log.warning(
+            "quota store redis without redis_password_file: whoever reaches Redis can "
+            "change every tenant's counters"
+        )
+    return username, password
+
+
 def build_store(settings: Settings) -> CounterStore:
     if settings.quota_store == "redis":
-        url = settings.redis_url
-        if settings.redis_password_file is not None:
-            password = read_key(settings.redis_password_file).decode()
-            scheme, _, rest = url.partition("://")
-            url = f"{scheme}://:{password}@{rest.rpartition('@')[2]}"
+        username, password = redis_credentials(settings)
         return RedisStore(
-            url,
+            settings.redis_url,
             prefix=settings.redis_key_prefix,
             timeout_s=settings.redis_timeout_s,
             lease_ms=int(settings.quota_lease_s * 1000),
+            username=username,
+            password=password,
         )
     return EmbeddedStore(settings.quota_state_dir, fsync_interval_s=settings.quota_fsync_interval_s)
 

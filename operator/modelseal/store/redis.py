@@ -21,6 +21,14 @@ Cluster slot)::
 is Redis' own (run it with ``appendonly yes``); a gateway restart loses nothing since the
 gateway keeps no counter of its own.
 
+Authentication: Redis should require it (issue 12, High 2). The gateway logs in as an ACL
+user (``AUTH <user> <password>``) whose name and password it reads from files mounted from
+a Secret (``redis_username_file``, ``redis_password_file``; never in the URL, the
+environment or arguments). ``gateway_acl_rule`` is that user's ACL line: its own key
+prefix only, and only the commands the gateway and its scripts run (no ``FLUSHALL``,
+``DEL``, ``KEYS``, ``CONFIG``...). The chart's Redis (``templates/redis.yaml``) renders the
+same line; a unit test keeps the two equal.
+
 Failing closed: any error talking to Redis (refused, timeout, script error) raises
 ``StoreUnavailable``; the gateway answers 503 and never forwards an unmetered request.
 Nothing is retried: a timed-out script may have run, and counting a request twice is the
@@ -65,6 +73,38 @@ ADMIT_SHA = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()  # noqa: S324 - Redis' 
 REFUND_SHA = hashlib.sha1(REFUND_LUA.encode()).hexdigest()  # noqa: S324 - Redis' script id
 
 
+# Every command the gateway sends, and every command its Lua scripts call (Redis checks
+# those against the ACL too).
+GATEWAY_ACL_COMMANDS: tuple[str, ...] = (
+    "ping",
+    "select",
+    "eval",
+    "evalsha",
+    "get",
+    "zcount",
+    "zrem",
+    "decr",
+    "expire",
+    "hget",
+    "hmget",
+    "hset",
+    "incr",
+    "pexpire",
+    "zadd",
+    "zcard",
+    "zremrangebyscore",
+)
+
+
+def gateway_acl_rule(user: str, password_sha256_hex: str, prefix: str = "modelseal") -> str:
+    """The ACL file line of the gateway's Redis user (the password as its SHA-256)."""
+    commands = " ".join(f"+{c}" for c in GATEWAY_ACL_COMMANDS)
+    return (
+        f"user {user} on #{password_sha256_hex} resetkeys ~{prefix}:* resetchannels "
+        f"nocommands {commands}"
+    )
+
+
 class RedisStore(CounterStore):
     kind = "redis"
 
@@ -75,11 +115,13 @@ class RedisStore(CounterStore):
         prefix: str = "modelseal",
         timeout_s: float = 1.0,
         lease_ms: int = 120_000,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.lease_ms = lease_ms
-        self._client = RespClient(url, timeout_s=timeout_s)
+        self._client = RespClient(url, timeout_s=timeout_s, username=username, password=password)
         self._parts: dict[tuple[tuple[Scope, ...], int, int], tuple[bytes, bytes]] = {}
 
     def _keys(self, scope: Scope, now_ms: int) -> list[str]:

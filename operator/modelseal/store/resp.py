@@ -131,7 +131,16 @@ class _Protocol(asyncio.Protocol):
 
 
 class RespClient:
-    def __init__(self, url: str, *, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 1.0,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        """``username``/``password``, when given, replace what the URL holds (the gateway
+        reads them from files; see ``modelseal.gateway.core.build_store``)."""
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
@@ -140,6 +149,8 @@ class RespClient:
         self.tls = parts.scheme == "rediss"
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
+        if password is not None:
+            self.username, self.password = username, password
         path = parts.path.lstrip("/")
         self.db = int(path) if path else 0
         self.timeout_s = timeout_s

@@ -1,7 +1,7 @@
 """Attacks on the gateway as a tenant (or anyone who reaches its port) would make them:
 hostile text in the fields that end up in audit records, random model names and random
 keys in floods. Each runs a real gateway process in front of the real Triton test server
-and passes only when the gateway handled the attack safely (issue 12: High 1, 2, 5, 6).
+and passes only when the gateway handled the attack safely (issue 12: High 1, 2, 5, 6, 15).
 The last attack is on the ``modelseal`` CLI with a tampered bundle and the real Vault
 (High 14)."""
 
@@ -20,8 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 import redis as redis_py
+import tritonclient.grpc as grpcclient
 from bench.gateway.harness import (
     GatewayProcess,
     call,
@@ -30,12 +32,14 @@ from bench.gateway.harness import (
     write_keys,
     write_license,
 )
+from tritonclient.utils import InferenceServerException
 
 from modelseal.gateway.keys import hash_key_scrypt, hash_key_sha256, new_api_key
 from modelseal.store.redis import gateway_acl_rule
 from modelseal_devenv.redis import RedisServer
 from modelseal_devenv.triton import TritonServer
 from tests.attack.conftest import AttackLedger
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -484,3 +488,138 @@ def test_quota_redis_refuses_everyone_but_the_gateway(
     assert attempts["anonymous FLUSHALL"] == "AuthenticationError", attempts
     assert attempts["gateway user FLUSHALL"] == "NoPermissionError", attempts
     assert leaked == 0
+
+
+# -- the concurrency limit against timeouts (High 15) ------------------------------------
+
+_GATE_MODEL_PY = '''\
+"""Gate model: OUTPUT = INPUT, once the file <release dir>/<token> exists (token = the
+first input value); each execution appends its token to <release dir>/ran."""
+
+import json
+import os
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = json.loads(args["model_config"])["parameters"]
+        self.dir = params["release_dir"]["string_value"]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            token = str(int(data.flat[0]))
+            deadline = time.monotonic() + 120
+            while not os.path.exists(os.path.join(self.dir, token)):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            with open(os.path.join(self.dir, "ran"), "a") as fh:
+                fh.write(token + "\\n")
+            out = pb_utils.Tensor("OUTPUT", data)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+'''
+
+_GATE_CONFIG = """\
+name: "gate"
+backend: "python"
+max_batch_size: 0
+input [ {{ name: "INPUT", data_type: TYPE_FP32, dims: [ -1 ] }} ]
+output [ {{ name: "OUTPUT", data_type: TYPE_FP32, dims: [ -1 ] }} ]
+instance_group [ {{ count: 2, kind: KIND_CPU }} ]
+parameters {{ key: "release_dir", value: {{ string_value: "{release_dir}" }} }}
+"""
+
+
+@pytest.fixture
+def gate_model(
+    triton_server: TritonServer, triton_model_repository: Path, tmp_path: Path
+) -> Iterator[Path]:
+    """The gate model loaded into the shared Triton; yields its release folder."""
+    release = tmp_path / "release"
+    release.mkdir()
+    model = triton_model_repository / "gate"
+    (model / "1").mkdir(parents=True, exist_ok=True)
+    (model / "1" / "model.py").write_text(_GATE_MODEL_PY)
+    (model / "config.pbtxt").write_text(_GATE_CONFIG.format(release_dir=release))
+    triton_server.load_model("gate")
+    try:
+        yield release
+    finally:
+        for token in range(100):  # let anything still waiting finish before unloading
+            (release / str(token)).touch()
+        triton_server.unload_model("gate")
+
+
+def _gate_body(token: int) -> bytes:
+    inp = {"name": "INPUT", "datatype": "FP32", "shape": [1], "data": [float(token)]}
+    return json.dumps({"inputs": [inp]}).encode()
+
+
+def test_a_timeout_does_not_free_the_concurrency_slot(
+    tmp_path: Path, triton_server: TritonServer, gate_model: Path
+) -> None:
+    """High 15: with ``concurrent: 1``, a request that Triton is still computing when the
+    gateway's upstream timeout answers 504 keeps its slot: the next request is refused
+    (429) instead of starting a second computation, until Triton is done; over HTTP and
+    gRPC. Each computation runs once."""
+    release = gate_model
+    gw_dir = tmp_path / "gw"
+    write_license(gw_dir / "license.json", license_doc(TENANT, ["gate"], quotas={"concurrent": 1}))
+    write_keys(gw_dir / "keys.json", {"alice": (TENANT, KEY)})
+    gw = GatewayProcess(
+        gw_dir,
+        triton_http_url=triton_server.http_url,
+        triton_grpc_url=triton_server.grpc_url,
+        env={"MODELSEAL_GATEWAY_UPSTREAM_TIMEOUT_S": "1"},
+    ).start()
+    url = f"{gw.http_url}/v2/models/gate/infer"
+    client = grpcclient.InferenceServerClient(gw.grpc_target)
+    headers = {"authorization": f"Bearer {KEY}"}
+
+    def grpc_infer(token: int) -> str:
+        inp = grpcclient.InferInput("INPUT", [1], "FP32")
+        inp.set_data_from_numpy(np.array([float(token)], dtype=np.float32))
+        try:
+            client.infer("gate", [inp], headers=headers, client_timeout=60)
+        except InferenceServerException as exc:
+            return str(exc.status())
+        return "OK"
+
+    def ran() -> list[str]:
+        path = release / "ran"
+        return path.read_text().split() if path.exists() else []
+
+    try:
+        # HTTP: token 1 blocks in Triton past the gateway's timeout
+        first = call(url, _gate_body(1), KEY)[0]
+        second = call(url, _gate_body(2), KEY)[0]  # while Triton still computes 1
+        (release / "1").touch()
+        (release / "3").touch()
+        third = wait_for(
+            lambda: call(url, _gate_body(3), KEY)[0] == 200, "the slot back after Triton"
+        )
+        # gRPC: the same with token 4 (blocked) and 5 (must be refused)
+        fourth = grpc_infer(4)
+        fifth = grpc_infer(5)
+        (release / "4").touch()
+        (release / "6").touch()
+        sixth = wait_for(lambda: grpc_infer(6) == "OK", "the gRPC slot back after Triton")
+    finally:
+        client.close()
+        gw.stop()
+    assert (first, second, third) == (504, 429, True)
+    assert (fourth, fifth, sixth) == (
+        "StatusCode.DEADLINE_EXCEEDED",
+        "StatusCode.RESOURCE_EXHAUSTED",
+        True,
+    )
+    assert sorted(ran()) == ["1", "3", "4", "6"]  # 2 and 5 never reached Triton
+    records = [r for r in gw.audit_lines() if r["type"] == "request"]
+    refused = [r for r in records if r["status"] == 429]
+    assert len(refused) >= 2 and all(r["limit"] == "concurrent" for r in refused)

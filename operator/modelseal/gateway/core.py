@@ -16,7 +16,8 @@ its status, its reason, an audit record and its metrics:
    against the model's metadata (400), unknown model (404), the output policy (403);
 5. the quotas, in one atomic store call (429 with ``Retry-After``; 503 if the store is
    unreachable: never an unmetered request);
-6. Triton; its answer is cut to the output policy; the concurrency slot is given back.
+6. Triton; its answer is cut to the output policy; the concurrency slot is given back
+   once Triton is done (after a timeout too: ``release_after``).
 """
 
 from __future__ import annotations
@@ -230,6 +231,7 @@ class Gateway:
         )
         self._lease_ids = itertools.count()
         self._background: set[asyncio.Task[Any]] = set()
+        self._holding: set[asyncio.Task[None]] = set()
         self._reload_task: asyncio.Task[None] | None = None
         self._store_ok = True
         self._written_seen = 0
@@ -255,6 +257,10 @@ class Gateway:
             await asyncio.gather(self._reload_task, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        for task in list(self._holding):  # timed-out requests Triton is still running
+            task.cancel()
+        if self._holding:
+            await asyncio.gather(*self._holding, return_exceptions=True)
         self.event("gateway_stopped")
         await self.upstream.close()
         await self.audit.close()
@@ -525,6 +531,33 @@ class Gateway:
         if lease is not None:
             ctx.lease = None
             self.store.release_soon(lease)
+
+    def release_after(self, ctx: Ctx, running: asyncio.Future[Any]) -> None:
+        """The request timed out but Triton is still at it (``running``): its concurrency
+        slot is given back only once Triton answers or the connection drops, at the
+        latest after ``quota_lease_s`` (when the store would expire it anyway; the
+        connection is then dropped). Not waiting would let a tenant start one more
+        computation per timeout, beyond its ``concurrent`` limit."""
+        lease, ctx.lease = ctx.lease, None
+        task = asyncio.get_running_loop().create_task(self._hold(running, lease))
+        self._holding.add(task)
+        task.add_done_callback(self._holding.discard)
+
+    async def _hold(self, running: asyncio.Future[Any], lease: Lease | None) -> None:
+        try:
+            done, _ = await asyncio.wait([running], timeout=self.settings.quota_lease_s)
+            if not done:
+                log.warning(
+                    "Triton still busy %gs after a timeout: connection dropped",
+                    self.settings.quota_lease_s,
+                )
+                running.cancel()
+        except asyncio.CancelledError:
+            running.cancel()  # shutting down
+            raise
+        finally:
+            if lease is not None:
+                self.store.release_soon(lease)
 
 
 def settings_for_tests(tmp: Path, **over: Any) -> Settings:

@@ -17,6 +17,7 @@ client's own bytes unless the output policy rewrites it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -89,6 +90,12 @@ _HTTP_OF_GRPC = {
     "DEADLINE_EXCEEDED": 504,
     "UNIMPLEMENTED": 501,
 }
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a background call's outcome as seen (no "never retrieved" warning)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def decode_bytes_tensor(raw: bytes) -> list[bytes]:
@@ -301,10 +308,23 @@ class GrpcFront:
         await self.gw.authenticate(ctx, auth, keys)
 
     async def _call(self, ctx: Ctx, name: str, request: bytes) -> bytes:
+        """One call to Triton. Past the upstream timeout the client gets 504 at once, but
+        the call goes on (deadline: ``quota_lease_s``) so that the concurrency slot is
+        held until Triton is done with it (``Gateway.release_after``)."""
         t = time.perf_counter()
+        hold_s = max(self.timeout, self.gw.settings.quota_lease_s)
+        call = asyncio.ensure_future(self.gw.upstream.grpc_method(name)(request, timeout=hold_s))
         try:
-            answer: bytes = await self.gw.upstream.grpc_method(name)(request, timeout=self.timeout)
+            async with asyncio.timeout(self.timeout):
+                answer: bytes = await asyncio.shield(call)
             return answer
+        except TimeoutError:
+            call.add_done_callback(_retrieve)
+            self.gw.release_after(ctx, call)
+            raise GatewayError(504, "Triton: did not answer in time", decision="error") from None
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             status = _HTTP_OF_GRPC.get(code.name, 502)

@@ -284,6 +284,8 @@ class HttpFront:
             up = await gw.upstream.request("POST", path, forward, headers)
         except UpstreamError as exc:
             message = str(exc)
+            if exc.running is not None:
+                gw.release_after(ctx, exc.running)  # Triton is still computing it
             if exc.unsent and await gw.refund(ctx):
                 message += " (not counted against the quota)"
             raise GatewayError(504 if exc.timeout else 502, message, decision="error") from None

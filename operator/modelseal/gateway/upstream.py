@@ -3,11 +3,20 @@
 The HTTP side is a small keep-alive HTTP/1.1 client (``HttpPool``) rather than a general
 client library: Triton is one known server on loopback that answers with
 ``Content-Length`` bodies, and a lean client costs several times less CPU per request.
-A pooled connection that turns out closed before any byte of the answer arrived is
-replaced and the request sent once more (the server had closed it idle, so it never saw
-the request); any other failure is reported, never retried. When no connection can be
-opened at all (``ConnectFailed``, reported as ``UpstreamError.unsent``), Triton never got
-the request and produced nothing: the gateway refunds its quota.
+
+Retries: a request is sent again on a fresh connection only when it provably never left
+the gateway (the pooled connection was found closed before a byte was written), or, for a
+GET, when a pooled connection closed before any byte of the answer (the server had closed
+it idle). An inference POST whose connection drops after it was written is never sent
+again: Triton may have run it, so it is reported (and stays counted), never run twice.
+When no connection can be opened at all (``ConnectFailed``, reported as
+``UpstreamError.unsent``), Triton never got the request and produced nothing: the gateway
+refunds its quota.
+
+Timeouts: past ``timeout_s`` the caller gets ``UpstreamError(timeout=True)`` at once, but
+the exchange goes on (``UpstreamError.running``) until Triton answers or the connection
+drops, so that the gateway can hold the request's concurrency slot until Triton is really
+done with it (``Gateway.release_after``).
 """
 
 from __future__ import annotations
@@ -31,10 +40,21 @@ class UpstreamError(RuntimeError):
     """Triton could not be reached or did not answer in time. ``unsent``: no byte of the
     request was sent (the connection could not be opened), so Triton never saw it."""
 
-    def __init__(self, message: str, timeout: bool = False, unsent: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        timeout: bool = False,
+        unsent: bool = False,
+        running: asyncio.Future[Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.timeout = timeout
         self.unsent = unsent
+        self.running = running  # timed out, still waiting for Triton: done when Triton is
+
+
+class _NotSent(ConnectionResetError):
+    """The pooled connection was closed before the request was written: safe to resend."""
 
 
 class ConnectFailed(OSError):
@@ -109,11 +129,18 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
         assert self._pool is not None, "upstream not started"
+        exchange = asyncio.ensure_future(self._pool.request(method, path, body, headers))
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._pool.request(method, path, body, headers)
+                return await asyncio.shield(exchange)
         except TimeoutError as exc:
-            raise UpstreamError("Triton did not answer in time", timeout=True) from exc
+            exchange.add_done_callback(_retrieve)
+            raise UpstreamError(
+                "Triton did not answer in time", timeout=True, running=exchange
+            ) from exc
+        except asyncio.CancelledError:
+            exchange.cancel()  # the caller is gone: drop the connection
+            raise
         except ConnectFailed as exc:
             cause = type(exc.__cause__).__name__ if exc.__cause__ else "OSError"
             raise UpstreamError(f"Triton is unreachable: {cause}", unsent=True) from exc
@@ -183,6 +210,13 @@ class Upstream:
 
 
 _MAX_HEAD = 1 << 20  # bytes of status line and headers
+_IDEMPOTENT = frozenset({"GET", "HEAD"})
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a background exchange's outcome as seen (no "never retrieved" warning)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class _Conn(asyncio.Protocol):
@@ -233,7 +267,7 @@ class _Conn(asyncio.Protocol):
     async def exchange(self, payload: bytes) -> tuple[UpstreamResponse, bool]:
         transport = self.transport
         if self.lost or transport is None or transport.is_closing():
-            raise ConnectionResetError("connection to Triton closed")
+            raise _NotSent("connection to Triton closed")
         if self.buf:  # bytes nobody asked for: the stream is out of step
             raise ValueError("unexpected bytes from Triton")
         fut: asyncio.Future[tuple[UpstreamResponse, bool]]
@@ -346,8 +380,11 @@ class HttpPool:
                     resp, keep = await conn.exchange(payload)
                 except (asyncio.IncompleteReadError, ConnectionError) as exc:
                     nothing = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
-                    if not (conn.used and nothing):
-                        raise
+                    resend = isinstance(exc, _NotSent) or (
+                        method in _IDEMPOTENT and conn.used and nothing
+                    )
+                    if not resend:
+                        raise  # an inference may have run: never sent twice
                     conn.close()  # the server had closed it while idle: once more
                     try:
                         conn = await self._open()

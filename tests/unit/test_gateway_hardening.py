@@ -164,3 +164,27 @@ def test_redis_credentials_come_from_files_only(tmp_path: Path) -> None:
     user_only = base.model_copy(update={"redis_username_file": tmp_path / "user"})
     with pytest.raises(ValueError, match="needs redis_password_file"):
         redis_credentials(user_only)
+
+
+def test_api_key_command_issues_a_key_its_entry_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelseal.cli.main import main as cli_main
+
+    assert cli_main(["api-key", "--consumer", "bob", "--tenant", "acme"]) == 0
+    key, entry_text = capsys.readouterr().out.splitlines()
+    entry = json.loads(entry_text)
+    assert key.startswith(entry["key_id"] + ".") and key not in entry_text
+    ring = KeyRing(_keys(entry))
+    assert ring.lookup_fast(key)[0] == Consumer("bob", "acme")
+
+    out = tmp_path / "bob.key"
+    argv = ["api-key", "--consumer", "h", "--tenant", "acme", "--scrypt", "--key-id", "team-a"]
+    assert cli_main([*argv, "--key-out", str(out)]) == 0
+    entry = json.loads(capsys.readouterr().out)
+    key = out.read_text().strip()
+    assert oct(out.stat().st_mode & 0o777) == "0o600" and key.startswith("team-a.")
+    assert entry["hash"].startswith("scrypt:") and entry["key_id"] == "team-a"
+    assert cli_main([*argv, "--key-out", str(out)]) == 4  # never overwrites a key
+    assert cli_main(["api-key", "--consumer", "x", "--tenant", "a", "--key-id", "a.b"]) == 2
+    capsys.readouterr()

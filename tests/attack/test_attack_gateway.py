@@ -469,6 +469,21 @@ def test_quota_redis_refuses_everyone_but_the_gateway(
                     attempts[f"gateway user {name}"] = type(exc).__name__
             stolen.close()
             after = [call(infer, digits_body(), KEY)[0] for _ in range(2)]
+            # a gateway without the credentials (nothing mounted) is refused: fail closed
+            bare = GatewayProcess(
+                tmp_path / "bare",
+                triton_http_url=triton_server.http_url,
+                triton_grpc_url=triton_server.grpc_url,
+                name="bare",
+                store="redis",
+                redis_url=url,
+                license_file=tmp_path / "license.json",
+                keys_file=tmp_path / "keys.json",
+            ).start()
+            try:
+                bare_status = call(f"{bare.http_url}/v2/models/digits/infer", digits_body(), KEY)
+            finally:
+                bare.stop()
         finally:
             gw.stop()
             admin.close()
@@ -476,6 +491,7 @@ def test_quota_redis_refuses_everyone_but_the_gateway(
     leaked = exposed.count(password.encode()) + log_text.count(password.encode())
     attack_ledger.record_leaked(leaked)
     assert statuses == [200] * 5 and after == [429, 429], (statuses, after)
+    assert bare_status[0] == 503 and b"quota store unavailable" in bare_status[2]
     assert counters, "the gateway wrote no counter under its prefix"
     print(f"redis attempts: {attempts}")
     assert all(v != "done" for v in attempts.values()), attempts

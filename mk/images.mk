@@ -1,38 +1,30 @@
 # Container images (images/). Included by the top-level Makefile.
-#   make images        build base + operator/unsealer/gateway with the first container
-#                      builder found (docker with a running engine, podman, buildah);
-#                      without one, say so and succeed (nothing here needs the images)
-#   make images-pin    re-resolve the pinned base image digests (needs registry access)
+# No Docker engine and no base image from any registry: mmdebstrap makes the Debian root
+# filesystem, pip installs the project pinned by constraints.txt into it, buildah writes an
+# OCI archive under build/images/ (see images/build.sh). Needs root and the Debian packages
+# of devenv/install-image-deps.sh (installed here; `make test` does not need them).
+#   make images              build, or print the cached digest when the inputs are unchanged
+#   make images-rebuild      build with the cache off
+#   make images-repro        rebuild with the cache off and compare with the cached digest
 IMAGE_REGISTRY ?= ghcr.io/modelseal
-IMAGE_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
-IMAGE_REVISION ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-IMAGE_ROLES := operator unsealer gateway
+IMAGES_NICE ?= 10
+export IMAGE_REGISTRY
 
-.PHONY: images images-pin
+.PHONY: images images-rebuild images-repro
 
-images:
-	@builder=""; \
-	if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then builder=docker; \
-	elif command -v podman >/dev/null 2>&1 && podman info >/dev/null 2>&1; then builder=podman; \
-	elif command -v buildah >/dev/null 2>&1; then builder="buildah"; fi; \
-	if [[ -z "$$builder" ]]; then \
-	  echo "images: no container builder here (docker engine not running, no podman or buildah);"; \
-	  echo "images: skipped. Build on a machine with one: make images IMAGE_REGISTRY=$(IMAGE_REGISTRY)"; \
-	  exit 0; \
-	fi; \
-	build() { if [[ "$$builder" == buildah ]]; then buildah bud "$$@"; else $$builder build "$$@"; fi; }; \
-	created="$$(date -u +%Y-%m-%dT%H:%M:%SZ)"; \
-	base="$(IMAGE_REGISTRY)/modelseal:$(IMAGE_VERSION)"; \
-	echo "images: building $$base with $$builder"; \
-	build -f images/base/Dockerfile -t "$$base" \
-	  --build-arg VERSION=$(IMAGE_VERSION) --build-arg REVISION=$(IMAGE_REVISION) \
-	  --build-arg CREATED="$$created" . ; \
-	for role in $(IMAGE_ROLES); do \
-	  echo "images: building $(IMAGE_REGISTRY)/modelseal-$$role:$(IMAGE_VERSION) on $$base"; \
-	  build -f images/$$role/Dockerfile -t "$(IMAGE_REGISTRY)/modelseal-$$role:$(IMAGE_VERSION)" \
-	    --build-arg BASE_IMAGE="$$base" --build-arg VERSION=$(IMAGE_VERSION) \
-	    --build-arg REVISION=$(IMAGE_REVISION) . ; \
-	done
+images: venv ## build the Modelseal image (mmdebstrap + buildah) into build/images/, with SBOM; cached
+	bash devenv/install-image-deps.sh
+	IMAGES_PYTHON=$(PY) nice -n $(IMAGES_NICE) bash images/build.sh
 
-images-pin:
-	bash images/pin-bases.sh
+images-rebuild: venv ## build the Modelseal image again with the cache off
+	bash devenv/install-image-deps.sh
+	IMAGES_PYTHON=$(PY) nice -n $(IMAGES_NICE) bash images/build.sh --force
+
+images-repro: images ## rebuild with the cache off and check the digest is the same (reproducible)
+	@cp build/images/modelseal-*.digest build/images/previous.digest; \
+	for f in build/images/modelseal-*.oci.tar; do cp "$$f" build/images/previous.oci.tar; done; \
+	IMAGES_PYTHON=$(PY) nice -n $(IMAGES_NICE) bash images/build.sh --force; \
+	before="$$(cat build/images/previous.digest)"; after="$$(cat build/images/modelseal-*.digest)"; \
+	if [[ "$$before" == "$$after" ]]; then echo "images-repro: same digest and size: $$after"; \
+	else echo "images-repro: DIFFERENT: first $$before, second $$after" \
+	  "(first archive kept as build/images/previous.oci.tar)" >&2; exit 1; fi

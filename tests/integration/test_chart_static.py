@@ -1,7 +1,7 @@
 """The Helm chart without a cluster: lint, render, values schema, RBAC and pod settings.
 
 helm is built from its Go module by devenv/build-helm.sh (cached); tests that need it are
-marked integration. The Dockerfile and CRD-copy checks need nothing and run as unit tests.
+marked integration. The CRD-copy checks need nothing and run as unit tests.
 tests/integration/test_chart_install.py sends what is rendered here to a real API server.
 """
 
@@ -388,57 +388,6 @@ def test_admission_policies_are_bound_and_name_modelseal(helm: Path) -> None:
 def test_admission_off_renders_no_policy(helm: Path) -> None:
     docs = render(helm, sets=("admission.enabled=false",))
     assert not by_kind(docs, "ValidatingAdmissionPolicy")
-
-
-# --------------------------------------------------------------------------- images
-
-
-DIGEST_PIN = re.compile(r"^ARG (\w+_IMAGE)=(\S+)@sha256:[0-9a-f]{64}$", re.M)
-
-
-def test_base_image_pins_every_external_base_by_digest() -> None:
-    text = (REPO / "images" / "base" / "Dockerfile").read_text()
-    pins = dict((m.group(1), m.group(2)) for m in DIGEST_PIN.finditer(text))
-    assert set(pins) == {"BUILDER_IMAGE", "RUNTIME_IMAGE"}
-    assert "distroless" in pins["RUNTIME_IMAGE"], "final stage: no shell, no package manager"
-    froms = re.findall(r"^FROM (\S+)", text, re.M)
-    assert froms == ["${BUILDER_IMAGE}", "${RUNTIME_IMAGE}"]
-    assert ":latest" not in text
-
-
-@pytest.mark.parametrize("role", ["base", "operator", "unsealer", "gateway"])
-def test_images_run_as_non_root_with_labels(role: str) -> None:
-    text = (REPO / "images" / role / "Dockerfile").read_text()
-    users = re.findall(r"^USER (\S+)", text, re.M)
-    assert users, f"{role}: no USER"
-    uid = users[-1].split(":")[0]
-    assert uid.isdigit() and int(uid) != 0, f"{role}: final USER must be a numeric non-root UID"
-    for label in ("title", "description", "version", "revision"):
-        assert f"org.opencontainers.image.{label}=" in text, f"{role}: label {label}"
-    assert 'ENTRYPOINT ["/opt/modelseal/bin/python", "-m", "modelseal"]' in text
-    if role != "base":
-        assert f'CMD ["{role}"]' in text
-
-
-def test_make_images_says_so_without_a_builder(tmp_path: Path) -> None:
-    """With no docker engine, podman or buildah on PATH, `make images` explains and succeeds."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("bash", "sed", "head", "git", "date", "cat", "env"):
-        found = subprocess.run(["which", tool], capture_output=True, text=True, check=False)
-        if found.returncode == 0:
-            (bin_dir / tool).symlink_to(found.stdout.strip())
-    make = subprocess.run(["which", "make"], capture_output=True, text=True, check=True)
-    result = subprocess.run(
-        [make.stdout.strip(), "-s", "-C", str(REPO), "images"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "no container builder" in result.stdout
 
 
 # --------------------------------------------------------------------------- dashboard

@@ -154,7 +154,7 @@ def test_plan_never_exceeds_the_budget(cpus: int, chunk_mib: float, headroom_mib
             cpus=cpus, chunk_size=chunk, plaintext_size=plaintext, memory_limit=limit
         )
     except BufferBudgetError:
-        assert chunk + fmt.TAG_SIZE > headroom_mib * MiB
+        assert chunk + fmt.TAG_SIZE > headroom_mib * MiB - plaintext // limits.PAGE_TABLE_DIVISOR
         return
     assert plan.budget is not None
     assert plan.buffer_bytes <= plan.budget
@@ -209,6 +209,7 @@ def test_engine_allocates_within_the_plan_with_64_cpus(shm_dir: Path) -> None:
     limit = (
         limits.BASE_RESERVE
         + plaintext
+        + plaintext // limits.PAGE_TABLE_DIVISOR
         + limits.MANIFEST_BYTES_FACTOR * core.manifest_size
         + limits.FILE_OVERHEAD * core.file_count
         + extra

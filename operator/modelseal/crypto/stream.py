@@ -145,7 +145,11 @@ class ChunkCipher:
         if len(record) != self._core.chunk_plain_len(index) + TAG_SIZE:
             raise AuthenticationError(f"chunk {index} has the wrong length")
         nonce = self._nonce(index)
-        if self._fast is not None and not record.readonly and not out.readonly:
+        if (
+            self._fast is not None
+            and not memoryview(record).readonly
+            and not memoryview(out).readonly
+        ):
             ok = self._fast.decrypt_into(nonce, record, self._aad, out)
         else:
             try:

@@ -10,7 +10,7 @@ Used by the unsealer role and by `modelseal unseal`. The steps:
    refusing a header whose chunk size cannot fit, before the key is unwrapped;
 4. create every file in a private staging directory (mode 0700) next to the destination,
    in the same filesystem, at its final size, and decrypt into it: with `pwrite` from the
-   chunk buffer (few workers), or straight into a shared memory map of the file (many
+   chunk buffer (few workers), or straight into one shared memory map of each file (many
    workers: `pwrite` writers of one file queue on its inode lock, map writers do not);
    a chunk whose tag fails has its range zeroed at once;
 5. when every chunk, the manifest, the trailer, the digest pin and the signature check out,
@@ -58,7 +58,7 @@ _OPEN_FDS_LIMIT = 512
 _ZEROS = bytes(1 << 20)
 WRITE_MODES = ("auto", "pwrite", "mmap")
 MMAP_MIN_WORKERS = 4  # below this, pwrite costs less CPU than page faults (docs/unsealer.md)
-_PAGE = mmap.ALLOCATIONGRANULARITY
+_MAX_MAPS = 4096  # files mapped at once (vm.max_map_count is 65530); more go by pwrite
 
 
 class UnsealError(Exception):
@@ -267,6 +267,7 @@ class DirectorySink:
         self.fds: list[int] = []
         self.mode = mode
         self._lock = threading.Lock()
+        self._maps: dict[int, mmap.mmap] = {}
         access = os.O_RDWR if mode == "mmap" else os.O_WRONLY  # a map needs read access
         self._access = access
         for entry in manifest.entries:
@@ -299,39 +300,53 @@ class DirectorySink:
         finally:
             os.close(fd)
 
+    def _file_map(self, file_index: int) -> mmap.mmap | None:
+        """The whole file mapped shared (once, on first use; unmapped by `close`)."""
+        with self._lock:
+            mm = self._maps.get(file_index)
+            if mm is not None or len(self._maps) >= _MAX_MAPS:
+                return mm
+            size = self.files[file_index].size
+            fd = self.fds[file_index] if self.fds else None
+            own_fd = fd is None
+            if fd is None:
+                path = self.root / self.files[file_index].path
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                if own_fd:
+                    os.close(fd)  # the map keeps the file
+            self._maps[file_index] = mm
+            return mm
+
     @contextmanager
-    def _mapped(self, file_index: int, offset: int, length: int) -> Iterator[memoryview]:
-        start = offset - offset % _PAGE
-        delta = offset - start
-        fd = self.fds[file_index] if self.fds else None
-        own_fd = fd is None
-        if fd is None:
-            path = self.root / self.files[file_index].path
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            mm = mmap.mmap(
-                fd, delta + length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=start
-            )
-        finally:
-            if own_fd:
-                os.close(fd)  # the map keeps the file
-        view = memoryview(mm)[delta : delta + length]
+    def _range(self, mm: mmap.mmap, offset: int, length: int) -> Iterator[memoryview]:
+        whole = memoryview(mm)
+        view = whole[offset : offset + length]
         try:
             yield view
         finally:
             view.release()
-            with suppress(BufferError):  # a view still referenced (traceback): GC unmaps
-                mm.close()
+            whole.release()
 
     def direct(
         self, file_index: int, offset: int, length: int
     ) -> AbstractContextManager[memoryview] | None:
-        """Writable memory of [offset, offset + length) of a file (mmap mode only)."""
+        """Writable memory of [offset, offset + length) of a file (mmap mode only): a
+        slice of one shared map of the whole file, so that writers of one file share no
+        lock and nothing is mapped or unmapped per chunk."""
         if self.mode != "mmap" or length <= 0:
             return None
-        return self._mapped(file_index, offset, length)
+        mm = self._file_map(file_index)
+        return None if mm is None else self._range(mm, offset, length)
 
     def close(self) -> None:
+        with self._lock:
+            maps, self._maps = self._maps, {}
+        for mm in maps.values():
+            with suppress(BufferError):  # a view still referenced (traceback): GC unmaps
+                mm.close()
         fds, self.fds = self.fds, []
         for fd in fds:
             os.close(fd)

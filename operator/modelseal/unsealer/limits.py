@@ -8,7 +8,8 @@ container's memory limit (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`, el
 machine's memory): the model's tmpfs pages are charged to this container too, so the
 budget for buffers is
 
-    limit - plaintext_size - manifest estimate - BASE_RESERVE (interpreter, libraries)
+    limit - plaintext_size - page tables of the mapped model (plaintext_size / 512)
+          - manifest estimate - BASE_RESERVE (interpreter, libraries)
 
 Workers are cut until two buffers each fit; if even one buffer does not fit, the header is
 refused before the data key is unwrapped, with the sizes in the message.
@@ -33,6 +34,7 @@ MiB = 1024 * 1024
 BASE_RESERVE = 64 * MiB  # measured peak RSS without chunk buffers is about 45 MiB
 MANIFEST_BYTES_FACTOR = 3  # the manifest's bytes, a copy, and the parsed entries (estimate)
 FILE_OVERHEAD = 512  # per file: parsed entry, open descriptor (estimate)
+PAGE_TABLE_DIVISOR = 512  # mmap mode maps the model: 8 bytes of page table per 4 KiB page
 MAX_WORKERS = 256
 UNLIMITED = 1 << 62  # cgroup v1 writes "no limit" as a number near 2**63
 PR_SET_DUMPABLE = 4

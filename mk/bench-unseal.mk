@@ -6,7 +6,7 @@
 #   BENCH_UNSEAL_ARGS="--size-mib 2048 --runs 5 --workers 0 --json bench-unseal.json"
 # With --local-key in BENCH_UNSEAL_ARGS (or `make bench-unseal-local`) no Vault is built or
 # started: a locally generated data key, labelled as such in the output; runs on a bare
-# machine with the venv and no network. --compare-modes adds pwrite/mmap/cryptography runs.
+# machine with the venv and no network. --compare-modes adds runs forced to pwrite and to mmap.
 BENCH_UNSEAL_ARGS ?=
 
 .PHONY: bench-unseal bench-unseal-local

@@ -18,8 +18,8 @@ tarball of the same directory, then times, ``--runs`` times in rotating order, e
       (bench/unseal/tmpfs_limit.py; T = CPUs); the limit is the faster of (d) and (e)
   and, for information, (b') the same unseal without --digest (every chunk still
   authenticated, but the records are not hashed since no pin asks for the digest), and
-  with --compare-modes the pinned unseal forced to each write mode (pwrite, mmap) and to
-  `cryptography`'s AES-GCM (which holds the GIL) instead of OpenSSL through ctypes
+  with --compare-modes the pinned unseal forced to each write mode (pwrite, and decryption
+  straight into a shared mmap of each file)
 
 each into a fresh tmpfs directory (removed, untimed, after each run). Every command runs
 as a child process; its wall time and peak RSS (wait4) are recorded. A warm-up round is not
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--compare-modes",
         action="store_true",
-        help="also time the pinned unseal with each write mode and with cryptography's AES-GCM",
+        help="also time the pinned unseal forced to each write mode (pwrite, mmap)",
     )
     ap.add_argument("--limit-threads", type=int, default=0, help="threads of the limit (CPUs)")
     ap.add_argument("--json", type=Path, default=None)
@@ -342,7 +342,6 @@ def main(argv: list[str] | None = None) -> int:
                 variants = {
                     "unseal-pwrite": {"MODELSEAL_UNSEAL_WRITE_MODE": "pwrite"},
                     "unseal-mmap": {"MODELSEAL_UNSEAL_WRITE_MODE": "mmap"},
-                    "unseal-cryptography": {"MODELSEAL_AEAD": "cryptography"},
                 }
                 for name, extra in variants.items():
                     tools[name] = lambda i, name=name, extra=extra: sealer.unseal(

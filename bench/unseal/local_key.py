@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         key.wipe()
     plan = report.plan.describe() if report.plan else "-"
-    print(f"plan: {plan}; writes: {report.write_mode}; AES-GCM: {report.aead}", file=sys.stderr)
+    print(f"plan: {plan}; writes: {report.write_mode}", file=sys.stderr)
     return 0
 
 

@@ -1,10 +1,8 @@
 """Parallel, bounded-memory sealing and opening of the chunk stream.
 
 One thread reads chunk records (or plaintext) sequentially from a stream into a fixed pool
-of buffers; a thread pool hashes, encrypts or decrypts them and hands the results on.
-hashlib releases the GIL; decryption releases it on the OpenSSL path (`ossl_gcm`), while
-`cryptography`'s AESGCM keeps it. Memory is `window` record buffers (plus as many
-plaintext buffers when the cipher cannot decrypt in place), whatever the model's size.
+of buffers; a thread pool hashes, encrypts or decrypts them (hashlib and AES-GCM release the
+GIL) and hands the results on. Memory is `window` buffer pairs, whatever the model's size.
 
 Opening never hands a byte of a chunk to the sink before that chunk has authenticated.
 A sink with a `direct(file_index, offset, length)` method may offer the destination
@@ -113,17 +111,14 @@ class _Slots:
     def give(self, slot: tuple[bytearray, bytearray]) -> None:
         self.free.put(slot)
 
-    def scrub(self, records: bool = False) -> None:
-        """Zero the plaintext buffers, and the record buffers too with `records` (after
-        in-place decryption they held model bytes). Best effort: only free slots."""
+    def scrub(self) -> None:
+        """Zero the plaintext buffers (best effort: they held model bytes)."""
         while True:
             try:
-                rec, plain = self.free.get_nowait()
+                _, plain = self.free.get_nowait()
             except queue.Empty:
                 return
             plain[:] = bytes(len(plain))
-            if records:
-                rec[:] = bytes(len(rec))
 
 
 class _Failure:
@@ -141,10 +136,9 @@ class _Failure:
             raise self.exc
 
 
-def buffers_needed(chunk_size: int, window: int, in_place: bool) -> int:
+def buffers_needed(chunk_size: int, window: int) -> int:
     """Bytes of chunk buffers `open_payload` allocates for `window` slots."""
-    per_slot = chunk_size + TAG_SIZE + (0 if in_place else chunk_size)
-    return window * per_slot
+    return window * (2 * chunk_size + TAG_SIZE)
 
 
 def open_payload(
@@ -166,8 +160,8 @@ def open_payload(
     any problem; on success every chunk, the manifest, the digest pin and (when
     `trusted_keys` is given) a publisher signature have been verified.
 
-    `window` is the number of chunk buffers (default 2 per worker, at least 2); the
-    memory they take is `buffers_needed(chunk_size, window, cipher.in_place)`.
+    `window` is the number of chunk buffer pairs (default 2 per worker, at least 2); the
+    memory they take is `buffers_needed(chunk_size, window)`.
 
     With `compute_digest=False` and neither a pin nor trusted keys, the records are not
     hashed (every chunk is still authenticated) and the result's digest is None.
@@ -177,8 +171,7 @@ def open_payload(
     window = window or max(2, 2 * workers)
     hashing = compute_digest or pinned_digest is not None or bool(trusted_keys)
     tree = TreeDigest(header)
-    in_place = cipher.in_place
-    slots = _Slots(window, core.chunk_size, plain=not in_place)
+    slots = _Slots(window, core.chunk_size)
     failure = _Failure()
     n = core.chunk_count
     cs = core.chunk_size
@@ -188,8 +181,6 @@ def open_payload(
         rec = memoryview(slot[0])[:rec_len]
         if hashing:
             tree.add(i, leaf_hash(rec))
-        if in_place:
-            return cipher.decrypt_in_place(i, rec)
         plain = memoryview(slot[1])[: rec_len - TAG_SIZE]
         cipher.decrypt_into(i, rec, plain)
         return plain
@@ -307,7 +298,7 @@ def open_payload(
     finally:
         if carry is not None:  # failed before the carried chunk was delivered
             slots.give(carry[1])
-        slots.scrub(records=in_place)
+        slots.scrub()
     failure.check()
 
     trailer = read_trailer(stream)

@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import ossl_gcm
 from .errors import AuthenticationError
 from .format import NONCE_PREFIX_SIZE, TAG_SIZE, BundleHeader
 
@@ -90,13 +89,7 @@ def chunk_nonce(prefix: bytes, index: int, last: bool) -> bytes:
 
 
 class ChunkCipher:
-    """Encrypts/decrypts chunk records of one bundle. Thread-safe.
-
-    Decryption goes through `ossl_gcm` (OpenSSL via ctypes, which releases the GIL, so
-    workers decrypt in parallel) when that loads, else through `cryptography`'s AESGCM
-    (which holds the GIL for each call). `in_place` says whether `decrypt_in_place` works
-    without a second buffer (OpenSSL path only).
-    """
+    """Encrypts/decrypts chunk records of one bundle. Thread-safe; releases the GIL."""
 
     def __init__(self, header: BundleHeader, data_key: SecretBytes) -> None:
         core = header.core
@@ -108,10 +101,7 @@ class ChunkCipher:
                 "key, or a tampered key envelope)"
             )
         assert len(core.nonce_prefix) == NONCE_PREFIX_SIZE
-        payload_key = _hkdf(data_key.reveal(), core.bundle_id, _INFO_PAYLOAD)
-        self._aead = AESGCM(payload_key)
-        self._fast = ossl_gcm.opener(payload_key)
-        del payload_key
+        self._aead = AESGCM(_hkdf(data_key.reveal(), core.bundle_id, _INFO_PAYLOAD))
         self._prefix = core.nonce_prefix
         self._aad = header_aad(header)
         self._count = core.chunk_count
@@ -128,54 +118,19 @@ class ChunkCipher:
             raise ValueError("chunk has the wrong plaintext length")
         self._aead.encrypt_into(self._nonce(index), plain, self._aad, out)
 
-    @property
-    def in_place(self) -> bool:
-        return self._fast is not None
-
-    @property
-    def backend(self) -> str:
-        return f"openssl ({self._fast.library})" if self._fast else "cryptography"
-
     def decrypt_into(self, index: int, record: memoryview, out: memoryview) -> None:
-        """Open chunk `index` into `out` (len(record) - 16 bytes; any writable buffer,
-        a memory map of the destination file included).
+        """Open chunk `index` into `out` (len(record) - 16 bytes): any writable buffer, a
+        shared memory map of the destination file included.
 
-        On failure `out` holds unauthenticated bytes: callers must wipe it and not use it.
+        On failure `out` holds unauthenticated bytes (AES-GCM writes the plaintext before
+        it checks the tag): callers must wipe it and never use it.
         """
         if len(record) != self._core.chunk_plain_len(index) + TAG_SIZE:
             raise AuthenticationError(f"chunk {index} has the wrong length")
-        nonce = self._nonce(index)
-        if (
-            self._fast is not None
-            and not memoryview(record).readonly
-            and not memoryview(out).readonly
-        ):
-            ok = self._fast.decrypt_into(nonce, record, self._aad, out)
-        else:
-            try:
-                self._aead.decrypt_into(nonce, record, self._aad, out)
-                ok = True
-            except InvalidTag:
-                ok = False
-        if not ok:
+        try:
+            self._aead.decrypt_into(self._nonce(index), record, self._aad, out)
+        except InvalidTag:
             raise AuthenticationError(
                 f"chunk {index} of {self._count} failed authentication (the bundle was "
                 "modified, truncated, reordered or spliced, or the key is wrong)"
-            )
-
-    def decrypt_in_place(self, index: int, record: memoryview) -> memoryview:
-        """Open chunk `index` inside its own record buffer; return the plaintext view
-        (the record's first len(record) - 16 bytes). Needs `in_place`.
-
-        Hash the record before calling this: the ciphertext is overwritten.
-        """
-        if self._fast is None:
-            raise ValueError("in-place decryption needs the OpenSSL backend")
-        plain = record[: len(record) - TAG_SIZE]
-        self.decrypt_into(index, record, plain)
-        return plain
-
-    def wipe(self) -> None:
-        """Forget the key material this object can wipe (the OpenSSL copy)."""
-        if self._fast is not None:
-            self._fast.wipe()
+            ) from None

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from modelseal.crypto import BundleError, ossl_gcm
+from modelseal.crypto import BundleError
 from modelseal.crypto import format as fmt
 from modelseal.crypto.manifest import Manifest
 from modelseal.crypto.pipeline import OpenResult, Progress, open_payload
@@ -406,7 +406,6 @@ class UnsealReport:
     seconds: float
     plan: limits.BufferPlan | None = None
     write_mode: str = ""
-    aead: str = ""
 
     @property
     def digest(self) -> str | None:
@@ -452,12 +451,7 @@ def unseal_stream(
         cipher = ChunkCipher(header, key)
     finally:
         key.wipe()
-    log.info(
-        "unseal plan: %s; writes: %s; AES-GCM: %s",
-        plan.describe(),
-        write_mode,
-        cipher.backend,
-    )
+    log.info("unseal plan: %s; writes: %s", plan.describe(), write_mode)
 
     staging = parent / f"{STAGING_PREFIX}{destination.name}-{secrets.token_hex(6)}"
     os.mkdir(staging, 0o700)
@@ -497,8 +491,6 @@ def unseal_stream(
         except Exception as wipe_exc:  # report, but the original error matters more
             log.error("cleanup after a failed unseal: %s", wipe_exc)
         raise
-    finally:
-        cipher.wipe()
     return UnsealReport(
         destination,
         header,
@@ -507,7 +499,6 @@ def unseal_stream(
         time.monotonic() - started,
         plan,
         write_mode,
-        cipher.backend,
     )
 
 
@@ -527,7 +518,6 @@ def plan_unseal(header: fmt.BundleHeader, opts: UnsealOptions) -> limits.BufferP
             file_count=core.file_count,
             memory_limit=limit,
             requested_workers=opts.workers,
-            in_place=ossl_gcm.load() is not None,
         )
     except limits.BufferBudgetError as exc:
         raise UnsealError(str(exc)) from None

@@ -1,6 +1,7 @@
 """Resources of the unsealer process: memory budget for chunk buffers, core dumps off.
 
-Memory. The unsealer decrypts with `window` chunk buffers (two per worker). Their size
+Memory. The unsealer decrypts with `window` chunk buffer pairs (a record and its
+plaintext; two pairs per worker). Their size
 comes from the bundle header's `chunk_size`, which is not authenticated until the first
 chunk opens, and the worker count defaults to the CPUs the process may use, which on a big
 node is far more than the container was sized for. `plan_buffers` bounds both by the
@@ -11,7 +12,7 @@ budget for buffers is
     limit - plaintext_size - page tables of the mapped model (plaintext_size / 512)
           - manifest estimate - BASE_RESERVE (interpreter, libraries)
 
-Workers are cut until two buffers each fit; if even one buffer does not fit, the header is
+Workers are cut until two pairs each fit; if even one pair does not fit, the header is
 refused before the data key is unwrapped, with the sizes in the message.
 
 Core dumps. `harden_process` sets RLIMIT_CORE to 0 and marks the process non-dumpable
@@ -150,7 +151,7 @@ def available_cpus() -> int:
 @dataclass(frozen=True)
 class BufferPlan:
     workers: int
-    window: int  # chunk buffers
+    window: int  # chunk buffer pairs (record + plaintext)
     buffer_bytes: int  # what the window takes
     budget: int | None  # bytes allowed for buffers; None: no limit known
     memory_limit: int | None
@@ -159,7 +160,7 @@ class BufferPlan:
     def describe(self) -> str:
         limit = f"{self.memory_limit // MiB} MiB" if self.memory_limit else "none found"
         return (
-            f"{self.workers} workers, {self.window} chunk buffers "
+            f"{self.workers} workers, {self.window} chunk buffer pairs "
             f"({self.buffer_bytes / MiB:.1f} MiB; memory limit {limit}, {self.cpus} CPUs)"
         )
 
@@ -173,7 +174,6 @@ def plan_buffers(
     file_count: int = 0,
     memory_limit: int | None,
     requested_workers: int = 0,
-    in_place: bool = True,
     reserve: int = BASE_RESERVE,
 ) -> BufferPlan:
     """Workers and chunk buffers that fit in `memory_limit` (pure: inputs injected).
@@ -183,10 +183,15 @@ def plan_buffers(
     """
     want = min(requested_workers or cpus, MAX_WORKERS)
     want = max(1, want)
-    per_buffer = chunk_size + TAG_SIZE + (0 if in_place else chunk_size)
+    per_buffer = 2 * chunk_size + TAG_SIZE  # a record and its plaintext
     if memory_limit is None:
         return BufferPlan(want, 2 * want, 2 * want * per_buffer, None, None, cpus)
-    fixed = plaintext_size + MANIFEST_BYTES_FACTOR * manifest_size + FILE_OVERHEAD * file_count
+    fixed = (
+        plaintext_size
+        + plaintext_size // PAGE_TABLE_DIVISOR
+        + MANIFEST_BYTES_FACTOR * manifest_size
+        + FILE_OVERHEAD * file_count
+    )
     budget = memory_limit - fixed - reserve
     fit = budget // (2 * per_buffer) if budget > 0 else 0
     workers = min(want, fit)
@@ -194,7 +199,7 @@ def plan_buffers(
         return BufferPlan(
             workers, 2 * workers, 2 * workers * per_buffer, budget, memory_limit, cpus
         )
-    if budget >= per_buffer:  # one worker, one buffer: reading and decrypting alternate
+    if budget >= per_buffer:  # one worker, one pair: reading and decrypting alternate
         return BufferPlan(1, 1, per_buffer, budget, memory_limit, cpus)
     raise BufferBudgetError(
         f"the bundle's chunk size ({chunk_size / MiB:.1f} MiB) needs at least "

@@ -220,7 +220,6 @@ class Unsealer:
                 signer=self.report.result.signer,
                 unseal_workers=self.report.plan.workers if self.report.plan else None,
                 unseal_write_mode=self.report.write_mode,
-                aead=self.report.aead,
             )
         return out
 

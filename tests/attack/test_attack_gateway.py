@@ -8,9 +8,11 @@ The last attack is on the ``modelseal`` CLI with a tampered bundle and the real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -35,8 +37,8 @@ from bench.gateway.harness import (
 from tritonclient.utils import InferenceServerException
 
 from modelseal.gateway.keys import hash_key_scrypt, hash_key_sha256, new_api_key
-from modelseal.store.redis import gateway_acl_rule
-from modelseal_devenv.redis import RedisServer
+from modelseal_devenv.common import ManagedProcess, free_port, wait_until
+from modelseal_devenv.redis import redis_server_binary
 from modelseal_devenv.triton import TritonServer
 from tests.attack.conftest import AttackLedger
 from tests.waiting import wait_for
@@ -380,10 +382,45 @@ def test_random_keys_do_not_block_valid_users(
 # -- the quota Redis: counters only for the gateway's credentials (High 2) ---------------
 
 
-def _acl_setuser(client: redis_py.Redis, rule: str) -> None:
-    """An ACL-file line ("user <name> <rules...>") applied with ACL SETUSER."""
-    _, name, *rules = rule.split()
-    client.execute_command("ACL", "SETUSER", name, *rules)
+CHART_REDIS = Path(__file__).resolve().parents[2] / "charts/modelseal/templates/redis.yaml"
+
+
+def _chart_acl_file(password: str) -> str:
+    """The chart's users.acl as Helm renders it for ``password``."""
+    text = CHART_REDIS.read_text()
+    block = text.split("users.acl: |\n", 1)[1].split("\n---", 1)[0]
+    lines = [line.strip() for line in block.splitlines() if line.strip()]
+    sha = hashlib.sha256(password.encode()).hexdigest()
+    return "".join(line.replace("{{ sha256sum $password }}", sha) + "\n" for line in lines)
+
+
+@contextlib.contextmanager
+def _chart_redis(workdir: Path, acl: str) -> Iterator[int]:
+    """redis-server as the chart runs it: users from the ACL file, protected mode on."""
+    workdir.mkdir(parents=True)
+    (workdir / "users.acl").write_text(acl)
+    port = free_port()
+    argv = [
+        str(redis_server_binary()),
+        "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+        "--save", "", "--appendonly", "no",
+        "--aclfile", str(workdir / "users.acl"), "--protected-mode", "yes",
+    ]  # fmt: skip
+    proc = ManagedProcess("chart-redis", argv, workdir / "redis.log").start()
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith((b"-NOAUTH", b"+PONG"))
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, "redis-server with the chart's ACL file", 30, proc)
+        yield port
+    finally:
+        proc.stop()
 
 
 def test_quota_redis_refuses_everyone_but_the_gateway(
@@ -396,17 +433,12 @@ def test_quota_redis_refuses_everyone_but_the_gateway(
     refused; the counters hold; the password is in no argument, environment or log."""
     password = secrets.token_urlsafe(24)
     admin_pw = secrets.token_urlsafe(24)
-    with RedisServer(tmp_path / "redis", password=admin_pw) as redis:
-        boot = redis.client()
-        _acl_setuser(boot, f"user admin on >{admin_pw} ~* &* +@all")
-        sha = hashlib.sha256(password.encode()).hexdigest()
-        _acl_setuser(boot, gateway_acl_rule("modelseal", sha))
-        _acl_setuser(boot, "user default off resetpass resetkeys resetchannels nocommands")
-        boot.close()
-        admin = redis_py.Redis(
-            host=redis.host, port=redis.port, username="admin", password=admin_pw
-        )
-        url = f"redis://{redis.host}:{redis.port}/0"
+    # the chart's ACL file, and an admin user of the test's own to look at the counters
+    acl = _chart_acl_file(password) + f"user admin on >{admin_pw} ~* &* +@all\n"
+    with _chart_redis(tmp_path / "redis", acl) as port:
+        host = "127.0.0.1"
+        admin = redis_py.Redis(host=host, port=port, username="admin", password=admin_pw)
+        url = f"redis://{host}:{port}/0"
         (tmp_path / "redis-user").write_text("modelseal\n")
         (tmp_path / "redis-password").write_text(password + "\n")
         (tmp_path / "redis-password").chmod(0o600)
@@ -433,7 +465,7 @@ def test_quota_redis_refuses_everyone_but_the_gateway(
             exposed = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
 
             attempts = {}
-            anonymous = redis_py.Redis(host=redis.host, port=redis.port, protocol=2)
+            anonymous = redis_py.Redis(host=host, port=port, protocol=2)
             for name, argv in (
                 ("FLUSHALL", ("FLUSHALL",)),
                 ("DEL", ("DEL", *counters)),
@@ -452,9 +484,7 @@ def test_quota_redis_refuses_everyone_but_the_gateway(
                     attempts[f"AUTH {user}"] = type(exc).__name__
             anonymous.close()
             # even with the gateway's own credentials: nothing outside its scripts' needs
-            stolen = redis_py.Redis(
-                host=redis.host, port=redis.port, username="modelseal", password=password
-            )
+            stolen = redis_py.Redis(host=host, port=port, username="modelseal", password=password)
             for name, argv in (
                 ("FLUSHALL", ("FLUSHALL",)),
                 ("DEL", ("DEL", *counters)),

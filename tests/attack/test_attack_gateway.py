@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -34,6 +35,8 @@ from bench.gateway.harness import (
     write_keys,
     write_license,
 )
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from tritonclient.utils import InferenceServerException
 
 from modelseal.gateway.keys import hash_key_scrypt, hash_key_sha256, new_api_key
@@ -383,6 +386,7 @@ def test_random_keys_do_not_block_valid_users(
 
 
 CHART_REDIS = Path(__file__).resolve().parents[2] / "charts/modelseal/templates/redis.yaml"
+_NO_RETRY: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_timeout": 10}
 
 
 def _chart_acl_file(password: str) -> str:
@@ -465,7 +469,7 @@ def test_quota_redis_refuses_everyone_but_the_gateway(
             exposed = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
 
             attempts = {}
-            anonymous = redis_py.Redis(host=host, port=port, protocol=2)
+            anonymous = redis_py.Redis(host=host, port=port, protocol=2, **_NO_RETRY)
             for name, argv in (
                 ("FLUSHALL", ("FLUSHALL",)),
                 ("DEL", ("DEL", *counters)),

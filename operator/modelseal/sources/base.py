@@ -50,6 +50,7 @@ class SourceStream(io.RawIOBase):
         self._errors = errors
         self._timeout_s = timeout_s
         self.bytes_read = 0
+        self.buffer_bytes = 0  # memory the source itself holds (ranged fetches)
 
     def readable(self) -> bool:
         return True

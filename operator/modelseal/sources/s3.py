@@ -3,6 +3,9 @@
 Credentials come from boto3's usual chain (env, web identity / IRSA, config files); the
 endpoint from `endpoint_url` or AWS_ENDPOINT_URL. Connect and read timeouts are
 `timeout_s`, so a stalled object stream fails instead of hanging.
+
+An object of at least `ranged.MIN_RANGED_SIZE` bytes is fetched with parallel ranged
+GETs (`ranged.RangedReader`), each pinned to the first response's ETag (IfMatch).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import ranged
 from .base import SourceError, SourceStream
 
 
@@ -40,6 +44,39 @@ def open_s3(uri: str, *, timeout_s: float, endpoint_url: str | None = None) -> S
     except botocore.exceptions.BotoCoreError as exc:
         raise SourceError(f"{name}: cannot fetch: {exc}") from None
     body = obj["Body"]
+    size = int(obj.get("ContentLength", 0))
+    errors = (OSError, botocore.exceptions.BotoCoreError, Exception)
+    if size >= ranged.MIN_RANGED_SIZE:
+        etag = str(obj.get("ETag") or "")
+        body.close()
+
+        def fetch(start: int, view: memoryview) -> None:
+            end = start + len(view) - 1
+            extra = {"IfMatch": etag} if etag else {}
+            try:
+                part = client.get_object(
+                    Bucket=bucket, Key=key, Range=f"bytes={start}-{end}", **extra
+                )
+            except botocore.exceptions.ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "?")
+                raise SourceError(f"{name}: range {start}-{end}: S3 refused: {code}") from None
+            stream = part["Body"]
+            try:
+                if not ranged.content_range_ok(part.get("ContentRange"), start, end, size):
+                    raise SourceError(
+                        f"{name}: range {start}-{end}: S3 answered {part.get('ContentRange')}"
+                    )
+                raw_part = stream._raw_stream
+                got = 0
+                while got < len(view):
+                    n = int(raw_part.readinto(view[got:]))
+                    if not n:
+                        raise SourceError(f"{name}: range {start}-{end} ended after {got} bytes")
+                    got += n
+            finally:
+                stream.close()
+
+        return ranged.ranged_stream(name, size, fetch, errors=errors, timeout_s=timeout_s)
     raw = body._raw_stream  # urllib3 response: readinto without an extra copy
 
     def read_into(view: memoryview) -> int:
@@ -49,7 +86,7 @@ def open_s3(uri: str, *, timeout_s: float, endpoint_url: str | None = None) -> S
         name,
         read_into,
         body.close,
-        size=int(obj.get("ContentLength", 0)) or None,
-        errors=(OSError, botocore.exceptions.BotoCoreError, Exception),
+        size=size or None,
+        errors=errors,
         timeout_s=timeout_s,
     )

@@ -443,7 +443,7 @@ def unseal_stream(
             f"unsealer may use only {opts.expected_key_name!r}"
         )
     check_room(parent, header)
-    plan = plan_unseal(header, opts)
+    plan = plan_unseal(header, opts, source_buffers=int(getattr(stream, "buffer_bytes", 0)))
     write_mode = choose_write_mode(opts.write_mode, plan.workers)
 
     key = unwrap(env)
@@ -502,7 +502,9 @@ def unseal_stream(
     )
 
 
-def plan_unseal(header: fmt.BundleHeader, opts: UnsealOptions) -> limits.BufferPlan:
+def plan_unseal(
+    header: fmt.BundleHeader, opts: UnsealOptions, source_buffers: int = 0
+) -> limits.BufferPlan:
     """Workers and buffers for this bundle within the memory limit (refused if none fit)."""
     core = header.core
     if opts.memory_limit is not None:
@@ -518,6 +520,7 @@ def plan_unseal(header: fmt.BundleHeader, opts: UnsealOptions) -> limits.BufferP
             file_count=core.file_count,
             memory_limit=limit,
             requested_workers=opts.workers,
+            source_buffers=source_buffers,
         )
     except limits.BufferBudgetError as exc:
         raise UnsealError(str(exc)) from None

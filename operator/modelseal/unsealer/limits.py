@@ -10,7 +10,8 @@ machine's memory): the model's tmpfs pages are charged to this container too, so
 budget for buffers is
 
     limit - plaintext_size - page tables of the mapped model (plaintext_size / 512)
-          - manifest estimate - BASE_RESERVE (interpreter, libraries)
+          - manifest estimate - the source's own buffers (parallel range fetches)
+          - BASE_RESERVE (interpreter, libraries)
 
 Workers are cut until two pairs each fit; if even one pair does not fit, the header is
 refused before the data key is unwrapped, with the sizes in the message.
@@ -174,6 +175,7 @@ def plan_buffers(
     file_count: int = 0,
     memory_limit: int | None,
     requested_workers: int = 0,
+    source_buffers: int = 0,
     reserve: int = BASE_RESERVE,
 ) -> BufferPlan:
     """Workers and chunk buffers that fit in `memory_limit` (pure: inputs injected).
@@ -191,6 +193,7 @@ def plan_buffers(
         + plaintext_size // PAGE_TABLE_DIVISOR
         + MANIFEST_BYTES_FACTOR * manifest_size
         + FILE_OVERHEAD * file_count
+        + source_buffers
     )
     budget = memory_limit - fixed - reserve
     fit = budget // (2 * per_buffer) if budget > 0 else 0

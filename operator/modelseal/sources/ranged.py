@@ -1,0 +1,176 @@
+"""A sequential stream assembled from parallel range requests (large https/s3 bundles).
+
+One TCP stream rarely fills a fast link (window, per-connection throttling at the far
+end), so a big bundle is fetched as `parts` of `part_size` bytes by `parallel` threads,
+each with its own connection, and handed to the reader strictly in order. Memory is fixed:
+`parallel + 1` part buffers (`buffer_bytes`), whatever the bundle's size; a fetcher waits
+for a free buffer before it starts the next part, and parts are started in order, so the
+reader never waits behind a part that has not been asked for.
+
+`fetch(start, view)` must fill `view` with the bytes at [start, start + len(view)) or
+raise; a short or failed fetch fails the stream with SourceError (after `retries` more
+tries of that part). Integrity does not depend on this layer: every chunk is
+authenticated and the digest pinned by the reader above.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .base import SourceError, SourceStream
+
+MiB = 1024 * 1024
+DEFAULT_PART_SIZE = 8 * MiB
+DEFAULT_PARALLEL = 4
+MIN_RANGED_SIZE = 64 * MiB  # below this one stream is as fast
+
+Fetch = Callable[[int, memoryview], None]
+
+
+class _Part:
+    __slots__ = ("buf", "error", "index", "length", "ready")
+
+    def __init__(self, buf: bytearray) -> None:
+        self.buf = buf
+        self.index = -1
+        self.length = 0
+        self.ready = False
+        self.error: BaseException | None = None
+
+
+class RangedReader:
+    """Reads [0, size) through `fetch` with `parallel` threads; `read_into` is sequential."""
+
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        fetch: Fetch,
+        *,
+        parallel: int = DEFAULT_PARALLEL,
+        part_size: int = DEFAULT_PART_SIZE,
+        retries: int = 2,
+    ) -> None:
+        if size < 0 or part_size <= 0 or parallel <= 0:
+            raise ValueError("bad ranged-reader parameters")
+        self.name = name
+        self.size = size
+        self.part_size = part_size
+        self.parts = -(-size // part_size)
+        self.buffer_bytes = (parallel + 1) * part_size
+        self._fetch = fetch
+        self._retries = retries
+        self._cond = threading.Condition()
+        self._free = [_Part(bytearray(part_size)) for _ in range(parallel + 1)]
+        self._by_index: dict[int, _Part] = {}
+        self._next_to_fetch = 0
+        self._next_to_read = 0
+        self._offset_in_part = 0
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"ranged-{i}", daemon=True)
+            for i in range(min(parallel, max(1, self.parts)))
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (not self._free or self._next_to_fetch >= self.parts):
+                    if self._next_to_fetch >= self.parts:
+                        return
+                    self._cond.wait()
+                if self._closed:
+                    return
+                part = self._free.pop()
+                index = self._next_to_fetch
+                self._next_to_fetch += 1
+                part.index, part.ready, part.error = index, False, None
+                part.length = min(self.part_size, self.size - index * self.part_size)
+                self._by_index[index] = part
+            error: BaseException | None = None
+            for _attempt in range(self._retries + 1):
+                try:
+                    self._fetch(index * self.part_size, memoryview(part.buf)[: part.length])
+                    error = None
+                    break
+                except BaseException as exc:
+                    error = exc
+                    if self._closed:
+                        break
+            with self._cond:
+                part.error = error
+                part.ready = True
+                self._cond.notify_all()
+
+    def read_into(self, view: memoryview) -> int:
+        with self._cond:
+            if self._next_to_read >= self.parts:
+                return 0
+            index = self._next_to_read
+            while not self._closed and not (
+                index in self._by_index and self._by_index[index].ready
+            ):
+                self._cond.wait()
+            if self._closed:
+                raise SourceError(f"{self.name}: stream closed")
+            part = self._by_index[index]
+        if part.error is not None:
+            err = part.error
+            if isinstance(err, (SourceError, TimeoutError)):
+                raise err
+            raise SourceError(
+                f"{self.name}: range request for part {index} failed: "
+                f"{type(err).__name__}: {str(err)[:300]}"
+            ) from None
+        start = self._offset_in_part
+        n = min(len(view), part.length - start)
+        view[:n] = memoryview(part.buf)[start : start + n]
+        self._offset_in_part += n
+        if self._offset_in_part == part.length:
+            with self._cond:
+                del self._by_index[index]
+                self._free.append(part)
+                self._next_to_read += 1
+                self._offset_in_part = 0
+                self._cond.notify_all()
+        return n
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=1.0)
+
+
+def ranged_stream(
+    name: str,
+    size: int,
+    fetch: Fetch,
+    *,
+    errors: tuple[type[BaseException], ...],
+    timeout_s: float,
+    parallel: int | None = None,
+    part_size: int | None = None,
+) -> SourceStream:
+    reader = RangedReader(
+        name,
+        size,
+        fetch,
+        parallel=parallel or DEFAULT_PARALLEL,
+        part_size=part_size or DEFAULT_PART_SIZE,
+    )
+    stream = SourceStream(
+        name, reader.read_into, reader.close, size=size, errors=errors, timeout_s=timeout_s
+    )
+    stream.buffer_bytes = reader.buffer_bytes
+    return stream
+
+
+def content_range_ok(header: Any, start: int, end: int, size: int) -> bool:
+    """True when a Content-Range header says `bytes start-end/size` (end inclusive)."""
+    return str(header or "").strip() == f"bytes {start}-{end}/{size}"

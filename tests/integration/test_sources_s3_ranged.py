@@ -1,0 +1,47 @@
+"""A big bundle from the real S3 test server comes in parallel ranged GETs, in order, and
+unseals; a small one stays one stream. (The threshold and part size are lowered so that a
+few MiB exercise the path.)"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from modelseal.sources import open_source, ranged
+
+pytestmark = pytest.mark.integration
+
+KiB = 1024
+
+
+def read_all(stream: Any) -> bytes:
+    out = bytearray()
+    buf = bytearray(70_001)
+    while n := stream.readinto(buf):
+        out += buf[:n]
+    return bytes(out)
+
+
+def test_s3_ranged_and_plain(
+    s3_server: Any, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ranged, "MIN_RANGED_SIZE", 1024 * KiB)
+    monkeypatch.setattr(ranged, "DEFAULT_PART_SIZE", 256 * KiB)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    big, small = os.urandom(3 * 1024 * KiB + 11), os.urandom(100 * KiB)
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="big.mseal", Body=big)
+    client.put_object(Bucket=s3_bucket, Key="small.mseal", Body=small)
+    with open_source(
+        f"s3://{s3_bucket}/big.mseal", s3_endpoint_url=s3_server.endpoint_url
+    ) as stream:
+        assert stream.buffer_bytes == (ranged.DEFAULT_PARALLEL + 1) * 256 * KiB
+        assert read_all(stream) == big
+    with open_source(
+        f"s3://{s3_bucket}/small.mseal", s3_endpoint_url=s3_server.endpoint_url
+    ) as stream:
+        assert stream.buffer_bytes == 0
+        assert read_all(stream) == small

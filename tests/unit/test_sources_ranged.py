@@ -1,0 +1,235 @@
+"""Parallel range requests for big https/s3 bundles: bytes in order, bounded buffers,
+retries, refusals (wrong status, a bundle replaced mid-fetch), and an unseal through a
+real local HTTP server that serves ranges. S3 ranges: tests/integration."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import io
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelseal.crypto.stream import SecretBytes
+from modelseal.crypto.testing import make_bundle
+from modelseal.sources import SourceError, open_source, ranged
+from modelseal.sources.ranged import RangedReader
+from modelseal.unsealer import engine
+
+KiB = 1024
+PAYLOAD = os.urandom(3 * 1024 * KiB + 37)
+
+
+def read_all(stream: object, bufsize: int = 50_001) -> bytes:
+    out = bytearray()
+    buf = bytearray(bufsize)
+    while True:
+        n = stream.readinto(buf)  # type: ignore[attr-defined]
+        if not n:
+            return bytes(out)
+        out += buf[:n]
+
+
+class Tracked:
+    """fetch() over PAYLOAD that records how many parts are held at once."""
+
+    def __init__(self, fail_once: set[int] | None = None, fail_always: int = -1) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.max_active = 0
+        self.calls = 0
+        self.fail_once = set(fail_once or ())
+        self.fail_always = fail_always
+
+    def __call__(self, start: int, view: memoryview) -> None:
+        with self.lock:
+            self.calls += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            fail = start in self.fail_once or start == self.fail_always
+            self.fail_once.discard(start)
+        try:
+            if fail:
+                raise OSError("connection reset")
+            view[:] = PAYLOAD[start : start + len(view)]
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+@pytest.mark.parametrize(("parallel", "part"), [(1, 64 * KiB), (3, 64 * KiB), (8, 1000_003)])
+def test_bytes_arrive_in_order(parallel: int, part: int) -> None:
+    fetch = Tracked()
+    reader = RangedReader("t", len(PAYLOAD), fetch, parallel=parallel, part_size=part)
+    try:
+        out = bytearray()
+        view = memoryview(bytearray(77_777))
+        while n := reader.read_into(view):
+            out += view[:n]
+    finally:
+        reader.close()
+    assert bytes(out) == PAYLOAD
+    assert fetch.max_active <= parallel
+    assert reader.buffer_bytes == (parallel + 1) * part
+
+
+def test_transient_failure_is_retried() -> None:
+    fetch = Tracked(fail_once={2 * 64 * KiB})
+    reader = RangedReader("t", len(PAYLOAD), fetch, parallel=3, part_size=64 * KiB)
+    try:
+        out = bytearray()
+        view = memoryview(bytearray(64 * KiB))
+        while n := reader.read_into(view):
+            out += view[:n]
+    finally:
+        reader.close()
+    assert bytes(out) == PAYLOAD
+
+
+def test_persistent_failure_fails_the_stream() -> None:
+    fetch = Tracked(fail_always=5 * 64 * KiB)
+    stream = ranged.ranged_stream(
+        "https://x/b", len(PAYLOAD), fetch, errors=(OSError,), timeout_s=1, part_size=64 * KiB
+    )
+    with stream, pytest.raises(SourceError, match="part 5 failed: OSError"):
+        read_all(stream)
+
+
+# ------------------------------------------------------------------ a range server
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    ranges: list[str] = []  # noqa: RUF012 - per test, reset by the fixture
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = self.server.payload  # type: ignore[attr-defined]
+        etag = '"v1"'
+        rng = self.headers.get("Range")
+        if self.path.startswith("/changing") and rng:
+            etag = '"v2"'  # the object was replaced after the first response
+        if rng:
+            type(self).ranges.append(rng)
+            if self.headers.get("If-Match") not in (None, etag):
+                self.send_response(412)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            m = re.fullmatch(r"bytes=(\d+)-(\d+)", rng)
+            assert m
+            start, end = int(m.group(1)), int(m.group(2))
+            if self.path.startswith("/ignores-ranges"):
+                start, end = 0, len(body) - 1
+                self.send_response(200)
+            else:
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
+            chunk = body[start : end + 1]
+        else:
+            self.send_response(200)
+            chunk = body
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(len(chunk)))
+        self.end_headers()
+        # the client may give up on a range (a failed stream closes the others)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(chunk)
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+def serve(payload: bytes) -> Iterator[str]:
+    server = Server(("127.0.0.1", 0), RangeHandler)
+    server.payload = payload  # type: ignore[attr-defined]
+    RangeHandler.ranges = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ranged, "MIN_RANGED_SIZE", 1024 * KiB)
+    monkeypatch.setattr(ranged, "DEFAULT_PART_SIZE", 256 * KiB)
+
+
+@pytest.fixture
+def url(small_parts: None) -> Iterator[str]:
+    yield from serve(PAYLOAD)
+
+
+def test_http_big_bundle_comes_in_ranges(url: str) -> None:
+    with open_source(f"{url}/b.mseal", allow_http=True) as stream:
+        assert stream.buffer_bytes == (ranged.DEFAULT_PARALLEL + 1) * 256 * KiB
+        assert read_all(stream) == PAYLOAD
+    assert len(RangeHandler.ranges) == -(-len(PAYLOAD) // (256 * KiB))
+
+
+def test_http_small_bundle_is_one_stream(small_parts: None) -> None:
+    for base in serve(PAYLOAD[: 512 * KiB]):
+        with open_source(f"{base}/b.mseal", allow_http=True) as stream:
+            assert stream.buffer_bytes == 0
+            assert read_all(stream) == PAYLOAD[: 512 * KiB]
+    assert RangeHandler.ranges == []
+
+
+def test_http_bundle_replaced_mid_fetch_is_refused(url: str) -> None:
+    with (
+        open_source(f"{url}/changing/b.mseal", allow_http=True) as stream,
+        pytest.raises(SourceError, match="HTTP 412"),
+    ):
+        read_all(stream)
+
+
+def test_http_server_ignoring_ranges_is_refused(url: str) -> None:
+    with (
+        open_source(f"{url}/ignores-ranges/b.mseal", allow_http=True) as stream,
+        pytest.raises(SourceError, match="not the range asked for"),
+    ):
+        read_all(stream)
+
+
+def test_unseal_through_ranged_http(small_parts: None) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or engine.filesystem_type(shm) != "tmpfs":
+        pytest.skip("needs tmpfs at /dev/shm")
+    key = os.urandom(32)
+    files = {"m/1/w.bin": os.urandom(2 * 1024 * KiB), "m/config.pbtxt": b"name: 'm'\n"}
+    b = make_bundle(files, SecretBytes(key), chunk_size=64 * KiB)
+    dest_parent = shm / f"modelseal-test-{uuid.uuid4().hex[:10]}"
+    dest_parent.mkdir()
+    try:
+        for base in serve(b.data):
+            with open_source(f"{base}/b.mseal", allow_http=True) as stream:
+                report = engine.unseal_stream(
+                    stream,
+                    dest_parent / "r",
+                    lambda env: SecretBytes(key),
+                    engine.UnsealOptions(pinned_digest=b.digest, workers=2),
+                )
+        assert report.digest is not None
+        for path, data in files.items():
+            assert (dest_parent / "r" / path).read_bytes() == data
+        assert len(RangeHandler.ranges) >= 8
+    finally:
+        shutil.rmtree(dest_parent, ignore_errors=True)
+
+
+def test_bytesio_has_no_source_buffers() -> None:
+    assert getattr(io.BytesIO(b""), "buffer_bytes", 0) == 0

@@ -6,15 +6,20 @@
 #   make images              build, or print the cached digest when the inputs are unchanged
 #   make images-rebuild      build with the cache off
 #   make images-repro        rebuild with the cache off and compare with the cached digest
+#   make images-triton       the Triton image for the tests (pytriton's tritonserver, CPU)
 IMAGE_REGISTRY ?= ghcr.io/modelseal
 IMAGES_NICE ?= 10
 export IMAGE_REGISTRY
 
-.PHONY: images images-rebuild images-repro
+.PHONY: images images-rebuild images-repro images-triton
 
 images: venv ## build the Modelseal image (mmdebstrap + buildah) into build/images/, with SBOM; cached
 	bash devenv/install-image-deps.sh
 	IMAGES_PYTHON=$(PY) nice -n $(IMAGES_NICE) bash images/build.sh
+
+images-triton: venv ## build the Triton test image (nvidia-pytriton's tritonserver, CPU) the same way; cached
+	bash devenv/install-image-deps.sh
+	IMAGES_PYTHON=$(PY) nice -n $(IMAGES_NICE) bash images/build.sh triton
 
 images-rebuild: venv ## build the Modelseal image again with the cache off
 	bash devenv/install-image-deps.sh

@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         key.wipe()
-    plan = report.plan.describe() if report.plan else "-"
-    print(f"plan: {plan}; writes: {report.write_mode}", file=sys.stderr)
+    plan_obj = getattr(report, "plan", None)  # None: an engine older than the plan
+    plan = plan_obj.describe() if plan_obj is not None else "-"
+    mode = getattr(report, "write_mode", "pwrite")
+    print(f"plan: {plan}; writes: {mode}", file=sys.stderr)
     return 0
 
 

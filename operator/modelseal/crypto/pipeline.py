@@ -96,14 +96,12 @@ def readinto_exact(stream: ReadStream, view: memoryview, what: str) -> None:
 
 
 class _Slots:
-    """A fixed pool of (record, plaintext) buffer pairs; with `plain=False` the plaintext
-    buffers are empty (the cipher decrypts inside the record buffer)."""
+    """A fixed pool of (record, plaintext) buffer pairs."""
 
-    def __init__(self, count: int, chunk_size: int, plain: bool = True) -> None:
+    def __init__(self, count: int, chunk_size: int) -> None:
         self.free: queue.Queue[tuple[bytearray, bytearray]] = queue.Queue()
-        self.count = count
         for _ in range(count):
-            self.free.put((bytearray(chunk_size + TAG_SIZE), bytearray(chunk_size if plain else 0)))
+            self.free.put((bytearray(chunk_size + TAG_SIZE), bytearray(chunk_size)))
 
     def take(self) -> tuple[bytearray, bytearray]:
         return self.free.get()

@@ -338,3 +338,13 @@ def test_unknown_write_mode_refused(bundle: Bundle, shm_dir: Path) -> None:
     with pytest.raises(UnsealError, match="unknown write mode"):
         unseal(bundle.data, shm_dir / "r", write_mode="splice")
     assert os.listdir(shm_dir) == []
+
+
+def test_write_mode_env_override_for_benchmarks(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert engine.choose_write_mode("auto", 2) == "pwrite"
+    monkeypatch.setenv("MODELSEAL_UNSEAL_WRITE_MODE", "mmap")
+    assert engine.choose_write_mode("auto", 2) == "mmap"
+    assert engine.choose_write_mode("pwrite", 8) == "pwrite"  # an explicit option wins
+    monkeypatch.setenv("MODELSEAL_UNSEAL_WRITE_MODE", "bogus")
+    with pytest.raises(UnsealError, match="unknown write mode"):
+        engine.choose_write_mode("auto", 2)

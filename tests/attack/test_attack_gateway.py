@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import hvac
 import numpy as np
 import pytest
 import redis as redis_py
@@ -43,6 +44,7 @@ from modelseal.gateway.keys import hash_key_scrypt, hash_key_sha256, new_api_key
 from modelseal_devenv.common import ManagedProcess, free_port, wait_until
 from modelseal_devenv.redis import redis_server_binary
 from modelseal_devenv.triton import TritonServer
+from modelseal_devenv.vault import VaultServer
 from tests.attack.conftest import AttackLedger
 from tests.waiting import wait_for
 
@@ -380,6 +382,85 @@ def test_random_keys_do_not_block_valid_users(
     sent_valid = 2 + 20 + 20
     attack_ledger.record_lost(max(0, sent_valid - len(served)))
     assert len(served) == sent_valid
+
+
+# -- the CLI: a tampered bundle steering the owner's Vault token (High 14) ---------------
+
+
+def _kv_entries(client: hvac.Client, mount: str, path: str) -> int:
+    try:
+        listed = client.secrets.kv.v1.list_secrets(path=path, mount_point=mount)
+    except hvac.exceptions.InvalidPath:  # 404: nothing was ever written there
+        return 0
+    return len(listed["data"]["keys"])
+
+
+def test_tampered_envelope_cannot_steer_the_owners_vault_token(
+    tmp_path: Path,
+    vault_server: VaultServer,
+    transit_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    attack_ledger: AttackLedger,
+) -> None:
+    """High 14: whoever can write a published bundle replaces the mount in its key
+    envelope (read before anything is authenticated) with a KV engine's path. Were it
+    used, ``verify``/``unseal``/``rewrap`` would POST the wrapped key with the owner's
+    token to ``<kv>/decrypt/<key>``: a KV write the attacker can read. Each command must
+    refuse the bundle, and the KV engine must stay empty."""
+    from modelseal.cli.main import main as cli_main
+    from modelseal.crypto import format as fmt
+    from modelseal.vault import transit
+
+    admin = vault_server.client()
+    kv = f"drop-{secrets.token_hex(4)}"
+    admin.sys.enable_secrets_engine(backend_type="kv", path=kv, options={"version": "1"})
+    monkeypatch.setenv("VAULT_ADDR", vault_server.addr)
+    monkeypatch.setenv("VAULT_TOKEN", vault_server.root_token)  # the owner's token
+    monkeypatch.delenv("VAULT_TOKEN_FILE", raising=False)
+    monkeypatch.delenv("VAULT_K8S_ROLE", raising=False)
+    monkeypatch.delenv("MODELSEAL_VAULT_TRANSIT_MOUNT", raising=False)
+    model = tmp_path / "model" / "identity" / "1"
+    model.mkdir(parents=True)
+    (model / "model.py").write_bytes(b"# weights\n" + secrets.token_bytes(5000))
+    sealed = tmp_path / "model.mseal"
+    seal = ["seal", str(tmp_path / "model"), "-o", str(sealed), "--transit-key", transit_key]
+    assert cli_main([*seal, "--no-progress"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+    raw = sealed.read_bytes()
+    with sealed.open("rb") as fh:
+        header = fmt.read_header(fh)
+    env = header.envelope
+    evil = fmt.Envelope(env.key_name, env.key_version, env.wrapped_key, kv)
+    _, head = fmt.with_envelope(header, evil)
+    tampered = tmp_path / "tampered.mseal"
+    tampered.write_bytes(head + raw[header.records_offset :])
+
+    runs = {
+        "verify": ["verify", str(tampered), "--no-progress"],
+        "unseal": ["unseal", str(tampered), "--to", str(tmp_path / "out"), "--allow-non-tmpfs"],
+        "rewrap": ["rewrap", str(tampered)],
+    }
+    codes = {}
+    for name, argv in runs.items():
+        codes[name] = cli_main([*argv, "--no-progress"] if name == "unseal" else argv)
+        err = capsys.readouterr().err
+        assert f"names Transit mount '{kv}'" in err, (name, err)
+    written = _kv_entries(admin, kv, "decrypt")
+    # control: what the CLI did before (the envelope's mount, the owner's token) does
+    # write the wrapped key into a KV engine
+    control = f"control-{secrets.token_hex(4)}"
+    admin.sys.enable_secrets_engine(backend_type="kv", path=control, options={"version": "1"})
+    with contextlib.suppress(Exception):  # the KV answer is no Transit answer
+        transit.unwrap_data_key(admin, env.key_name, env.wrapped_key, control)
+    assert _kv_entries(admin, control, "decrypt") == 1, "the attack itself no longer works"
+    attack_ledger.record_leaked(written)
+    assert codes == {"verify": 1, "unseal": 1, "rewrap": 1}
+    assert written == 0
+    assert not (tmp_path / "out").exists()
+    # the untouched bundle still verifies through the configured mount
+    assert cli_main(["verify", str(sealed), "--no-progress"]) == 0, capsys.readouterr().err
 
 
 # -- the quota Redis: counters only for the gateway's credentials (High 2) ---------------

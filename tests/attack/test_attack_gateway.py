@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import hvac
 import numpy as np
 import pytest
@@ -38,9 +39,11 @@ from bench.gateway.harness import (
 )
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from modelseal.gateway.keys import hash_key_scrypt, hash_key_sha256, new_api_key
+from modelseal.gateway.upstream import GRPC_SERVICE
 from modelseal_devenv.common import ManagedProcess, free_port, wait_until
 from modelseal_devenv.redis import redis_server_binary
 from modelseal_devenv.triton import TritonServer
@@ -223,10 +226,30 @@ async def _flood(
     return counts
 
 
+async def _grpc_flood(target: str, names: list[str], concurrency: int) -> dict[str, int]:
+    """Keyless gRPC ModelInfer calls naming each model once; the count of each status."""
+    counts: dict[str, int] = {}
+    queue = iter(names)
+    async with grpc.aio.insecure_channel(target) as channel:
+        infer = channel.unary_unary(f"/{GRPC_SERVICE}/ModelInfer")
+
+        async def worker() -> None:
+            for name in queue:
+                try:
+                    await infer(pb.ModelInferRequest(model_name=name).SerializeToString())
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                counts[code] = counts.get(code, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return counts
+
+
 def test_random_model_names_do_not_grow_metrics(gateway: GatewayProcess) -> None:
-    """High 5: keyless requests naming random models (each a valid model name) are refused
-    with 401, and the /metrics series stay the same set: the name of a model no license
-    names is counted as ``unknown``, never as a label of its own."""
+    """High 5: keyless requests (HTTP and gRPC) naming random models (each a valid model
+    name) are refused with 401, and the /metrics series stay the same set: the name of a
+    model no license names is counted as ``unknown``, never as a label of its own."""
     gw = gateway
     base = gw.http_url
 
@@ -240,25 +263,34 @@ def test_random_model_names_do_not_grow_metrics(gateway: GatewayProcess) -> None
                 out.append(("POST", f"{base}/v2/models/{name}/infer"))
         return out
 
+    def grpc_names(n: int) -> list[str]:
+        return ["g" + secrets.token_hex(8) for _ in range(n)]
+
     json_hdr = {"Content-Type": "application/json"}
     warm = asyncio.run(_flood(names(200), json_hdr, 8, 120))  # every bounded series exists
-    assert set(warm) == {401}, warm
+    grpc_warm = asyncio.run(_grpc_flood(gw.grpc_target, grpc_names(50), 4))
+    assert set(warm) == {401} and set(grpc_warm) == {"UNAUTHENTICATED"}, (warm, grpc_warm)
     before = _series(gw.metrics())
     rss_before = _rss_kib(gw.pid)
     flood = names(20_000)
     counts = asyncio.run(_flood(flood, json_hdr, 32, 120))
     sent = sum(counts.values())
+    grpc_flood = grpc_names(2_000)
+    grpc_counts = asyncio.run(_grpc_flood(gw.grpc_target, grpc_flood, 16))
     after_text = gw.metrics()
     after = _series(after_text)
     rss_after = _rss_kib(gw.pid)
     print(
-        f"random-name flood: sent={sent} statuses={counts} series {len(before)}->{len(after)} "
+        f"random-name flood: http sent={sent} statuses={counts}, grpc statuses={grpc_counts}, "
+        f"series {len(before)}->{len(after)} "
         f"rss_kib {rss_before}->{rss_after}"
     )
     assert sent >= 2_000, f"only {sent} requests sent in the time budget: the attack is too small"
     assert set(counts) == {401}, counts
+    assert grpc_counts == {"UNAUTHENTICATED": len(grpc_flood)}, grpc_counts
     assert after - before == set(), sorted(after - before)[:10]
     sent_names = [url.split("/v2/models/")[1].split("/")[0] for _, url in flood[:sent]]
+    sent_names += grpc_flood
     assert not any(name in after_text for name in sent_names)
     assert 'model="unknown"' in after_text
     assert gw.metric("modelseal_gateway_requests_total", model="unknown", code="401") >= sent

@@ -492,6 +492,70 @@ def test_operator_survives_vault_outage(ops_env: OpsEnv, op: Operator, ns: str) 
     assert op.proc is not None and op.proc.running
 
 
+def test_service_account_named_after_the_model_is_migrated(
+    ops_env: OpsEnv, op: Operator, ns: str
+) -> None:
+    """A model from before issue 12 ran as a ServiceAccount named after itself (guessable,
+    so squattable): the operator moves it to <name>-<uid[:8]> and deletes the old one."""
+    env = ops_env
+    key = env.vault.create_transit_key()
+    apply(env, license_doc(ns))
+    apply(env, model_doc(ns, "legacy", key))
+    pm = wait_reason(env, ns, "legacy", "Serving", timeout=120)
+    account = pm["status"]["serviceAccountName"]
+    assert account == f"legacy-{pm['metadata']['uid'][:8]}"
+    # What an older operator left behind: the account named after the model (owned by it),
+    # the Deployment's Pods and the Vault role on that account.
+    owner = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ProtectedModel",
+        "name": "legacy",
+        "uid": pm["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    labels = {
+        "app.kubernetes.io/name": "modelseal-model",
+        "app.kubernetes.io/managed-by": "modelseal-operator",
+        "modelseal.io/model": "legacy",
+    }
+    env.core().create_namespaced_service_account(
+        ns, {"metadata": {"name": "legacy", "labels": labels, "ownerReferences": [owner]}}
+    )
+    role_name = vault_name(ns, "legacy")
+    old_role = dict(env.vault_role(role_name) or {})
+    old_role["bound_service_account_names"] = ["legacy"]
+    env.vault.client().adapter.post(f"/v1/auth/kubernetes/role/{role_name}", json=old_role)
+    env.apps().patch_namespaced_deployment(
+        "legacy", ns, {"spec": {"template": {"spec": {"serviceAccountName": "legacy"}}}}
+    )
+    # Migrated: the template and the role on the new account, the old account deleted once
+    # no Pod of the model runs as it.
+    wait_for(
+        lambda: (
+            (env.raw("Deployment", ns, "legacy") or {})["spec"]["template"]["spec"][
+                "serviceAccountName"
+            ]
+            == account
+        ),
+        "Deployment back on the model's account",
+        30,
+    )
+    wait_for(
+        lambda: (env.vault_role(role_name) or {}).get("bound_service_account_names") == [account],
+        "Vault role rebound",
+        30,
+    )
+    wait_for(lambda: env.raw("ServiceAccount", ns, "legacy") is None, "old account deleted", 60)
+    assert env.raw("ServiceAccount", ns, account) is not None
+    reasons = {e["reason"] for e in env.events(ns, "legacy")}
+    assert "ServiceAccountMigrated" in reasons, reasons
+    wait_reason(env, ns, "legacy", "Serving", timeout=60)
+    # Idempotent: nothing left to migrate, nothing recreated.
+    time.sleep(3)
+    assert env.raw("ServiceAccount", ns, "legacy") is None
+
+
 def test_cli_get_columns(ops_env: OpsEnv, op: Operator, ns: str) -> None:
     env = ops_env
     key = env.vault.create_transit_key()

@@ -95,6 +95,17 @@ def readinto_exact(stream: ReadStream, view: memoryview, what: str) -> None:
         got += n
 
 
+_ZERO_BLOCK = memoryview(bytes(1 << 20))
+
+
+def wipe(view: memoryview | bytearray) -> None:
+    """Overwrite with zeros in place, without a temporary the size of the buffer."""
+    target = memoryview(view).cast("B")
+    for off in range(0, len(target), len(_ZERO_BLOCK)):
+        n = min(len(_ZERO_BLOCK), len(target) - off)
+        target[off : off + n] = _ZERO_BLOCK[:n]
+
+
 class _Slots:
     """A fixed pool of (record, plaintext) buffer pairs."""
 
@@ -116,7 +127,7 @@ class _Slots:
                 _, plain = self.free.get_nowait()
             except queue.Empty:
                 return
-            plain[:] = bytes(len(plain))
+            wipe(plain)
 
 
 class _Failure:
@@ -267,7 +278,7 @@ def open_payload(
                         try:
                             cipher.decrypt_into(i, rec, out)
                         except BaseException:
-                            out[:] = bytes(len(out))  # unauthenticated: wipe it now
+                            wipe(out)  # unauthenticated: wipe it now
                             raise
                 if progress:
                     progress(rec_len)

@@ -40,6 +40,8 @@ OPERATOR = f"system:serviceaccount:{RELEASE_NS}:ms-modelseal-operator"
 BREAK_GLASS = "modelseal:break-glass"
 MODEL = "digits"
 GROUP, VERSION = "modelseal.io", "v1alpha1"
+# The labels the operator puts on a model's pods (operator/modelseal/render/names.py).
+MODEL_POD_LABELS = {"app.kubernetes.io/name": "modelseal-model", "modelseal.io/model": MODEL}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -148,6 +150,49 @@ def workload_body(kind: str, name: str, service_account: str) -> dict[str, Any]:
             },
         },
     }
+
+
+def model_service_account(model: dict[str, Any]) -> str:
+    """The model's ServiceAccount, as the operator names it: <name>-<first 8 of its uid>."""
+    return f"{model['metadata']['name']}-{model['metadata']['uid'][:8]}"
+
+
+def kubectl(
+    cluster: KubeCluster, user: str, ns: str, args: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """Our kubectl as ``user`` in ``ns`` (as people use it: websocket/SPDY upgrades, patches)."""
+    return subprocess.run(
+        [
+            str(cluster.binary("kubectl")),
+            f"--kubeconfig={cluster.kubeconfig}",
+            f"--as={user}",
+            "-n",
+            ns,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+def failed_create_message(api: Any, ns: str, controller_object: str) -> str:
+    """The message of the FailedCreate event that a workload controller records on
+    ``controller_object`` (a StatefulSet, a ReplicaSet) when admission refuses its pod."""
+    core = k8s.CoreV1Api(api)
+    events = wait_for(
+        lambda: [
+            e
+            for e in core.list_namespaced_event(
+                ns, field_selector=f"involvedObject.name={controller_object}"
+            ).items
+            if e.reason == "FailedCreate"
+        ],
+        f"the FailedCreate event of {controller_object}",
+    )
+    return str(events[0].message)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -300,6 +345,7 @@ def tenant(cluster: KubeCluster, admin: Any, chart: str) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+    model_sa = model_service_account(pm)
     # What the operator renders, written with the operator's own identity and RBAC.
     op = client_as(cluster, OPERATOR)
     op_core, op_apps = k8s.CoreV1Api(op), k8s.AppsV1Api(op)
@@ -308,14 +354,36 @@ def tenant(cluster: KubeCluster, admin: Any, chart: str) -> dict[str, Any]:
         "ownerReferences": [owner],
         "labels": {"app.kubernetes.io/managed-by": "modelseal-operator"},
     }
-    op_core.create_namespaced_service_account(ns, {"metadata": meta})
+    op_core.create_namespaced_service_account(ns, {"metadata": {**meta, "name": model_sa}})
     op_core.create_namespaced_config_map(
         ns, {"metadata": {**meta, "name": f"{MODEL}-license"}, "data": {"license.json": "{}"}}
     )
-    dep = workload_body("Deployment", MODEL, MODEL)
+    op_core.create_namespaced_service(
+        ns,
+        {
+            "metadata": meta,
+            "spec": {
+                "selector": MODEL_POD_LABELS,
+                "ports": [{"name": "http", "port": 8080, "targetPort": "http"}],
+            },
+        },
+    )
+    # The model's pods as rendered in outline: the unsealer as an init container, Triton,
+    # the operator's pod labels (plus `app`, for the tests' own selectors).
+    dep = workload_body("Deployment", MODEL, model_sa)
     dep["metadata"] = copy.deepcopy(meta)
+    labels = {"app": MODEL, **MODEL_POD_LABELS}
+    dep["spec"]["selector"] = {"matchLabels": labels}
+    dep["spec"]["template"]["metadata"] = {"labels": labels}
+    dep["spec"]["template"]["spec"]["initContainers"] = [
+        {"name": "unsealer", "image": "modelseal/unsealer:1", "restartPolicy": "Always"}
+    ]
     dep["spec"]["template"]["spec"]["containers"] = [
-        {"name": "triton", "image": "nvcr.io/nvidia/tritonserver:24.08-py3"}
+        {
+            "name": "triton",
+            "image": "nvcr.io/nvidia/tritonserver:24.08-py3",
+            "ports": [{"name": "http", "containerPort": 8000}],
+        }
     ]
     op_apps.create_namespaced_deployment(ns, dep)
     pods = wait_for(
@@ -328,6 +396,7 @@ def tenant(cluster: KubeCluster, admin: Any, chart: str) -> dict[str, Any]:
         timeout=90,
     )
     model_pod = pods[0].metadata.name
+    replica_set = next(r.name for r in pods[0].metadata.owner_references if r.controller)
     # An ordinary pod beside it, made by the tenant.
     mallory = client_as(cluster, "mallory")
     k8s.CoreV1Api(mallory).create_namespaced_pod(ns, pod_body("web"))
@@ -339,7 +408,15 @@ def tenant(cluster: KubeCluster, admin: Any, chart: str) -> dict[str, Any]:
         lambda: "Modelseal" in ((_try_exec(mallory, ns, model_pod) or ApiException()).body or ""),
         "the admission policies to be active",
     )
-    return {"ns": ns, "model_pod": model_pod, "mallory": mallory, "operator": op}
+    return {
+        "ns": ns,
+        "model_pod": model_pod,
+        "model_sa": model_sa,
+        "replica_set": replica_set,
+        "owner": owner,
+        "mallory": mallory,
+        "operator": op,
+    }
 
 
 def _try_exec(api: Any, ns: str, pod: str) -> ApiException | None:
@@ -384,22 +461,8 @@ KUBECTL_ACTIONS = {
 
 
 def kubectl_as(cluster: KubeCluster, user: str, ns: str, args: list[str]) -> str:
-    """Our kubectl (websocket/SPDY upgrade, as people use it) as ``user``; its stderr."""
-    result = subprocess.run(
-        [
-            str(cluster.binary("kubectl")),
-            f"--kubeconfig={cluster.kubeconfig}",
-            f"--as={user}",
-            "-n",
-            ns,
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
+    """kubectl as ``user``, which must fail; its stderr."""
+    result = kubectl(cluster, user, ns, args)
     assert result.returncode != 0, result.stdout
     return result.stderr
 
@@ -447,10 +510,10 @@ def test_pod_borrowing_the_models_service_account_is_refused(
     for api in (tenant["mallory"], admin):
         exc = refused(
             lambda api=api: k8s.CoreV1Api(api).create_namespaced_pod(
-                tenant["ns"], pod_body(f"thief-{uuid.uuid4().hex[:4]}", MODEL)
+                tenant["ns"], pod_body(f"thief-{uuid.uuid4().hex[:4]}", tenant["model_sa"])
             )
         )
-        assert_refused_by_modelseal(exc, f"ServiceAccount {MODEL}", "own Deployment")
+        assert_refused_by_modelseal(exc, f"ServiceAccount {tenant['model_sa']}", "own Deployment")
 
 
 def test_pod_with_its_own_service_account_is_allowed(tenant: dict[str, Any]) -> None:
@@ -470,25 +533,16 @@ def test_workloads_borrowing_the_service_account_are_refused(
         "ReplicaSet": apps.create_namespaced_replica_set,
         "StatefulSet": apps.create_namespaced_stateful_set,
     }[kind]
-    body = workload_body(kind, f"borrow-{kind.lower()}", MODEL)
+    body = workload_body(kind, f"borrow-{kind.lower()}", tenant["model_sa"])
     if kind == "StatefulSet":
         # The StatefulSet itself is not guarded, but its controller may not create the pod:
         # it records the refusal as a FailedCreate event.
         body["spec"]["serviceName"] = "x"
         create(tenant["ns"], body)
         name = body["metadata"]["name"]
+        message = failed_create_message(tenant["mallory"], tenant["ns"], name)
+        assert "Modelseal: " in message, message
         core = k8s.CoreV1Api(tenant["mallory"])
-        event = wait_for(
-            lambda: [
-                e
-                for e in core.list_namespaced_event(
-                    tenant["ns"], field_selector=f"involvedObject.name={name}"
-                ).items
-                if e.reason == "FailedCreate"
-            ],
-            "the StatefulSet controller's FailedCreate event",
-        )[0]
-        assert "Modelseal: " in event.message, event.message
         assert core.list_namespaced_pod(tenant["ns"], label_selector=f"app={name}").items == []
         return
     exc = refused(lambda: create(tenant["ns"], body))
@@ -502,7 +556,7 @@ def test_token_for_the_models_service_account_is_refused(
     for api in (tenant["mallory"], admin):
         exc = refused(
             lambda api=api: k8s.CoreV1Api(api).create_namespaced_service_account_token(
-                MODEL, tenant["ns"], request
+                tenant["model_sa"], tenant["ns"], request
             )
         )
         assert_refused_by_modelseal(exc, "only be issued to the kubelet")
@@ -516,14 +570,14 @@ def test_long_lived_token_secret_for_the_model_is_refused(tenant: dict[str, Any]
     body = {
         "metadata": {
             "name": "stolen-token",
-            "annotations": {"kubernetes.io/service-account.name": MODEL},
+            "annotations": {"kubernetes.io/service-account.name": tenant["model_sa"]},
         },
         "type": "kubernetes.io/service-account-token",
     }
     exc = refused(
         lambda: k8s.CoreV1Api(tenant["mallory"]).create_namespaced_secret(tenant["ns"], body)
     )
-    assert_refused_by_modelseal(exc, "ServiceAccount digits")
+    assert_refused_by_modelseal(exc, f"ServiceAccount {tenant['model_sa']}")
 
 
 # --------------------------------------------------------------------------- owned objects
@@ -560,7 +614,8 @@ def test_edits_of_owned_objects_are_refused(tenant: dict[str, Any]) -> None:
         refused(lambda: core.delete_namespaced_config_map(f"{MODEL}-license", ns)), "delete"
     )
     assert_refused_by_modelseal(
-        refused(lambda: core.delete_namespaced_service_account(MODEL, ns)), "ServiceAccount"
+        refused(lambda: core.delete_namespaced_service_account(tenant["model_sa"], ns)),
+        "ServiceAccount",
     )
 
 

@@ -466,10 +466,28 @@ def test_uninstall_keeps_crds_and_users_models(
     wait_for(
         lambda: not apps.list_namespaced_deployment(RELEASE_NS).items, "operator Deployment gone"
     )
-    assert not [
-        p
-        for p in k8s.AdmissionregistrationV1Api(api).list_validating_admission_policy().items
-        if p.metadata.name.startswith("ms-modelseal-")
-    ]
-    # A second install adopts the kept CRDs (they still carry the release's annotations).
+    # The admission guards stay too (the models they protect outlive the release; a gap
+    # before the next install would let a tenant plant a workload).
+    adm = k8s.AdmissionregistrationV1Api(api)
+
+    def guards() -> tuple[set[str], set[str]]:
+        policies = {
+            p.metadata.name
+            for p in adm.list_validating_admission_policy().items
+            if p.metadata.name.startswith("ms-modelseal-")
+        }
+        bindings = {
+            b.metadata.name
+            for b in adm.list_validating_admission_policy_binding().items
+            if b.metadata.name.startswith("ms-modelseal-")
+        }
+        return policies, bindings
+
+    kept_policies, kept_bindings = guards()
+    assert "ms-modelseal-sa-borrowing-pods" in kept_policies, kept_policies
+    assert kept_bindings == kept_policies
+    # A second install adopts the kept CRDs and guards (they still carry the release's
+    # annotations).
     helm_cmd(helm, cluster, "install", RELEASE, str(CHART), "--namespace", RELEASE_NS)
+    policies, bindings = guards()
+    assert kept_policies <= policies and kept_bindings <= bindings

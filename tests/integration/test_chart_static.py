@@ -7,6 +7,7 @@ tests/integration/test_chart_install.py sends what is rendered here to a real AP
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Iterator
@@ -352,12 +353,21 @@ def test_admission_policies_are_bound_and_name_modelseal(helm: Path) -> None:
             assert b["spec"]["paramRef"] == {"selector": {}, "parameterNotFoundAction": "Allow"}
     assert {
         "ms-modelseal-interactive-access",
+        "ms-modelseal-model-pods",
+        "ms-modelseal-model-replicasets",
         "ms-modelseal-sa-borrowing-pods",
         "ms-modelseal-sa-borrowing-workloads",
         "ms-modelseal-sa-borrowing-tokens",
         "ms-modelseal-owned-objects",
+        "ms-modelseal-model-services",
+        "ms-modelseal-model-networkpolicies",
         "ms-modelseal-output-policy",
     } == set(policies)
+    # Kept on `helm uninstall`, like the CRDs: the models outlive it.
+    for doc in by_kind(docs, "ValidatingAdmissionPolicy") + by_kind(
+        docs, "ValidatingAdmissionPolicyBinding"
+    ):
+        assert doc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     for name, p in policies.items():
         if name.endswith("output-policy"):
             assert p["spec"]["failurePolicy"] == "Fail"
@@ -379,9 +389,50 @@ def test_admission_policies_are_bound_and_name_modelseal(helm: Path) -> None:
         ]
     }
     assert ops == {
-        ("CONNECT",): ["pods/exec", "pods/attach", "pods/portforward"],
+        ("CONNECT",): [
+            "pods/exec",
+            "pods/attach",
+            "pods/portforward",
+            "pods/proxy",
+            "services/proxy",
+        ],
         ("UPDATE",): ["pods/ephemeralcontainers"],
     }
+
+
+@pytest.mark.integration
+def test_model_service_account_name_is_one_helper(helm: Path) -> None:
+    """Every guard that needs the model's ServiceAccount name computes it the same way (the
+    operator's: <model>-<first 8 of the ProtectedModel's uid>), never from the name alone."""
+    from modelseal.render.names import names_for
+
+    policies = by_kind(render(helm), "ValidatingAdmissionPolicy")
+    exprs = {
+        v["expression"]
+        for p in policies
+        for v in p["spec"].get("variables", [])
+        if v["name"] == "modelServiceAccount"
+    }
+    assert exprs == {"params.metadata.name + '-' + params.metadata.uid.substring(0, 8)"}
+    uid = "0b8e3c1a-5d2f-4e6a-9c7b-1f2e3d4c5b6a"
+    assert names_for("ns", "digits", uid).service_account == "digits-0b8e3c1a"
+    users = [
+        p["metadata"]["name"]
+        for p in policies
+        if "variables.modelServiceAccount" in json.dumps(p["spec"])
+    ]
+    assert len(users) >= 5, users
+    # No guard compares a ServiceAccount with the model's bare name (the guessable one).
+    bare = re.compile(r"serviceAccount\w* [!=]= params\.metadata\.name(?!\s*\+)")
+    for p in policies:
+        assert not bare.search(json.dumps(p["spec"])), p["metadata"]["name"]
+
+
+@pytest.mark.integration
+def test_admission_keep_off_drops_the_annotation(helm: Path) -> None:
+    docs = render(helm, sets=("admission.keep=false",))
+    for doc in by_kind(docs, "ValidatingAdmissionPolicy"):
+        assert "helm.sh/resource-policy" not in doc["metadata"].get("annotations", {})
 
 
 @pytest.mark.integration
@@ -415,8 +466,6 @@ def known_metric_series() -> set[str]:
 
 
 def test_dashboard_uses_only_exported_metrics() -> None:
-    import json
-
     dash = json.loads((CHART / "files" / "dashboards" / "modelseal.json").read_text())
     assert dash["uid"] == "modelseal-overview"
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", []) if "expr" in t] + [

@@ -92,16 +92,21 @@ seccompProfile:
 {{/*
 The contract with the operator's renderer (operator/modelseal/render/names.py), which the
 admission guards, the PodMonitor and the Redis NetworkPolicy rely on:
-  * a model's ServiceAccount and Deployment are named after its ProtectedModel, so the
-    model's Pods are named <ProtectedModel name>-<pod-template-hash>-<suffix>, where hash
-    and suffix use only Kubernetes' "safe" alphabet (bcdfghjklmnpqrstvwxz2456789). The
-    guards take the ProtectedModels of the request's namespace as their parameters
-    (paramKind), so they know which ServiceAccounts and Pods are a model's without any label
-    a tenant could edit. For CONNECT requests the API server shows a policy only the pod's
-    name and the exec/attach/port-forward options, hence the name pattern;
+  * a model's Deployment and Service are named after its ProtectedModel, so the model's
+    ReplicaSets are named <ProtectedModel name>-<pod-template-hash> and its Pods
+    <ProtectedModel name>-<pod-template-hash>-<suffix>, where hash and suffix use only
+    Kubernetes' "safe" alphabet (bcdfghjklmnpqrstvwxz2456789). The guards take the
+    ProtectedModels of the request's namespace as their parameters (paramKind), so they know
+    which ServiceAccounts and Pods are a model's without any label a tenant could edit. For
+    CONNECT requests the API server shows a policy only the target's name (for proxy
+    requests [scheme:]name[:port]) and the request's options, hence the name patterns;
+  * a model's ServiceAccount is named <ProtectedModel name>-<first 8 characters of its
+    metadata.uid> (modelseal.cel.modelServiceAccount): the uid exists only once the
+    ProtectedModel does, so nobody can plant a workload under that name beforehand;
   * every object it owns carries a controller ownerReference to its ProtectedModel;
-  * model Pods carry the labels of modelseal.modelPodSelector, and the gateway's metrics
-    container port is named modelseal.modelPodMetricsPort.
+  * model Pods carry the labels of modelseal.modelPodSelector, plus exactly the label keys
+    of modelseal.cel.modelPodLabelKeys (values of modelseal.cel.modelPodLabels where
+    known), and the gateway's metrics container port is named modelseal.modelPodMetricsPort.
 */}}
 {{- define "modelseal.modelPodSelector" -}}
 app.kubernetes.io/name: modelseal-model
@@ -112,9 +117,62 @@ app.kubernetes.io/managed-by: modelseal-operator
 metrics
 {{- end }}
 
-{{/* CEL: is the pod named request.name one of the pods of the model params? */}}
+{{/* The "safe" alphabet of generated name parts (pod-template-hash, pod suffix). */}}
+{{- define "modelseal.cel.safeChars" -}}
+bcdfghjklmnpqrstvwxz2456789
+{{- end }}
+
+{{/* CEL: the name of the ServiceAccount of the model params. The one place that knows it;
+every policy that needs it defines variables.modelServiceAccount with this. The API server
+gives the policies their params whole, metadata.uid included
+(tests/integration/test_admission.py shows the guards refusing under that name). */}}
+{{- define "modelseal.cel.modelServiceAccount" -}}
+params.metadata.name + '-' + params.metadata.uid.substring(0, 8)
+{{- end }}
+
+{{/* CEL: is the pod (or proxy target [scheme:]pod[:port]) named request.name one of the
+pods of the model params? */}}
 {{- define "modelseal.cel.isModelPodName" -}}
-request.name.matches('^' + params.metadata.name + '-[bcdfghjklmnpqrstvwxz2456789-]+$')
+request.name.matches('^(https?:)?' + params.metadata.name + '-[{{ include "modelseal.cel.safeChars" . }}-]+(:[^:]*)?$')
+{{- end }}
+
+{{/* CEL: is the name (a CEL string expression, the argument) the name of a ReplicaSet of
+the model params' Deployment? */}}
+{{- define "modelseal.cel.isModelReplicaSetName" -}}
+{{ . }}.matches('^' + params.metadata.name + '-[{{ include "modelseal.cel.safeChars" . }}]+$')
+{{- end }}
+
+{{/* CEL: is the Pod object (a CEL expression, the argument: object or oldObject) one of
+the model params' pods, by any of its marks: its name, its ServiceAccount, its model label,
+its controlling ReplicaSet? Needs variables.modelServiceAccount. On UPDATE the guards ask
+this of oldObject (and object), so a pod cannot drop out of the guard by first changing
+the mark. */}}
+{{- define "modelseal.cel.isModelPod" -}}
+({{ . }}.metadata.name.matches('^' + params.metadata.name + '-[{{ include "modelseal.cel.safeChars" . }}-]+$') || (has({{ . }}.spec.serviceAccountName) && {{ . }}.spec.serviceAccountName == variables.modelServiceAccount) || (has({{ . }}.metadata.labels) && 'modelseal.io/model' in {{ . }}.metadata.labels && {{ . }}.metadata.labels['modelseal.io/model'] == params.metadata.name) || (has({{ . }}.metadata.ownerReferences) && {{ . }}.metadata.ownerReferences.exists(r, r.kind == 'ReplicaSet' && {{ include "modelseal.cel.isModelReplicaSetName" "r.name" }})))
+{{- end }}
+
+{{/* CEL map: the labels of the model params' pods whose values are known here. */}}
+{{- define "modelseal.cel.modelPodLabels" -}}
+{'app.kubernetes.io/name': 'modelseal-model', 'modelseal.io/model': string(params.metadata.name), 'app.kubernetes.io/instance': string(params.metadata.name), 'app.kubernetes.io/managed-by': 'modelseal-operator', 'app.kubernetes.io/part-of': 'modelseal'}
+{{- end }}
+
+{{/* CEL list: every label key the model's pods carry (operator's common_labels, the
+version, and the ReplicaSet's pod-template-hash). A label selector that requires another
+key, or another value for a key of modelseal.cel.modelPodLabels, cannot select them. */}}
+{{- define "modelseal.cel.modelPodLabelKeys" -}}
+['app.kubernetes.io/name', 'modelseal.io/model', 'app.kubernetes.io/instance', 'app.kubernetes.io/managed-by', 'app.kubernetes.io/part-of', 'modelseal.io/tenant', 'modelseal.io/version', 'pod-template-hash']
+{{- end }}
+
+{{/* CEL: may the label selector's matchLabels map (the argument, a CEL expression) select
+the model's pods? Needs variables.podLabels and variables.podLabelKeys. */}}
+{{- define "modelseal.cel.matchLabelsMaySelectModel" -}}
+!{{ . }}.exists(k, !(k in variables.podLabelKeys) || (k in variables.podLabels && {{ . }}[k] != variables.podLabels[k]))
+{{- end }}
+
+{{/* CEL: may the label selector's matchExpressions list (the argument) select the
+model's pods? True unless one requirement provably excludes them. */}}
+{{- define "modelseal.cel.matchExpressionsMaySelectModel" -}}
+!{{ . }}.exists(e, (e.operator == 'In' && (!(e.key in variables.podLabelKeys) || (e.key in variables.podLabels && !(has(e.values) && variables.podLabels[e.key] in e.values)))) || (e.operator == 'NotIn' && e.key in variables.podLabels && has(e.values) && variables.podLabels[e.key] in e.values) || (e.operator == 'Exists' && !(e.key in variables.podLabelKeys)) || (e.operator == 'DoesNotExist' && e.key in variables.podLabelKeys))
 {{- end }}
 
 {{/* Kubernetes' own controllers, under per-controller credentials
@@ -134,5 +192,13 @@ matchExpressions:
       {{- toYaml .Values.operator.watchNamespaces | nindent 6 }}
 {{- else }}
 {}
+{{- end }}
+{{- end }}
+
+{{/* The admission objects' annotations: kept on `helm uninstall` with admission.keep. */}}
+{{- define "modelseal.admission.keepAnnotation" -}}
+{{- if .Values.admission.keep }}
+annotations:
+  helm.sh/resource-policy: keep
 {{- end }}
 {{- end }}

@@ -4,11 +4,12 @@ Real everything: kube-apiserver (kwok GPU nodes), Vault, Redis, S3, the operator
 process, and the pod the operator renders run by the pod runner (unsealer, Triton,
 gateway). The tests run in order and share one stack (see conftest.py):
 
-seal -> license + model -> pod serves top-k answers -> operator restart (serving goes on,
-nothing rewritten) -> Triton crash (restarted, serves again) -> unsealer crash (decrypts
-again) -> 401 -> Vault down while serving (a clear condition, serving goes on; a new pod
-waits while Vault is down and comes up when it is back) -> daily quota -> revocation ->
-audit verify. A test that fails leaves the stack usable for the next (`_ensure_serving`).
+seal -> license + model -> pod serves top-k answers (Triton without core dumps) ->
+operator restart (serving goes on, nothing rewritten) -> Triton crash (restarted, serves
+again) -> unsealer crash (decrypts again) -> 401 -> Vault down while serving (a clear
+condition, serving goes on; a new pod waits while Vault is down and comes up when it is
+back) -> daily quota -> revocation -> audit verify. A test that fails leaves the stack
+usable for the next (`_ensure_serving`).
 """
 
 from __future__ import annotations
@@ -93,6 +94,18 @@ def test_pod_serves_top_k_answers(story: Stack) -> None:
         assert int(index) == int(expected[i])
         assert 0.0 < float(score) <= 1.0
     assert np.mean(expected == truth) >= 0.8
+
+
+def test_triton_runs_with_core_dumps_off(story: Stack) -> None:
+    """The rendered entrypoint (sh: ulimit -c 0, exec) leaves Triton itself running with
+    RLIMIT_CORE 0, soft and hard (issue 12 High 12; docs/node-requirements.md)."""
+    triton = story.runner.current().container("triton")
+    assert triton.process is not None and triton.process.running
+    pid = triton.process.pid
+    assert Path(f"/proc/{pid}/exe").resolve().name == "tritonserver", "the shell exec'd Triton"
+    limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    core = next(line for line in limits if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"], core
 
 
 def test_operator_restart_keeps_serving_and_rewrites_nothing(story: Stack) -> None:

@@ -516,3 +516,61 @@ def test_edit_of_the_models_control_secret_is_refused(admin: Any, tenant: dict[s
     )
     core.patch_namespaced_secret(own, tenant["ns"], swap)
     core.delete_namespaced_secret(own, tenant["ns"])
+
+
+def test_autoscaler_scaling_the_model_is_refused(tenant: dict[str, Any]) -> None:
+    """A HorizontalPodAutoscaler of mallory's with minReplicas above the seats: the HPA
+    controller (its own identity, not the Deployment controller) would scale the model's
+    Deployment or ReplicaSet up; both scale requests are refused, so the replicas stay."""
+    auto = k8s.AutoscalingV2Api(tenant["mallory"])
+    apps = k8s.AppsV1Api(tenant["mallory"])
+
+    def hpa(name: str, kind: str, target: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target},
+                "minReplicas": 4,
+                "maxReplicas": 5,
+            },
+        }
+
+    plain = ordinary_replica_set(tenant)
+    apps.patch_namespaced_replica_set_scale(plain, tenant["ns"], {"spec": {"replicas": 1}})
+    autoscalers = (
+        ("model-deployment", "Deployment", MODEL),
+        ("model-replicaset", "ReplicaSet", tenant["replica_set"]),
+        ("plain", "ReplicaSet", plain),
+    )
+    for name, kind, target in autoscalers:
+        auto.create_namespaced_horizontal_pod_autoscaler(tenant["ns"], hpa(name, kind, target))
+    try:
+        _autoscalers_refused_but_the_plain_one(tenant, plain)
+    finally:
+        for name, _, _ in autoscalers:
+            auto.delete_namespaced_horizontal_pod_autoscaler(name, tenant["ns"])
+
+
+def _autoscalers_refused_but_the_plain_one(tenant: dict[str, Any], plain: str) -> None:
+    apps = k8s.AppsV1Api(tenant["mallory"])
+    for name in ("model-deployment", "model-replicaset"):
+        message = wait_for(
+            lambda name=name: [
+                e.message
+                for e in k8s.CoreV1Api(tenant["mallory"])
+                .list_namespaced_event(tenant["ns"], field_selector=f"involvedObject.name={name}")
+                .items
+                if e.reason == "FailedRescale"
+            ],
+            f"the HPA controller's FailedRescale event for {name}",
+            timeout=90,
+        )[0]
+        assert "Modelseal: " in message and f"protected model {MODEL}" in message, message
+    # Control: the same autoscaler on an ordinary ReplicaSet scales it.
+    wait_for(
+        lambda: apps.read_namespaced_replica_set(plain, tenant["ns"]).spec.replicas == 4,
+        "the HPA to scale the ordinary ReplicaSet",
+        timeout=90,
+    )
+    assert apps.read_namespaced_deployment(MODEL, tenant["ns"]).spec.replicas == 1
+    assert apps.read_namespaced_replica_set(tenant["replica_set"], tenant["ns"]).spec.replicas == 1

@@ -465,6 +465,18 @@ def test_pod_impersonating_the_model_behind_its_service_is_refused(
     core.create_namespaced_pod(tenant["ns"], body)
 
 
+def test_relabelling_a_pod_into_the_models_service_is_refused(tenant: dict[str, Any]) -> None:
+    """The same impersonation by UPDATE: mallory's running pod takes the model's labels."""
+    core = k8s.CoreV1Api(tenant["mallory"])
+    plain = ordinary_pod(tenant)
+    join = {"metadata": {"labels": dict(MODEL_POD_LABELS)}}
+    modelseal_refusal(
+        refused(lambda: core.patch_namespaced_pod(plain, tenant["ns"], join)), "its labels"
+    )
+    assert not (core.read_namespaced_pod(plain, tenant["ns"]).metadata.labels or {})
+    core.patch_namespaced_pod(plain, tenant["ns"], {"metadata": {"labels": {"app": "web"}}})
+
+
 def test_deployment_impersonating_the_model_gets_no_pod(
     cluster: KubeCluster, tenant: dict[str, Any]
 ) -> None:

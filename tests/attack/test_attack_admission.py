@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -163,6 +164,29 @@ def test_set_image_on_a_model_pod_is_refused(
     # Control: the same on an ordinary pod.
     plain = ordinary_pod(tenant)
     kubectl_ok(cluster, tenant, ["set", "image", f"pod/{plain}", "main=busybox:1.36"])
+
+
+def test_server_side_apply_of_a_model_pod_is_refused(
+    cluster: KubeCluster, tenant: dict[str, Any], tmp_path: Path
+) -> None:
+    """`kubectl apply --server-side --force-conflicts` takes the image field over."""
+
+    def manifest(pod: str, container: str) -> Path:
+        path = tmp_path / f"{pod}.yaml"
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod},
+            "spec": {"containers": [{"name": container, "image": "evil:latest"}]},
+        }
+        path.write_text(json.dumps(doc))
+        return path
+
+    apply = ["apply", "--server-side", "--force-conflicts", "--field-manager=mallory", "-f"]
+    kubectl_refused(cluster, tenant, [*apply, str(manifest(tenant["model_pod"], "triton"))])
+    assert model_pod(tenant).spec.containers[0].image != "evil:latest"
+    plain = ordinary_pod(tenant)
+    kubectl_ok(cluster, tenant, [*apply, str(manifest(plain, "main"))])
 
 
 def test_json_patch_of_the_unsealer_image_is_refused(

@@ -429,6 +429,39 @@ def test_model_service_account_name_is_one_helper(helm: Path) -> None:
 
 
 @pytest.mark.integration
+def test_guards_know_every_label_of_model_pods(helm: Path) -> None:
+    """The Service and NetworkPolicy guards decide whether a selector can reach a model's
+    pods from the label keys (and known values) those pods carry: they must be exactly what
+    the operator renders (the golden files, checked against the renderer by
+    tests/golden), plus the ReplicaSet's pod-template-hash."""
+    policies = {
+        p["metadata"]["name"]: p for p in by_kind(render(helm), "ValidatingAdmissionPolicy")
+    }
+    for name in ("ms-modelseal-model-services", "ms-modelseal-model-networkpolicies"):
+        variables = {v["name"]: v["expression"] for v in policies[name]["spec"]["variables"]}
+        keys = set(re.findall(r"'([^']+)'", variables["podLabelKeys"]))
+        known = {
+            k: v or None
+            for k, _, v in re.findall(
+                r"'([^']+)': ('([^']*)'|string\(params\.metadata\.name\))",
+                variables["podLabels"],
+            )
+        }
+        assert known and set(known) <= keys, (known, keys)
+        goldens = sorted((REPO / "tests" / "golden" / "cases").glob("*/expected.yaml"))
+        assert goldens
+        for golden in goldens:
+            for obj in yaml.safe_load(golden.read_text())["objects"]:
+                if obj["kind"] != "Deployment":
+                    continue
+                model = obj["metadata"]["name"]
+                labels = obj["spec"]["template"]["metadata"]["labels"]
+                assert set(labels) | {"pod-template-hash"} == keys, (golden, labels)
+                for key, value in known.items():
+                    assert labels[key] == (value or model), (golden, key)
+
+
+@pytest.mark.integration
 def test_admission_keep_off_drops_the_annotation(helm: Path) -> None:
     docs = render(helm, sets=("admission.keep=false",))
     for doc in by_kind(docs, "ValidatingAdmissionPolicy"):

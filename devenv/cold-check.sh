@@ -50,7 +50,8 @@ main() {
   export MODELSEAL_CACHE_DIR="${root}/modelseal-cache"
   export PIP_CACHE_DIR="${root}/pip-cache"
   export XDG_CACHE_HOME="${root}/xdg-cache"
-  unset GOFLAGS MODELSEAL_VAULT_BINARY PIP_NO_CACHE_DIR VIRTUAL_ENV
+  # PIP_FIND_LINKS: a local wheel folder would stand in for the registry.
+  unset GOFLAGS MODELSEAL_VAULT_BINARY PIP_NO_CACHE_DIR PIP_FIND_LINKS VIRTUAL_ENV
   mkdir -p "${GOMODCACHE}" "${GOCACHE}" "${GOPATH}" "${MODELSEAL_CACHE_DIR}" \
     "${PIP_CACHE_DIR}" "${XDG_CACHE_HOME}"
 

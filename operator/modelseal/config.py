@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Header that Triton's restricted APIs (model repository, shared memory, ...) require in a
@@ -105,6 +105,21 @@ class Settings(BaseSettings):
     )
     run_as_user: int = Field(
         1000, description="UID (and GID) every container of a model pod runs as."
+    )
+    redis_auth_secret: str = Field(
+        "",
+        description="Secret holding 'username' and 'password' of the quota Redis (the "
+        "chart's <release>-modelseal-redis-auth), read by name in "
+        "redis_auth_secret_namespace. For every model with quotaStore redis the operator "
+        "copies the two keys into a Secret it owns in the model's namespace "
+        "(<model>-redis-auth) and mounts it into the gateway container only, as the files "
+        "named by redis_username_file and redis_password_file. Empty: no credentials are "
+        "rendered (a Redis without auth).",
+    )
+    redis_auth_secret_namespace: str = Field(
+        "",
+        description="Namespace of redis_auth_secret (the chart passes its release "
+        "namespace, where the operator runs). Required when redis_auth_secret is set.",
     )
 
     # --- unsealer -----------------------------------------------------------------------
@@ -302,6 +317,12 @@ class Settings(BaseSettings):
     quota_fsync_interval_s: float = Field(
         default=1.0, description="How often the embedded store's journal is fsync-ed."
     )
+
+    @model_validator(mode="after")
+    def _redis_auth_namespaced(self) -> Settings:
+        if self.redis_auth_secret and not self.redis_auth_secret_namespace:
+            raise ValueError("redis_auth_secret needs redis_auth_secret_namespace")
+        return self
 
 
 def load_settings() -> Settings:

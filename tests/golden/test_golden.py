@@ -1,8 +1,10 @@
 """Golden files: a ProtectedModel (and its license) in, every rendered object out.
 
-Each folder under ``cases/`` holds ``input.yaml`` (``now``, ``model``, ``license``) and
-``expected.yaml`` (the license decision, the Kubernetes objects in apply order, and the
-Vault policy and role). To accept a deliberate change of the rendering::
+Each folder under ``cases/`` holds ``input.yaml`` (``now``, ``model``, ``license``, and
+optionally ``settings``: operator settings that differ from the defaults) and
+``expected.yaml`` (the license decision, the Kubernetes objects in apply order, the Vault
+policy and role, and, when the gateway mounts the quota Redis credentials, the shape of
+the Secret the operator copies them into). To accept a deliberate change of the rendering::
 
     MODELSEAL_UPDATE_GOLDEN=1 .venv/bin/pytest tests/golden
 
@@ -23,6 +25,7 @@ from modelseal.config import Settings
 from modelseal.models.license import decide
 from modelseal.models.spec import parse_license, parse_model
 from modelseal.quota.license import parse_licenses
+from modelseal.render import manifests
 from modelseal.render.compare import differences
 from modelseal.render.model import render_model
 
@@ -40,12 +43,14 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 def render_case(folder: Path, settings: Settings) -> dict[str, Any]:
     data = yaml.safe_load((folder / "input.yaml").read_text())
+    if data.get("settings"):
+        settings = settings.model_copy(update=data["settings"])
     now = datetime.fromisoformat(data["now"])
     model = parse_model(data["model"])
     lic = parse_license(data["license"]) if data.get("license") else None
     decision = decide(model, lic, [], now)
     rendered = render_model(model, lic, decision.granted, settings)
-    return {
+    got: dict[str, Any] = {
         "decision": {
             "granted": decision.granted,
             "reason": decision.reason,
@@ -60,6 +65,11 @@ def render_case(folder: Path, settings: Settings) -> dict[str, Any]:
             "role": rendered.vault.role,
         },
     }
+    if rendered.redis_auth is not None:
+        source = f"{settings.redis_auth_secret_namespace}/{settings.redis_auth_secret}"
+        placeholders = {k: f"<{k} from {source}>" for k in manifests.REDIS_AUTH_KEYS}
+        got["redis_auth_secret"] = manifests.redis_auth_secret(model, settings, placeholders)
+    return got
 
 
 class _Dumper(yaml.SafeDumper):
@@ -144,6 +154,43 @@ def test_golden_invariants(case: str, settings: Settings) -> None:
     # Triton never dumps core (RLIMIT_CORE 0 before it starts).
     assert triton["command"][:3] == ["/bin/sh", "-c", 'ulimit -c 0 && exec "$0" "$@"']
     assert triton["command"][3] == "tritonserver"
+    # The quota Redis credentials: files in the gateway only, from the model's own Secret.
+    for c in pod["containers"] + pod["initContainers"]:
+        for e in c.get("env") or []:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef") or {}
+            assert not ref.get("name", "").endswith("-redis-auth"), (c["name"], e)
+        mounts = {m["name"]: m for m in c.get("volumeMounts") or []}
+        files = {e["name"]: e.get("value") for e in c.get("env") or []}
+        if c["name"] == "gateway" and "redis_auth_secret" in got:
+            assert mounts[manifests.REDIS_AUTH_VOLUME]["readOnly"] is True
+            mount = mounts[manifests.REDIS_AUTH_VOLUME]["mountPath"]
+            assert files["MODELSEAL_REDIS_USERNAME_FILE"] == f"{mount}/username"
+            assert files["MODELSEAL_REDIS_PASSWORD_FILE"] == f"{mount}/password"
+        else:
+            assert manifests.REDIS_AUTH_VOLUME not in mounts, c["name"]
+            assert "MODELSEAL_REDIS_PASSWORD_FILE" not in files, c["name"]
+    redis_volumes = [v for v in pod["volumes"] if v["name"] == manifests.REDIS_AUTH_VOLUME]
+    if "redis_auth_secret" in got:
+        secret = got["redis_auth_secret"]
+        assert redis_volumes == [
+            {
+                "name": manifests.REDIS_AUTH_VOLUME,
+                "secret": {
+                    "secretName": secret["metadata"]["name"],
+                    "defaultMode": 0o440,
+                    "items": [
+                        {"key": "username", "path": "username"},
+                        {"key": "password", "path": "password"},
+                    ],
+                },
+            }
+        ]
+        assert (
+            secret["metadata"]["ownerReferences"]
+            == objects["Deployment"]["metadata"]["ownerReferences"]
+        )
+    else:
+        assert redis_volumes == []
     # A rendering compares equal to itself (no false drift).
     for obj in got["objects"]:
         assert differences(obj, obj) == []

@@ -83,8 +83,10 @@ OPERATOR_RULES: list[dict[str, Any]] = [
         "resources": ["serviceaccounts", "services", "configmaps"],
         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
     },
-    # Only the per-model triton-control Secret: create/read/repair, never list or watch.
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]},
+    # Only the per-model Secrets (triton-control, redis-auth; the chart's Redis auth Secret
+    # is read by name): create/read/repair, delete a redis-auth copy no longer needed,
+    # never list or watch (as the chart's -operator-secrets role).
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "delete"]},
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],

@@ -229,11 +229,14 @@ def test_rendered_crds_are_the_source_with_a_keep_policy(helm: Path) -> None:
 def test_rbac_is_least_privilege(helm: Path, values: Path | None) -> None:
     docs = render(helm, *([values] if values else []))
     roles = by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+    # all-on has the chart's Redis: its auth Secret, readable by name only (a Role there).
+    redis_auth = {"ms-modelseal-operator-redis-auth"} if values else set()
     assert {r["metadata"]["name"] for r in roles} == {
         "ms-modelseal-kopf-cluster",
         "ms-modelseal-kopf",
         "ms-modelseal-operator",
         "ms-modelseal-operator-secrets",
+        *redis_auth,
     }
     for role in roles:
         name = role["metadata"]["name"]
@@ -243,7 +246,15 @@ def test_rbac_is_least_privilege(helm: Path, values: Path | None) -> None:
             assert "*" not in rule.get("apiGroups", []), name
             for danger in ("escalate", "bind", "impersonate"):
                 assert danger not in rule["verbs"]
-            if "secrets" in rule["resources"]:
+            if "secrets" in rule["resources"] and name == "ms-modelseal-operator-redis-auth":
+                assert role["kind"] == "Role" and role["metadata"]["namespace"] == RELEASE_NS
+                assert rule == {
+                    "apiGroups": [""],
+                    "resources": ["secrets"],
+                    "resourceNames": ["ms-modelseal-redis-auth"],
+                    "verbs": ["get"],
+                }
+            elif "secrets" in rule["resources"]:
                 assert name == "ms-modelseal-operator-secrets", name
                 assert rule["resources"] == ["secrets"]
                 assert not {"list", "watch"} & set(rule["verbs"]), "Secrets by name only"
@@ -277,10 +288,67 @@ def test_watch_namespaces_bind_only_there(helm: Path) -> None:
         ("models-b", "ms-modelseal-kopf"),
         ("models-b", "ms-modelseal-operator"),
         ("models-b", "ms-modelseal-operator-secrets"),
+        (RELEASE_NS, "ms-modelseal-operator-redis-auth"),
     ]
     for b in by_kind(docs, "ValidatingAdmissionPolicyBinding"):
         values = b["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"]
         assert values == ["models-a", "models-b"]
+
+
+@pytest.mark.integration
+def test_redis_credentials_and_network_policy(helm: Path) -> None:
+    """High 2: the operator learns where the chart's Redis credentials are (a name, never
+    a value); Redis admits model pods only from the watched namespaces (by name), or from
+    redis.clientNamespaceSelector when the whole cluster is watched."""
+    docs = render(helm, ALL_ON)
+    dep = next(
+        d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "ms-modelseal-operator"
+    )
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELSEAL_REDIS_AUTH_SECRET"]["value"] == "ms-modelseal-redis-auth"
+    assert env["MODELSEAL_REDIS_AUTH_SECRET_NAMESPACE"]["value"] == RELEASE_NS
+    secret = next(d for d in by_kind(docs, "Secret") if d["metadata"]["name"].endswith("-auth"))
+    assert secret["metadata"]["name"] == "ms-modelseal-redis-auth"
+    password = secret["stringData"]["password"]
+    assert password not in json.dumps(dep)
+
+    def redis_peers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        (policy,) = [
+            d
+            for d in by_kind(docs, "NetworkPolicy")
+            if d["metadata"]["name"] == "ms-modelseal-redis"
+        ]
+        (rule,) = policy["spec"]["ingress"]
+        return list(rule["from"])
+
+    (peer,) = redis_peers(docs)
+    assert peer["namespaceSelector"] == {
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "In",
+                "values": ["models-a", "models-b"],
+            }
+        ]
+    }
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "modelseal-model"
+    # cluster-wide: every namespace unless a selector is given
+    (peer,) = redis_peers(render(helm, sets=("redis.enabled=true",)))
+    assert peer["namespaceSelector"] == {}
+    labelled = render(
+        helm,
+        sets=("redis.enabled=true", "redis.clientNamespaceSelector.matchLabels.team=models"),
+    )
+    (peer,) = redis_peers(labelled)
+    assert peer["namespaceSelector"] == {"matchLabels": {"team": "models"}}
+    # no Redis: no Role for its Secret, no setting
+    plain = render(helm)
+    assert not by_kind(plain, "Role")
+    plain_dep = next(
+        d for d in by_kind(plain, "Deployment") if d["metadata"]["name"] == "ms-modelseal-operator"
+    )
+    names = {e["name"] for e in plain_dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "MODELSEAL_REDIS_AUTH_SECRET" not in names
 
 
 # --------------------------------------------------------------------------- pods

@@ -11,8 +11,9 @@ modules (`modelseal.models`, `modelseal.render`) and writes only what differs:
 3. the license decision; then Vault: the Transit key must exist, and the model's policy
    and role are created or repaired while the license grants it and no intruder uses the
    account, and withdrawn otherwise (KeyAccessible=False, ServiceAccountInUse);
-4. the owned objects (ServiceAccount, triton-control Secret, license ConfigMap, Service,
-   NetworkPolicy, Deployment): created when missing, put back when they drifted, with
+4. the owned objects (ServiceAccount, triton-control Secret, the quota Redis credentials
+   Secret when the gateway needs one, license ConfigMap, Service, NetworkPolicy,
+   Deployment): created when missing, put back when they drifted, with
    zero replicas while the model may not run. When it may not run, this comes before the
    Vault withdrawal, so that a Vault outage never keeps it serving;
 5. the status (conditions with observedGeneration, endpoint, replicas, served version,
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -113,6 +115,8 @@ APPLY_ORDER = ("ServiceAccount", "ConfigMap", "Service", "NetworkPolicy", "Deplo
 INTRUDER_RECHECK_S = 10.0
 #: Key of `_live_objects` for the ServiceAccount named after the model (before issue 12).
 LEGACY_ACCOUNT = "LegacyServiceAccount"
+#: Key of `_live_objects` for the model's copy of the quota Redis credentials.
+REDIS_AUTH = "RedisAuthSecret"
 
 
 def _now() -> datetime:
@@ -313,6 +317,12 @@ class Reconciler:
             c = conflict(manifests.control_secret(spec, self.settings, ""), secret_live)
             if c:
                 conflicts.append(c)
+        redis_live = live.get(REDIS_AUTH)
+        if preview.redis_auth is not None and redis_live is not None:
+            blank = dict.fromkeys(manifests.REDIS_AUTH_KEYS, "")
+            c = conflict(manifests.redis_auth_secret(spec, self.settings, blank), redis_live)
+            if c:
+                conflicts.append(c)
         conflict_msg = "; ".join(conflicts) or None
 
         deployment = live.get("Deployment")
@@ -322,10 +332,13 @@ class Reconciler:
             # withdraw Vault, so that a Vault outage never keeps it serving.
             effective = False
             rendered = render_model(spec, lic, effective, self.settings)
+            redis_error = None
             if not conflict_msg:
                 await self._ensure_control_secret(spec, secret_live, secret_name, ref)
+                redis_error = await self._ensure_redis_auth(spec, rendered, redis_live, ref)
                 deployment = await self._apply(rendered, live, ref)
             key_state, error = await self._vault_step(spec, decision, conflict_msg, identity, ref)
+            error = error or redis_error
         else:
             key_state, error = await self._vault_step(spec, decision, conflict_msg, identity, ref)
             # Vault being down is no license decision: the license stays granted in what the
@@ -340,6 +353,9 @@ class Reconciler:
                 keep = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
                 rendered = _with_replicas(rendered, keep)
             await self._ensure_control_secret(spec, secret_live, secret_name, ref)
+            # Missing credentials are reported (Degraded) and retried; the Pods wait for the
+            # Secret's volume meanwhile (the gateway never runs without them).
+            error = error or await self._ensure_redis_auth(spec, rendered, redis_live, ref)
             deployment = await self._apply(rendered, live, ref)
         if not conflict_msg:
             await self._migrate_service_account(spec, live, workloads, ref)
@@ -438,6 +454,7 @@ class Reconciler:
             "NetworkPolicy": (k8s.NETWORK_POLICY, names.network_policy),
             "Deployment": (k8s.DEPLOYMENT, names.deployment),
             "Secret": (k8s.SECRET, names.control_secret),
+            REDIS_AUTH: (k8s.SECRET, names.redis_auth_secret),
         }
         results = await asyncio.gather(
             *(self.kube.get(kind, spec.namespace, name) for kind, name in wanted.values())
@@ -661,6 +678,69 @@ class Reconciler:
             body["stringData"] = desired["stringData"]
             await self.kube.replace(k8s.SECRET, spec.namespace, name, body)
             await self.event(ref, "Warning", "DriftRepaired", f"Secret {name} lost its token")
+
+    async def _ensure_redis_auth(
+        self,
+        spec: ModelSpec,
+        rendered: Rendered,
+        live: dict[str, Any] | None,
+        ref: Mapping[str, str],
+    ) -> str | None:
+        """The model's copy of the quota Redis user and password (`Rendered.redis_auth`).
+
+        Copied from ``settings.redis_auth_secret`` (read by name, in the operator's
+        namespace), put back when it differs from it (a new password, an edit), deleted when
+        the model no longer needs it. Returns why it cannot be made (the source is missing),
+        or None. The values are never logged, compared only as the API server holds them."""
+        s = self.settings
+        name = rendered.names.redis_auth_secret
+        if rendered.redis_auth is None:
+            if live is not None and _owned(live, spec.uid):
+                uid = str((live.get("metadata") or {}).get("uid") or "") or None
+                try:
+                    gone = await self.kube.delete(k8s.SECRET, spec.namespace, name, uid=uid)
+                except ApiError as exc:
+                    if not exc.conflict:
+                        raise
+                    gone = False
+                if gone:
+                    self._log(logging.INFO, ref, "Secret %s deleted (no quota Redis)", name)
+            return None
+        where = f"{s.redis_auth_secret_namespace}/{s.redis_auth_secret}"
+        source = await self.kube.get(k8s.SECRET, s.redis_auth_secret_namespace, s.redis_auth_secret)
+        if source is None:
+            return (
+                f"Secret {where} with the quota Redis credentials does not exist "
+                "(the chart makes it with redis.enabled)"
+            )
+        data = source.get("data") or {}
+        missing = [k for k in manifests.REDIS_AUTH_KEYS if not data.get(k)]
+        if missing:
+            return f"Secret {where} has no {' or '.join(missing)} for the quota Redis"
+        desired = manifests.redis_auth_secret(spec, s, data)
+        if live is None:
+            try:
+                await self.kube.create(k8s.SECRET, spec.namespace, desired)
+            except ApiError as exc:
+                if not exc.conflict:
+                    raise
+                raise RetryLater(f"Secret {name} appeared meanwhile") from None
+            self._log(
+                logging.INFO, ref, "Secret %s created (quota Redis user from %s)", name, where
+            )
+            return None
+        if live.get("data") == desired["data"] and not differences(desired, live):
+            return None
+        body = update_body(desired, live)
+        body.pop("stringData", None)
+        body["data"] = desired["data"]
+        await self.kube.replace(k8s.SECRET, spec.namespace, name, body)
+        self.metrics.drift_repairs.labels("Secret").inc()
+        self._log(logging.WARNING, ref, "Secret %s differed from %s; put back", name, where)
+        await self.event(
+            ref, "Warning", "DriftRepaired", f"Secret {name} differed from {where}; put back"
+        )
+        return None
 
     async def _apply(
         self, rendered: Rendered, live: Mapping[str, dict[str, Any]], ref: Mapping[str, str]
@@ -1067,17 +1147,7 @@ def _owned(obj: Mapping[str, Any], uid: str) -> bool:
 def _with_replicas(rendered: Rendered, replicas: int) -> Rendered:
     dep = copy.deepcopy(rendered.deployment)
     dep["spec"]["replicas"] = replicas
-    return Rendered(
-        names=rendered.names,
-        service_account=rendered.service_account,
-        license_config=rendered.license_config,
-        service=rendered.service,
-        network_policy=rendered.network_policy,
-        deployment=dep,
-        vault=rendered.vault,
-        endpoint=rendered.endpoint,
-        replicas=replicas,
-    )
+    return dataclasses.replace(rendered, deployment=dep, replicas=replicas)
 
 
 def _workload(dep: Mapping[str, Any] | None, desired: int) -> WorkloadState:

@@ -13,7 +13,10 @@ The Pod (one image for the Modelseal roles, plus Triton):
   restricted by a per-model token only the unsealer also has; started through
   ``/bin/sh -c 'ulimit -c 0 && exec ...'`` so that it never dumps core (docs/node-requirements.md).
 * ``gateway`` — the only exposed ports (HTTP, gRPC, metrics); reads the license ConfigMap
-  and the API keys Secret.
+  and the API keys Secret; with ``quotaStore: redis`` and ``settings.redis_auth_secret``
+  set, also the quota Redis user and password, as files from the ``<model>-redis-auth``
+  Secret (`redis_auth_secret`; never in env, args or the ConfigMap). Only the gateway
+  mounts it.
 
 Every field the API server would default is rendered explicitly, so that a rendered object
 compares equal to what the server returns (see `modelseal.render.compare`).
@@ -55,6 +58,12 @@ RESTRICTED_HTTP_APIS = "model-repository,shared-memory,trace,logging"
 RESTRICTED_GRPC_PROTOCOLS = "model-repository,shared-memory,trace,logging"
 SEALED_MOUNT = "/sealed"
 CONTROL_MOUNT = "/var/run/modelseal/control"
+REDIS_AUTH_VOLUME = "redis-auth"
+REDIS_AUTH_MOUNT = "/var/run/modelseal/redis"
+#: Keys of the quota Redis credentials, in the chart's Secret and in the model's copy.
+REDIS_USERNAME_KEY = "username"
+REDIS_PASSWORD_KEY = "password"  # noqa: S105 - a Secret key name
+REDIS_AUTH_KEYS = (REDIS_USERNAME_KEY, REDIS_PASSWORD_KEY)
 TRUSTED_KEYS_KEY = "trusted-keys"
 TMPFS_SLACK_BYTES = 32 * MIB
 SHM_BYTES = 256 * MIB
@@ -309,6 +318,11 @@ def _triton(model: ModelSpec, settings: Settings, names: Names, p: Ports) -> Jso
     }
 
 
+def needs_redis_auth(model: ModelSpec, settings: Settings) -> bool:
+    """Whether the model's gateway gets the quota Redis credentials (as files)."""
+    return model.gateway.quota_store == "redis" and bool(settings.redis_auth_secret)
+
+
 def gateway_env(model: ModelSpec, settings: Settings, p: Ports) -> list[Json]:
     """The gateway's settings. The one place to adapt when the gateway's contract moves."""
     env = [
@@ -331,6 +345,14 @@ def gateway_env(model: ModelSpec, settings: Settings, p: Ports) -> list[Json]:
     ]
     if model.gateway.quota_store == "redis" and model.gateway.redis_url:
         env.append(_env("MODELSEAL_REDIS_URL", model.gateway.redis_url))
+    if needs_redis_auth(model, settings):
+        # File names only: the values stay in the mounted Secret.
+        env.append(
+            _env("MODELSEAL_REDIS_USERNAME_FILE", f"{REDIS_AUTH_MOUNT}/{REDIS_USERNAME_KEY}")
+        )
+        env.append(
+            _env("MODELSEAL_REDIS_PASSWORD_FILE", f"{REDIS_AUTH_MOUNT}/{REDIS_PASSWORD_KEY}")
+        )
     if settings.audit_sink == "webhook" and settings.audit_webhook_url:
         env.append(_env("MODELSEAL_AUDIT_WEBHOOK_URL", settings.audit_webhook_url))
     return env
@@ -339,6 +361,14 @@ def gateway_env(model: ModelSpec, settings: Settings, p: Ports) -> list[Json]:
 def _gateway(model: ModelSpec, settings: Settings, p: Ports) -> Json:
     license_dir = str(PurePosixPath(settings.license_file).parent)
     keys_dir = str(PurePosixPath(settings.api_keys_file).parent)
+    mounts: list[Json] = [
+        {"name": "license", "mountPath": license_dir, "readOnly": True},
+        {"name": "api-keys", "mountPath": keys_dir, "readOnly": True},
+        {"name": "quota-state", "mountPath": str(settings.quota_state_dir)},
+        {"name": "tmp", "mountPath": "/tmp", "subPath": "gateway"},
+    ]
+    if needs_redis_auth(model, settings):
+        mounts.append({"name": REDIS_AUTH_VOLUME, "mountPath": REDIS_AUTH_MOUNT, "readOnly": True})
     return {
         "name": "gateway",
         **_container_defaults(settings.image),
@@ -358,12 +388,7 @@ def _gateway(model: ModelSpec, settings: Settings, p: Ports) -> Json:
             "limits": {"memory": "512Mi"},
         },
         "securityContext": _restricted_security_context(settings),
-        "volumeMounts": [
-            {"name": "license", "mountPath": license_dir, "readOnly": True},
-            {"name": "api-keys", "mountPath": keys_dir, "readOnly": True},
-            {"name": "quota-state", "mountPath": str(settings.quota_state_dir)},
-            {"name": "tmp", "mountPath": "/tmp", "subPath": "gateway"},
-        ],
+        "volumeMounts": mounts,
     }
 
 
@@ -408,6 +433,17 @@ def _volumes(model: ModelSpec, settings: Settings, names: Names) -> list[Json]:
         {"name": "tmp", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": format_bytes(SHM_BYTES)}},
     ]
+    if needs_redis_auth(model, settings):
+        volumes.append(
+            {
+                "name": REDIS_AUTH_VOLUME,
+                "secret": {
+                    "secretName": names.redis_auth_secret,
+                    "defaultMode": 0o440,
+                    "items": [{"key": k, "path": k} for k in REDIS_AUTH_KEYS],
+                },
+            }
+        )
     claim = model.source.pvc_claim
     if claim:
         volumes.append(
@@ -591,6 +627,19 @@ def control_secret(model: ModelSpec, settings: Settings, token: str) -> Json:
         "metadata": _meta(model, names.control_secret),
         "type": "Opaque",
         "stringData": {CONTROL_TOKEN_KEY: token},
+    }
+
+
+def redis_auth_secret(model: ModelSpec, settings: Settings, credentials: dict[str, str]) -> Json:
+    """The model's copy of the quota Redis user and password (`credentials`: the chart
+    Secret's ``data``, base64 as the API server returns it; only the two keys are kept)."""
+    names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(model, names.redis_auth_secret),
+        "type": "Opaque",
+        "data": {key: credentials[key] for key in REDIS_AUTH_KEYS},
     }
 
 

@@ -25,6 +25,9 @@ class Rendered:
     vault: VaultAccess
     endpoint: str
     replicas: int
+    #: Name of the Secret with the quota Redis credentials the gateway mounts (the
+    #: operator copies them from settings.redis_auth_secret), or None when it needs none.
+    redis_auth: str | None = None
 
     def objects(self) -> list[Json]:
         """Kubernetes objects in the order they are applied (the Deployment last)."""
@@ -42,8 +45,9 @@ def render_model(
 ) -> Rendered:
     """Render `model`; without a grant the Deployment asks for zero replicas."""
     replicas = model.serving.replicas if granted else 0
+    names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
     return Rendered(
-        names=names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix),
+        names=names,
         service_account=manifests.service_account(model, settings),
         license_config=manifests.license_config_map(model, settings, lic, granted),
         service=manifests.service(model, settings),
@@ -52,4 +56,5 @@ def render_model(
         vault=vault_access(model, settings),
         endpoint=endpoint(model, settings.gateway_http_port),
         replicas=replicas,
+        redis_auth=names.redis_auth_secret if manifests.needs_redis_auth(model, settings) else None,
     )

@@ -22,6 +22,7 @@ class Names:
     license_config: str
     network_policy: str
     control_secret: str
+    redis_auth_secret: str
     vault_role: str
     vault_policy: str
 
@@ -69,6 +70,7 @@ def names_for(namespace: str, name: str, uid: str, prefix: str = "modelseal") ->
         license_config=f"{name}-license",
         network_policy=name,
         control_secret=f"{name}-triton-control",
+        redis_auth_secret=f"{name}-redis-auth",
         vault_role=vault,
         vault_policy=vault,
     )

@@ -4,8 +4,9 @@ Real API server, real Vault, real ``redis-server`` with the chart's ACL file: th
 (told where the chart's auth Secret is, as the chart tells it) copies the user and password
 into ``<model>-redis-auth`` in the model's namespace; the files the kubelet would mount into
 the gateway from the rendered volume log the gateway's own store in to Redis and count a
-request. The password is in no env var, argument, ConfigMap or operator log line, and an
-edited copy is put back on the next resync, and deleted once the model stops using Redis.
+request. While the chart's Secret is missing the model reports it (Degraded). The password
+is in no env var, argument, ConfigMap or operator log line; an edited copy is put back on
+the next resync, and the copy is deleted once the model stops using Redis.
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ from tests.fixtures.redis_acl import (
     mount_secret_volume,
     remap,
 )
-from tests.integration.operator_helpers import OPERATOR_NS, Operator, OpsEnv, wait_for
-from tests.integration.test_operator import apply, license_doc, model_doc
+from tests.integration.operator_helpers import (
+    OPERATOR_NS,
+    Operator,
+    OpsEnv,
+    condition,
+    wait_for,
+)
+from tests.integration.test_operator import apply, license_doc, model_doc, wait_reason
 
 from modelseal.config import Settings
 from modelseal.gateway.core import build_store
@@ -77,7 +84,6 @@ async def test_gateway_gets_working_credentials(
 ) -> None:
     env = ops_env
     port, password = redis_port
-    _source(env, password)
     op = Operator(
         env,
         resync_interval_s=3,
@@ -93,6 +99,11 @@ async def test_gateway_gets_working_credentials(
             env,
             model_doc(ns, "counted", key, gateway={"quotaStore": "redis", "redisUrl": url}),
         )
+        # the chart's Secret is not there yet: the model says so, and gets no copy
+        degraded = wait_reason(env, ns, "counted", "ReconcileError", ctype="Degraded")
+        assert f"{OPERATOR_NS}/{SOURCE}" in condition(degraded, "Degraded")["message"]
+        assert env.raw("Secret", ns, "counted-redis-auth") is None
+        _source(env, password)
         secret = wait_for(
             lambda: env.raw("Secret", ns, "counted-redis-auth"), "counted-redis-auth", 60
         )
@@ -167,4 +178,5 @@ async def test_gateway_gets_working_credentials(
             wait_for(lambda: env.get_pm(ns, "counted") is None, "model deleted", 60)
         finally:
             op.stop()
-            env.core().delete_namespaced_secret(SOURCE, OPERATOR_NS)
+            if env.raw("Secret", OPERATOR_NS, SOURCE) is not None:
+                env.core().delete_namespaced_secret(SOURCE, OPERATOR_NS)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -44,11 +42,10 @@ from tritonclient.utils import InferenceServerException
 
 from modelseal.gateway.keys import hash_key_scrypt, hash_key_sha256, new_api_key
 from modelseal.gateway.upstream import GRPC_SERVICE
-from modelseal_devenv.common import ManagedProcess, free_port, wait_until
-from modelseal_devenv.redis import redis_server_binary
 from modelseal_devenv.triton import TritonServer
 from modelseal_devenv.vault import VaultServer
 from tests.attack.conftest import AttackLedger
+from tests.fixtures.redis_acl import acl_redis, chart_acl
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -498,46 +495,7 @@ def test_tampered_envelope_cannot_steer_the_owners_vault_token(
 # -- the quota Redis: counters only for the gateway's credentials (High 2) ---------------
 
 
-CHART_REDIS = Path(__file__).resolve().parents[2] / "charts/modelseal/templates/redis.yaml"
 _NO_RETRY: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_timeout": 10}
-
-
-def _chart_acl_file(password: str) -> str:
-    """The chart's users.acl as Helm renders it for ``password``."""
-    text = CHART_REDIS.read_text()
-    block = text.split("users.acl: |\n", 1)[1].split("\n---", 1)[0]
-    lines = [line.strip() for line in block.splitlines() if line.strip()]
-    sha = hashlib.sha256(password.encode()).hexdigest()
-    return "".join(line.replace("{{ sha256sum $password }}", sha) + "\n" for line in lines)
-
-
-@contextlib.contextmanager
-def _chart_redis(workdir: Path, acl: str) -> Iterator[int]:
-    """redis-server as the chart runs it: users from the ACL file, protected mode on."""
-    workdir.mkdir(parents=True)
-    (workdir / "users.acl").write_text(acl)
-    port = free_port()
-    argv = [
-        str(redis_server_binary()),
-        "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-        "--save", "", "--appendonly", "no",
-        "--aclfile", str(workdir / "users.acl"), "--protected-mode", "yes",
-    ]  # fmt: skip
-    proc = ManagedProcess("chart-redis", argv, workdir / "redis.log").start()
-
-    def up() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith((b"-NOAUTH", b"+PONG"))
-        except OSError:
-            return False
-
-    try:
-        wait_until(up, "redis-server with the chart's ACL file", 30, proc)
-        yield port
-    finally:
-        proc.stop()
 
 
 def test_quota_redis_refuses_everyone_but_the_gateway(
@@ -551,8 +509,8 @@ def test_quota_redis_refuses_everyone_but_the_gateway(
     password = secrets.token_urlsafe(24)
     admin_pw = secrets.token_urlsafe(24)
     # the chart's ACL file, and an admin user of the test's own to look at the counters
-    acl = _chart_acl_file(password) + f"user admin on >{admin_pw} ~* &* +@all\n"
-    with _chart_redis(tmp_path / "redis", acl) as port:
+    acl = chart_acl(password) + f"user admin on >{admin_pw} ~* &* +@all\n"
+    with acl_redis(tmp_path / "redis", acl) as port:
         host = "127.0.0.1"
         admin = redis_py.Redis(host=host, port=port, username="admin", password=admin_pw)
         url = f"redis://{host}:{port}/0"

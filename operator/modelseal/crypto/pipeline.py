@@ -130,6 +130,24 @@ class _Slots:
             wipe(plain)
 
 
+def _read_record(
+    stream: ReadStream,
+    core: CoreHeader,
+    i: int,
+    slots: _Slots,
+    slot: tuple[bytearray, bytearray],
+) -> int:
+    """Read record `i` into the slot's record buffer; its length. On failure the slot goes
+    back to the pool."""
+    rec_len = core.chunk_plain_len(i) + TAG_SIZE
+    try:
+        readinto_exact(stream, memoryview(slot[0])[:rec_len], f"chunk {i}")
+    except BaseException:
+        slots.give(slot)
+        raise
+    return rec_len
+
+
 class _Failure:
     def __init__(self) -> None:
         self.exc: BaseException | None = None
@@ -295,12 +313,7 @@ def open_payload(
                         if failure.exc is not None:
                             slots.give(slot)
                             break
-                        rec_len = core.chunk_plain_len(i) + TAG_SIZE
-                        try:
-                            readinto_exact(stream, memoryview(slot[0])[:rec_len], f"chunk {i}")
-                        except BaseException:
-                            slots.give(slot)
-                            raise
+                        rec_len = _read_record(stream, core, i, slots, slot)
                         pool.submit(work, i, slot, rec_len)
                 except BaseException as exc:
                     failure.set(exc)
@@ -498,12 +511,7 @@ def digest_records(
         try:
             for i in range(core.chunk_count):
                 slot = slots.take()
-                rec_len = core.chunk_plain_len(i) + TAG_SIZE
-                try:
-                    readinto_exact(stream, memoryview(slot[0])[:rec_len], f"chunk {i}")
-                except BaseException:
-                    slots.give(slot)
-                    raise
+                rec_len = _read_record(stream, core, i, slots, slot)
                 pool.submit(work, i, slot, rec_len)
         except BaseException as exc:
             failure.set(exc)

@@ -9,17 +9,12 @@
 #   tar, python3 layer tarballs; images/imagetool.py (digests, SBOM)
 set -euo pipefail
 
+# shellcheck source=devenv/apt-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-common.sh"
+
 REQUIRED=(mmdebstrap buildah skopeo tar python3)
 
-if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-image-deps: needs a Debian-based system (dpkg, apt-get);" \
-        "install by hand: ${REQUIRED[*]}" >&2
-    exit 1
-fi
-
-installed() {
-    [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" == "installed" ]]
-}
+apt_require_debian install-image-deps "${REQUIRED[*]}"
 
 missing=()
 for pkg in "${REQUIRED[@]}"; do
@@ -30,25 +25,12 @@ if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0
 fi
 
-SUDO=()
-if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO=(sudo)
-    else
-        echo "install-image-deps: missing ${missing[*]} and not root (no sudo)" >&2
-        exit 1
-    fi
-fi
+apt_set_sudo install-image-deps "${missing[*]}"
 
 export DEBIAN_FRONTEND=noninteractive
 echo "install-image-deps: apt-get update (missing: ${missing[*]})"
 "${SUDO[@]}" apt-get update -qq
 echo "install-image-deps: installing ${missing[*]}"
 "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-for pkg in "${REQUIRED[@]}"; do
-    if ! installed "$pkg"; then
-        echo "install-image-deps: $pkg still not installed" >&2
-        exit 1
-    fi
-done
+apt_check_installed install-image-deps "${REQUIRED[@]}"
 echo "install-image-deps: done"

@@ -18,6 +18,9 @@
 #   python3.11-venv  `python3.11 -m venv` (the Makefile's venv) on Debian's python3.11
 set -euo pipefail
 
+# shellcheck source=devenv/apt-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-common.sh"
+
 PYVER="${MODELSEAL_PYTHON_VERSION:-3.11}"
 
 REQUIRED=(
@@ -37,15 +40,7 @@ IF_AVAILABLE=(
     "python${PYVER}-venv"
 )
 
-if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-system-deps: needs a Debian-based system (dpkg, apt-get);" \
-        "install by hand: ${REQUIRED[*]} ${IF_AVAILABLE[*]}" >&2
-    exit 1
-fi
-
-installed() {
-    [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" == "installed" ]]
-}
+apt_require_debian install-system-deps "${REQUIRED[*]} ${IF_AVAILABLE[*]}"
 
 has_candidate() {
     local candidate
@@ -67,16 +62,7 @@ if [[ ${#missing_required[@]} -eq 0 && ${#missing_optional[@]} -eq 0 ]]; then
     exit 0
 fi
 
-SUDO=()
-if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO=(sudo)
-    else
-        echo "install-system-deps: missing ${missing_required[*]} ${missing_optional[*]}" \
-            "and not root (no sudo)" >&2
-        exit 1
-    fi
-fi
+apt_set_sudo install-system-deps "${missing_required[*]} ${missing_optional[*]}"
 
 export DEBIAN_FRONTEND=noninteractive
 echo "install-system-deps: apt-get update (missing: ${missing_required[*]} ${missing_optional[*]})"
@@ -99,11 +85,6 @@ fi
 
 # The Debian package starts a system-wide redis-server on port 6379 where an init system
 # runs; the tests start their own on free ports and never use it, so it is left alone.
-for pkg in "${REQUIRED[@]}"; do
-    if ! installed "$pkg"; then
-        echo "install-system-deps: $pkg still not installed" >&2
-        exit 1
-    fi
-done
+apt_check_installed install-system-deps "${REQUIRED[@]}"
 command -v redis-server >/dev/null
 echo "install-system-deps: done"

@@ -22,8 +22,6 @@ import socket
 import subprocess
 import sys
 import tracemalloc
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,21 +30,10 @@ from modelseal.crypto import format as fmt
 from modelseal.crypto.stream import SecretBytes
 from modelseal.crypto.testing import files_manifest, raw_bundle
 from modelseal.unsealer import engine
+from tests.unit.test_unseal_limits import revoked_unsealer_env, shm_dir
 
 MiB = 1024 * 1024
-SHM = Path("/dev/shm")
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[Path]:
-    if not SHM.is_dir() or engine.filesystem_type(SHM) != "tmpfs":
-        pytest.skip("needs tmpfs at /dev/shm")
-    path = SHM / f"modelseal-attack-{uuid.uuid4().hex[:10]}"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+__all__ = ["shm_dir"]  # the unit tests' tmpfs folder (skips without tmpfs)
 
 
 def rendered_limit(plaintext: int, unsealer_mib: int = 256) -> int:
@@ -154,23 +141,8 @@ finally:
     reason="drops CAP_SYS_PTRACE with setpriv, which a root test run has to give up",
 )
 def test_same_user_cannot_open_the_unsealers_memory(tmp_path: Path, shm_dir: Path) -> None:
-    lic = tmp_path / "license.json"
-    lic.write_text(json.dumps({"tenant": "acme", "models": ["m"], "revoked": True}))
-    token = tmp_path / "token"
-    token.write_text("unused")
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSEAL_", "VAULT_"))}
-    env.update(
-        MODELSEAL_MODEL_DIR=str(shm_dir),
-        MODELSEAL_VAULT_ADDR="http://127.0.0.1:9",
-        MODELSEAL_VAULT_TOKEN_FILE=str(token),
-        MODELSEAL_BUNDLE_URI="file:///nonexistent.mseal",
-        MODELSEAL_BUNDLE_DIGEST="sha256tree:" + "0" * 64,
-        MODELSEAL_UNSEALER_PORT=str(port),
-        MODELSEAL_UNSEALER_BIND_ADDRESS="127.0.0.1",
-        MODELSEAL_UNSEALER_LICENSE_FILE=str(lic),
-        MODELSEAL_UNSEALER_TRITON_MODELS='["m"]',
-    )
+    env = revoked_unsealer_env(tmp_path, shm_dir, port)
     setpriv = shutil.which("setpriv")
     assert setpriv
     out = subprocess.run(

@@ -162,6 +162,30 @@ def test_requested_workers_respected_within_budget() -> None:
 # ------------------------------------------------------- the engine follows the plan
 
 
+def revoked_unsealer_env(tmp_path: Path, shm_dir: Path, port: int) -> dict[str, str]:
+    """The environment of an unsealer role on `port` with a revoked license (files under
+    `tmp_path`) and no reachable Vault: it stays up and never unseals."""
+    lic = tmp_path / "license.json"
+    lic.write_text(json.dumps({"tenant": "acme", "models": ["m"], "revoked": True}))
+    token = tmp_path / "token"
+    token.write_text("unused")
+    env: dict[str, str] = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MODELSEAL_", "VAULT_"))
+    }
+    env.update(
+        MODELSEAL_MODEL_DIR=str(shm_dir),
+        MODELSEAL_VAULT_ADDR="http://127.0.0.1:9",
+        MODELSEAL_VAULT_TOKEN_FILE=str(token),
+        MODELSEAL_BUNDLE_URI="file:///nonexistent.mseal",
+        MODELSEAL_BUNDLE_DIGEST="sha256tree:" + "0" * 64,
+        MODELSEAL_UNSEALER_PORT=str(port),
+        MODELSEAL_UNSEALER_BIND_ADDRESS="127.0.0.1",
+        MODELSEAL_UNSEALER_LICENSE_FILE=str(lic),
+        MODELSEAL_UNSEALER_TRITON_MODELS='["m"]',
+    )
+    return env
+
+
 @pytest.fixture
 def shm_dir() -> Iterator[Path]:
     if not SHM.is_dir() or engine.filesystem_type(SHM) != "tmpfs":
@@ -264,22 +288,7 @@ def test_started_unsealer_has_core_dumps_off(tmp_path: Path, shm_dir: Path) -> N
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    lic = tmp_path / "license.json"
-    lic.write_text(json.dumps({"tenant": "acme", "models": ["m"], "revoked": True}))
-    token = tmp_path / "token"
-    token.write_text("unused")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELSEAL_", "VAULT_"))}
-    env.update(
-        MODELSEAL_MODEL_DIR=str(shm_dir),
-        MODELSEAL_VAULT_ADDR="http://127.0.0.1:9",
-        MODELSEAL_VAULT_TOKEN_FILE=str(token),
-        MODELSEAL_BUNDLE_URI="file:///nonexistent.mseal",
-        MODELSEAL_BUNDLE_DIGEST="sha256tree:" + "0" * 64,
-        MODELSEAL_UNSEALER_PORT=str(port),
-        MODELSEAL_UNSEALER_BIND_ADDRESS="127.0.0.1",
-        MODELSEAL_UNSEALER_LICENSE_FILE=str(lic),
-        MODELSEAL_UNSEALER_TRITON_MODELS='["m"]',
-    )
+    env = revoked_unsealer_env(tmp_path, shm_dir, port)
     log = open(tmp_path / "unsealer.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelseal", "unsealer"], env=env, stdout=log, stderr=log

@@ -9,13 +9,11 @@ import io
 import json
 import logging
 import os
-import shutil
 import stat
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.unit.test_unseal_limits import shm_dir
 
 from modelseal.crypto import BundleError, DigestMismatchError
 from modelseal.crypto import format as fmt
@@ -32,6 +30,8 @@ from modelseal.unsealer.engine import (
 )
 
 SHM = Path("/dev/shm")
+__all__ = ["shm_dir"]  # a fresh folder on tmpfs, removed afterwards
+
 pytestmark = pytest.mark.skipif(
     not SHM.is_dir() or engine.filesystem_type(SHM) != "tmpfs", reason="needs tmpfs at /dev/shm"
 )
@@ -48,16 +48,6 @@ FILES = {
 
 def key() -> SecretBytes:
     return SecretBytes(KEY_RAW)
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[Path]:
-    path = SHM / f"modelseal-test-{uuid.uuid4().hex[:10]}"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

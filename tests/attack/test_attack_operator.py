@@ -40,20 +40,20 @@ from tests.integration.operator_helpers import (
     ops_env,
     wait_for,
 )
-from tests.integration.test_operator import apply, license_doc, model_doc, vault_name, wait_reason
+from tests.integration.test_admission import bind_mallory_admin
+from tests.integration.test_operator import (
+    apply,
+    license_doc,
+    model_doc,
+    op,
+    vault_name,
+    wait_reason,
+)
 
-__all__ = ["ops_cluster", "ops_env"]  # the operator tests' own control plane and Vault
+# the operator tests' own control plane, Vault and operator process
+__all__ = ["op", "ops_cluster", "ops_env"]
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def op(ops_env: OpsEnv) -> Iterator[Operator]:
-    operator = Operator(ops_env, resync_interval_s=8).start()
-    try:
-        yield operator
-    finally:
-        operator.stop()
 
 
 @pytest.fixture
@@ -65,20 +65,7 @@ def ns(ops_env: OpsEnv, op: Operator) -> Iterator[str]:
 
 def as_tenant(env: OpsEnv, ns: str) -> Any:
     """mallory: admin of the namespace (the usual rights of a tenant team)."""
-    k8s.RbacAuthorizationV1Api(env.api).create_namespaced_role_binding(
-        ns,
-        {
-            "metadata": {"name": "mallory-admin"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "admin",
-            },
-            "subjects": [
-                {"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}
-            ],
-        },
-    )
+    bind_mallory_admin(env.api, ns)
     api = env.cluster.api_client()
     api.set_default_header("Impersonate-User", "mallory")
     return api

@@ -273,15 +273,9 @@ def chart(cluster: KubeCluster, admin: Any) -> str:
     return RELEASE
 
 
-@pytest.fixture(scope="module")
-def tenant(cluster: KubeCluster, admin: Any, chart: str) -> dict[str, Any]:
-    """A tenant namespace with one ProtectedModel, its objects made by the 'operator', its
-    pods made by Kubernetes' controllers, and an ordinary pod beside it."""
-    ns = f"tenant-{uuid.uuid4().hex[:6]}"
-    core = k8s.CoreV1Api(admin)
-    core.create_namespace({"metadata": {"name": ns}})
-    # mallory administers the namespace: the usual rights of a tenant team.
-    k8s.RbacAuthorizationV1Api(admin).create_namespaced_role_binding(
+def bind_mallory_admin(api: Any, ns: str) -> None:
+    """Make user mallory admin of namespace `ns` (the usual rights of a tenant team)."""
+    k8s.RbacAuthorizationV1Api(api).create_namespaced_role_binding(
         ns,
         {
             "metadata": {"name": "mallory-admin"},
@@ -295,6 +289,17 @@ def tenant(cluster: KubeCluster, admin: Any, chart: str) -> dict[str, Any]:
             ],
         },
     )
+
+
+@pytest.fixture(scope="module")
+def tenant(cluster: KubeCluster, admin: Any, chart: str) -> dict[str, Any]:
+    """A tenant namespace with one ProtectedModel, its objects made by the 'operator', its
+    pods made by Kubernetes' controllers, and an ordinary pod beside it."""
+    ns = f"tenant-{uuid.uuid4().hex[:6]}"
+    core = k8s.CoreV1Api(admin)
+    core.create_namespace({"metadata": {"name": ns}})
+    # mallory administers the namespace: the usual rights of a tenant team.
+    bind_mallory_admin(admin, ns)
     # ... plus the right to add debug containers, which `admin` does not include.
     rbac = k8s.RbacAuthorizationV1Api(admin)
     rbac.create_namespaced_role(

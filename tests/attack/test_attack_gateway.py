@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -669,6 +670,9 @@ def gate_model(
         for token in range(100):  # let anything still waiting finish before unloading
             (release / str(token)).touch()
         triton_server.unload_model("gate")
+        # The repository is shared by the whole session: leave it as it was, so that other
+        # tests see only their own models in Triton's repository index.
+        shutil.rmtree(model, ignore_errors=True)
 
 
 def _gate_body(token: int) -> bytes:

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
     run_as_user: int = Field(
         1000, description="UID (and GID) every container of a model pod runs as."
     )
+    tenancy_file: Path | None = Field(
+        None,
+        description="JSON file (the chart's tenancy ConfigMap) declaring which Transit keys "
+        "and Triton images each namespace's ProtectedModels may use; a model that uses "
+        "others gets no Pods and no Vault access (condition NotAllowedInNamespace). Unset: "
+        "no restriction (development only).",
+    )
     redis_auth_secret: str = Field(
         "",
         description="Secret holding 'username' and 'password' of the quota Redis (the "

@@ -43,11 +43,13 @@ from typing import Any
 from modelseal.config import Settings
 from modelseal.handlers.auditing import Auditor
 from modelseal.handlers.metrics import Metrics
+from modelseal.handlers.tenancy import TenancySource
 from modelseal.handlers.vaultio import VaultSession
 from modelseal.handlers.workqueue import RetryLater, WorkQueue
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError, Kube
 from modelseal.models import conditions as cond
+from modelseal.models import tenancy
 from modelseal.models.identity import (
     REASON_IN_USE,
     IdentityCheck,
@@ -182,6 +184,7 @@ class Reconciler:
         self.metrics = metrics
         self.auditor = auditor
         self.now = now
+        self.tenancy = TenancySource(settings.tenancy_file)
         self.finalizer = f"{settings.api_group}/finalizer"
         # Retries back off to 15 s at most: a Vault outage heals within that once it ends.
         self.queue = WorkQueue(
@@ -294,6 +297,11 @@ class Reconciler:
             obs = await self._invalid_model(meta, spec_error or "invalid spec")
             await self._write_model_status(body, ref, obs, status_before, now, None)
             return None
+        # The platform's tenancy declaration: a key or image the namespace may not use.
+        if not_allowed := self.tenancy.refusal(spec):
+            obs = await self._invalid_model(meta, not_allowed, tenancy.REASON_NOT_ALLOWED)
+            await self._write_model_status(body, ref, obs, status_before, now, None)
+            return None
 
         names = names_for(namespace, name, meta.uid, self.settings.vault_policy_prefix)
         self._accounts[(namespace, names.service_account)] = name
@@ -391,7 +399,9 @@ class Reconciler:
             delay = min(delay, INTRUDER_RECHECK_S) if delay is not None else INTRUDER_RECHECK_S
         return delay
 
-    async def _invalid_model(self, meta: ObjectMeta, message: str) -> ModelObservation:
+    async def _invalid_model(
+        self, meta: ObjectMeta, message: str, reason: str = "InvalidSpec"
+    ) -> ModelObservation:
         """A spec the operator cannot act on: no Pods (first), then no Vault access."""
         names = names_for(meta.namespace, meta.name, meta.uid, self.settings.vault_policy_prefix)
         ref = _ref(MODEL_KIND, meta)
@@ -401,10 +411,10 @@ class Reconciler:
                 k8s.DEPLOYMENT, meta.namespace, names.deployment, {"spec": {"replicas": 0}}
             )
             dep = await self.kube.get(k8s.DEPLOYMENT, meta.namespace, names.deployment)
-        key = KeyState("False", "AccessWithdrawn", "no Vault access for an invalid spec")
+        key = KeyState("False", "AccessWithdrawn", f"no Vault access: {message}")
         error = None
         try:
-            await self._withdraw(names.vault_policy, names.vault_role, ref, "invalid spec")
+            await self._withdraw(names.vault_policy, names.vault_role, ref, message)
         except VaultError as exc:
             key = KeyState("Unknown", "VaultUnavailable", str(exc))
             error = str(exc)
@@ -412,6 +422,7 @@ class Reconciler:
             meta=meta,
             spec=None,
             spec_error=message,
+            spec_reason=reason,
             key=key,
             workload=_workload(dep, 0)
             if dep is not None and _owned(dep, meta.uid)

@@ -83,6 +83,9 @@ class ModelObservation:
     meta: ObjectMeta
     spec: ModelSpec | None
     spec_error: str | None = None
+    # Reason of the conditions when spec is None: InvalidSpec, or NotAllowedInNamespace
+    # (a valid spec that its namespace may not use: modelseal.models.tenancy).
+    spec_reason: str = "InvalidSpec"
     decision: LicenseDecision | None = None
     key: KeyState | None = None
     workload: WorkloadState = field(default_factory=WorkloadState)
@@ -97,7 +100,7 @@ class ModelObservation:
 def _ready(obs: ModelObservation) -> Condition:
     spec, wl = obs.spec, obs.workload
     if spec is None:
-        return Condition(READY, "False", "InvalidSpec", obs.spec_error or "invalid spec")
+        return Condition(READY, "False", obs.spec_reason, obs.spec_error or "invalid spec")
     if obs.conflict:
         return Condition(READY, "False", "ObjectConflict", obs.conflict)
     if obs.decision is not None and not obs.decision.granted:
@@ -146,6 +149,8 @@ def _license(obs: ModelObservation) -> Condition:
 
 def _key(obs: ModelObservation) -> Condition:
     if obs.spec is None:
+        if obs.spec_reason != "InvalidSpec" and obs.key is not None:
+            return Condition(KEY_ACCESSIBLE, obs.key.status, obs.spec_reason, obs.key.message)
         return Condition(KEY_ACCESSIBLE, "Unknown", "InvalidSpec", "the spec cannot be read")
     if obs.key is None:
         return Condition(KEY_ACCESSIBLE, "Unknown", "NotEvaluated", obs.error or "")

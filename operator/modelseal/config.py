@@ -71,6 +71,20 @@ class Settings(BaseSettings):
         300.0,
         description="How often the operator re-checks owned objects for drift (seconds).",
     )
+    quota_require_durable_state: bool = Field(
+        False,
+        description="Refuse a model with quotaStore embedded and no "
+        "gateway.quotaStateClaimName when its license counts per day, per month or a "
+        "total: its counters would live in an emptyDir that deleting the Pod resets "
+        "(the chart turns this on).",
+    )
+    usage_status_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="Least time between two writes of one ModelLicense's status.usage "
+        "request figures (read from the quota store); a write happens only when a figure "
+        "changed, so N licenses cause at most N writes per interval.",
+    )
     image: str = Field(
         "ghcr.io/modelseal/modelseal:0.1.0",
         description="Image that runs the unsealer and gateway roles in model pods.",

@@ -48,7 +48,9 @@ def render_case(folder: Path, settings: Settings) -> dict[str, Any]:
     now = datetime.fromisoformat(data["now"])
     model = parse_model(data["model"])
     lic = parse_license(data["license"]) if data.get("license") else None
-    decision = decide(model, lic, [], now)
+    decision = decide(
+        model, lic, [], now, require_durable_quota_state=settings.quota_require_durable_state
+    )
     rendered = render_model(model, lic, decision.granted, settings)
     got: dict[str, Any] = {
         "decision": {

@@ -307,7 +307,14 @@ class Reconciler:
         self._accounts[(namespace, names.service_account)] = name
         lic, lic_error = await self._license_for(spec)
         peers = await self._peers(spec) if lic is not None else []
-        decision = decide(spec, lic, peers, now, lic_error)
+        decision = decide(
+            spec,
+            lic,
+            peers,
+            now,
+            lic_error,
+            require_durable_quota_state=self.settings.quota_require_durable_state,
+        )
         live = await self._live_objects(spec)
         # Who else runs as the model's ServiceAccount (checked before every grant).
         identity, workloads = await self._identity(spec, names.service_account)

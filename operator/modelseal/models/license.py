@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from modelseal.models.quota_budget import budget_problem
 from modelseal.models.spec import LicenseSpec, ModelSpec
 
 
@@ -29,6 +30,8 @@ class Reason:
     MODEL_NOT_ALLOWED = "ModelNotAllowed"
     OUTPUT_POLICY = "OutputPolicyExceedsLicense"
     SEATS = "SeatsExceeded"
+    QUOTA_BUDGET = "QuotaBudgetNotShared"
+    QUOTA_STATE = "QuotaStateNotDurable"
 
 
 @dataclass(frozen=True)
@@ -185,8 +188,11 @@ def decide(
     peers: Iterable[ModelSpec],
     now: datetime,
     license_error: str | None = None,
+    *,
+    require_durable_quota_state: bool = False,
 ) -> LicenseDecision:
-    """The full decision for `model`: its terms, then its seats among `peers`.
+    """The full decision for `model`: its terms, then its seats among `peers`, then whether
+    it counts the license's quotas in the same store as the others (one budget).
 
     `peers` are the other parsed models naming the same license (the model itself may be
     among them; it is replaced by the given version). Only peers that pass the terms
@@ -196,15 +202,16 @@ def decide(
     if not terms.granted or lic is None:
         return terms
     claims = {model.key: claim_of(model)}
-    for peer in peers:
-        if peer.key == model.key:
-            continue
-        if check_terms(peer, lic, now).granted:
-            claims[peer.key] = claim_of(peer)
+    others = [p for p in peers if p.key != model.key and check_terms(p, lic, now).granted]
+    for peer in others:
+        claims[peer.key] = claim_of(peer)
     grants, _usage = allocate_seats(lic, claims.values())
     grant = grants[model.key]
     if not grant.granted:
         return LicenseDecision(False, Reason.SEATS, grant.message, next_change=lic.not_after)
+    problem = budget_problem(model, lic, others, require_durable=require_durable_quota_state)
+    if problem is not None:
+        return LicenseDecision(False, problem.reason, problem.message, next_change=lic.not_after)
     return terms
 
 

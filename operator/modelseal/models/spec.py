@@ -188,6 +188,9 @@ class Gateway:
     api_keys_secret: str
     quota_store: QuotaStore = "embedded"
     redis_url: str | None = None
+    #: PersistentVolumeClaim holding the embedded store's counters (None: an emptyDir,
+    #: whose counters reset when the Pod is deleted).
+    quota_state_claim: str | None = None
 
 
 @dataclass(frozen=True)
@@ -489,11 +492,20 @@ def parse_model(body: Mapping[str, Any]) -> ModelSpec:
             "spec.serving.replicas above 1 needs spec.gateway.quotaStore: redis, so that "
             "every replica counts against the same quotas"
         )
+    state_claim = _opt_str(gw, "quotaStateClaimName", "spec.gateway")
+    if state_claim is not None:
+        if store != "embedded":
+            raise SpecError(
+                "spec.gateway.quotaStateClaimName is only used with quotaStore embedded"
+            )
+        if not DNS1123_SUBDOMAIN_RE.match(state_claim) or len(state_claim) > 253:
+            raise SpecError("spec.gateway.quotaStateClaimName is not a valid claim name")
     gateway = Gateway(
         api_keys_secret=_opt_str(gw, "apiKeysSecretName", "spec.gateway")
         or f"{meta.name}-api-keys",
         quota_store=store,
         redis_url=redis_url,
+        quota_state_claim=state_claim,
     )
     policy = parse_output_policy(
         _obj(spec.get("outputPolicy"), "spec.outputPolicy"), "spec.outputPolicy", "mode", "topK"
@@ -505,6 +517,11 @@ def parse_model(body: Mapping[str, Any]) -> ModelSpec:
     )
     if _is_zero(rollout.max_surge) and _is_zero(rollout.max_unavailable):
         raise SpecError("spec.rollout.maxSurge and maxUnavailable cannot both be zero")
+    if state_claim is not None and not _is_zero(rollout.max_surge):
+        raise SpecError(
+            "spec.gateway.quotaStateClaimName needs spec.rollout.maxSurge 0: the embedded "
+            "store's counters are held by one Pod at a time"
+        )
     netpol = _obj(spec.get("networkPolicy"), "spec.networkPolicy")
     peers = netpol.get("ingressFrom") or []
     if not isinstance(peers, Sequence) or isinstance(peers, str):

@@ -392,6 +392,16 @@ def _gateway(model: ModelSpec, settings: Settings, p: Ports) -> Json:
     }
 
 
+def _quota_state_volume(model: ModelSpec) -> Json:
+    """The embedded store's folder: the model's claim (counters survive the Pod), else an
+    emptyDir (they reset with it; the license decision may refuse that, see
+    ``modelseal.models.quota_budget``)."""
+    claim = model.gateway.quota_state_claim
+    if claim:
+        return {"name": "quota-state", "persistentVolumeClaim": {"claimName": claim}}
+    return {"name": "quota-state", "emptyDir": {}}
+
+
 def _volumes(model: ModelSpec, settings: Settings, names: Names) -> list[Json]:
     token_file = PurePosixPath(settings.service_account_token_file).name
     volumes: list[Json] = [
@@ -429,7 +439,7 @@ def _volumes(model: ModelSpec, settings: Settings, names: Names) -> list[Json]:
             "name": "control",
             "secret": {"secretName": names.control_secret, "defaultMode": 0o440},
         },
-        {"name": "quota-state", "emptyDir": {}},
+        _quota_state_volume(model),
         {"name": "tmp", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": format_bytes(SHM_BYTES)}},
     ]

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from modelseal.audit.chain import now_iso
@@ -38,10 +38,10 @@ from modelseal.audit.keyfile import read_key
 from modelseal.audit.log import AuditLog, AuditOverflow, AuditWriterDead
 from modelseal.audit.sinks import FileSink, Sink, StdoutSink, WebhookSink
 from modelseal.config import Settings
+from modelseal.gateway.errors import Decision, GatewayError
 from modelseal.gateway.keys import (
     Consumer,
     KeyRing,
-    KeysBusy,
     KeyTable,
     parse_keys,
     presented_key,
@@ -57,52 +57,7 @@ from modelseal.store.redis import RedisStore
 
 log = logging.getLogger("modelseal.gateway")
 
-Decision = Literal["allow", "deny", "reject", "error"]
-
-GRPC_CODES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    408: "DEADLINE_EXCEEDED",
-    413: "RESOURCE_EXHAUSTED",
-    415: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-
 UNAUTHORIZED = "missing or invalid API key"
-
-
-class GatewayError(Exception):
-    """A refusal: HTTP status, message for the client, audit decision."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        decision: Decision = "reject",
-        limit: str | None = None,
-        retry_after: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.decision: Decision = decision
-        self.limit = limit
-        self.retry_after = retry_after
-
-    def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": self.message}
-        if self.limit is not None:
-            out["limit"] = self.limit
-        if self.retry_after is not None:
-            out["retry_after_s"] = self.retry_after
-        return out
 
 
 @dataclass(slots=True)
@@ -427,11 +382,8 @@ class Gateway:
         consumer = None
         if key is not None:
             consumer, _, slow = self.keys.lookup_fast(key)
-            if slow:
-                try:
-                    consumer = await self.keys.lookup(key)
-                except KeysBusy as exc:
-                    raise GatewayError(503, str(exc), decision="error", retry_after=1) from None
+            if slow:  # KeysBusy: 503 (``errors.ERROR_RULES``)
+                consumer = await self.keys.lookup(key)
         if consumer is None:
             self.metrics.auth_failures.inc()
             raise GatewayError(401, UNAUTHORIZED)

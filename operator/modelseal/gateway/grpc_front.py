@@ -17,8 +17,6 @@ client's own bytes unless the output policy rewrites it.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
 import math
 import struct
@@ -29,22 +27,13 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from tritonclient.grpc import service_pb2 as pb
 
-from modelseal.gateway.core import GRPC_CODES, Ctx, Gateway, GatewayError
-from modelseal.gateway.kserve import (
-    DTYPE_SIZES,
-    BadRequest,
-    ModelMeta,
-    check_names,
-    check_shape,
-)
-from modelseal.gateway.upstream import GRPC_SERVICE, UnknownModel, UpstreamError
+from modelseal.gateway.core import Ctx, Gateway
+from modelseal.gateway.errors import HTTP_OF_TRITON_CODE, GatewayError, grpc_code_of
+from modelseal.gateway.kserve import DTYPE_SIZES, BadRequest, ModelMeta, check_shape
+from modelseal.gateway.pipeline import DataPlane
+from modelseal.gateway.upstream import GRPC_SERVICE, Upstream
 from modelseal.quota.license import OutputPolicy
-from modelseal.quota.output import (
-    OutputPolicyError,
-    PlannedOutput,
-    plan_outputs,
-    restrict_values,
-)
+from modelseal.quota.output import PlannedOutput, restrict_values
 
 _NOT_CONNECTED = "failed to connect to all addresses"
 log = logging.getLogger("modelseal.gateway.grpc")
@@ -80,22 +69,6 @@ _REFUSED = frozenset(
         "LogSettings",
     }
 )
-_HTTP_OF_GRPC = {
-    "INVALID_ARGUMENT": 400,
-    "UNAUTHENTICATED": 401,
-    "PERMISSION_DENIED": 403,
-    "NOT_FOUND": 404,
-    "RESOURCE_EXHAUSTED": 429,
-    "UNAVAILABLE": 503,
-    "DEADLINE_EXCEEDED": 504,
-    "UNIMPLEMENTED": 501,
-}
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    """Mark a background call's outcome as seen (no "never retrieved" warning)."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 def decode_bytes_tensor(raw: bytes) -> list[bytes]:
@@ -231,17 +204,123 @@ def restrict_grpc_response(
 Handler = Callable[[bytes, Any], Awaitable[bytes]]
 
 
+def _credentials(context: Any) -> tuple[list[str], list[str]]:
+    metadata = context.invocation_metadata() or ()
+    auth = [str(v) for k, v in metadata if k == "authorization"]
+    keys = [str(v) for k, v in metadata if k == "x-api-key"]
+    return auth, keys
+
+
+def abort_args(exc: GatewayError) -> tuple[Any, str, tuple[tuple[str, str], ...]]:
+    """A refusal as gRPC answers it: (status code, details, trailing metadata)."""
+    details = exc.message
+    if exc.limit is not None:
+        details += f" [limit={exc.limit}]"
+    trailing = (("retry-after", str(exc.retry_after)),) if exc.retry_after is not None else ()
+    return getattr(grpc.StatusCode, grpc_code_of(exc.status)), details, trailing
+
+
+async def _triton_call(upstream: Upstream, name: str, request: bytes, hold_s: float) -> bytes:
+    """One call to Triton; a gRPC error Triton itself answered becomes a refusal."""
+    try:
+        return await upstream.grpc_call(name, request, hold_s)
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        status = HTTP_OF_TRITON_CODE.get(code.name, 502)
+        raise GatewayError(status, f"triton: {exc.details() or code.name}") from None
+
+
+class GrpcInference:
+    """``pipeline.Inference`` for one ``ModelInfer`` call (the message parsed already)."""
+
+    __slots__ = ("context", "model", "raw", "req", "upstream", "version")
+
+    def __init__(self, front: GrpcFront, ctx: Ctx, raw: bytes, context: Any) -> None:
+        ctx.req_bytes = len(raw)
+        try:
+            self.req = pb.ModelInferRequest.FromString(raw)
+        except Exception:
+            raise GatewayError(400, "request is not a valid ModelInferRequest") from None
+        self.raw = raw
+        self.context = context
+        self.upstream = front.gw.upstream
+        self.model: str = self.req.model_name
+        self.version: str = self.req.model_version
+        ctx.request_id = self.req.id[:200] or None
+
+    def credentials(self) -> tuple[list[str], list[str]]:
+        return _credentials(self.context)
+
+    async def read(self) -> bytes:
+        return self.raw
+
+    def parse(self, ctx: Ctx, body: bytes) -> None:
+        pass  # parsed when decoded
+
+    def check(self, meta: ModelMeta) -> list[tuple[str, int | None]] | None:
+        return check_grpc_request(self.req, meta)
+
+    def forward(self, plan: list[PlannedOutput] | None) -> bytes:
+        return self.raw if plan is None else restrict_grpc_request(self.req, plan)
+
+    async def send(self, payload: bytes, hold_s: float) -> bytes:
+        return await _triton_call(self.upstream, "ModelInfer", payload, hold_s)
+
+    def answer(
+        self, ctx: Ctx, reply: bytes, policy: OutputPolicy, plan: list[PlannedOutput] | None
+    ) -> tuple[bytes, list[str]]:
+        if plan is None:
+            return reply, []
+        try:
+            return restrict_grpc_response(reply, policy, plan)
+        except Exception:
+            raise GatewayError(502, "Triton's answer is unreadable", decision="error") from None
+
+
+class GrpcLookup:
+    """``pipeline.Lookup``: ``ServerMetadata``, ``ModelMetadata``, ``ModelReady``."""
+
+    __slots__ = ("context", "model", "name", "raw", "upstream", "version")
+
+    def __init__(self, front: GrpcFront, name: str, raw: bytes, context: Any) -> None:
+        self.name = name
+        self.raw = raw
+        self.context = context
+        self.upstream = front.gw.upstream
+        self.model: str | None = None
+        self.version = ""
+        message = _LOOKUPS[name]
+        if message is not None:
+            try:
+                parsed = message.FromString(raw)
+            except Exception:
+                raise GatewayError(400, "request is not a valid message") from None
+            self.model, self.version = parsed.name, parsed.version
+
+    def credentials(self) -> tuple[list[str], list[str]]:
+        return _credentials(self.context)
+
+    async def send(self, ctx: Ctx, hold_s: float) -> bytes:
+        return await _triton_call(self.upstream, self.name, self.raw, hold_s)
+
+
+_LOOKUPS: dict[str, Any] = {
+    "ServerMetadata": None,
+    "ModelMetadata": pb.ModelMetadataRequest,
+    "ModelReady": pb.ModelReadyRequest,
+}
+
+
 class GrpcFront:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, plane: DataPlane | None = None) -> None:
         self.gw = gateway
-        timeout = gateway.settings.gateway_upstream_timeout_s
-        self.timeout = timeout
+        self.plane = plane or DataPlane(gateway)
         self._routes: dict[str, Handler] = {
             "ServerLive": self._health("ServerLive"),
             "ServerReady": self._health("ServerReady"),
-            "ServerMetadata": self._metadata("ServerMetadata", pb.ServerMetadataRequest),
-            "ModelMetadata": self._metadata("ModelMetadata", pb.ModelMetadataRequest),
-            "ModelReady": self._metadata("ModelReady", pb.ModelReadyRequest),
+            "ServerMetadata": self._lookup("ServerMetadata"),
+            "ModelMetadata": self._lookup("ModelMetadata"),
+            "ModelReady": self._lookup("ModelReady"),
             "ModelInfer": self.model_infer,
         }
 
@@ -264,86 +343,22 @@ class GrpcFront:
 
         return _Generic()
 
-    # -- shared ---------------------------------------------------------------------------
     async def _run(
         self, context: Any, route: str, step: Callable[[Ctx], Awaitable[bytes]]
     ) -> bytes:
+        """Decode, run the data plane, encode its answer or refusal; audit."""
         ctx = Ctx("grpc", route, context.peer(), time.perf_counter())
-        code = None
-        details = ""
-        trailing: tuple[tuple[str, str], ...] = ()
-        result = b""
-        try:
-            result = await step(ctx)
-            ctx.status = ctx.status or 200
-        except GatewayError as exc:
-            if ctx.decision != "allow":
-                ctx.decision = exc.decision
-            ctx.limit = exc.limit if exc.limit is not None else ctx.limit
-            ctx.reason = exc.message
-            ctx.status = exc.status
-            code = getattr(grpc.StatusCode, GRPC_CODES.get(exc.status, "UNKNOWN"))
-            details = exc.message
-            if exc.limit is not None:
-                details += f" [limit={exc.limit}]"
-            if exc.retry_after is not None:
-                trailing = (("retry-after", str(exc.retry_after)),)
-        except Exception as exc:
-            log.exception("internal error in %s", route)
-            ctx.decision, ctx.status = "error", 500
-            ctx.reason = f"internal error: {type(exc).__name__}"
-            code, details = grpc.StatusCode.INTERNAL, "internal gateway error"
-        finally:
-            self.gw.release(ctx)
-        ctx.resp_bytes = len(result)
-        self.gw.finish(ctx)
-        if code is not None:
+        outcome = await self.plane.serve(ctx, lambda: step(ctx))
+        if isinstance(outcome, GatewayError):
+            ctx.status = outcome.status
+            await self.plane.finish(ctx)  # a refusal: nothing to withhold
+            code, details, trailing = abort_args(outcome)
             await context.abort(code, details, trailing_metadata=trailing)
-        return result
-
-    async def _auth(self, context: Any, ctx: Ctx) -> None:
-        metadata = context.invocation_metadata() or ()
-        auth = [str(v) for k, v in metadata if k == "authorization"]
-        keys = [str(v) for k, v in metadata if k == "x-api-key"]
-        await self.gw.authenticate(ctx, auth, keys)
-
-    async def _call(self, ctx: Ctx, name: str, request: bytes) -> bytes:
-        """One call to Triton. Past the upstream timeout the client gets 504 at once, but
-        the call goes on (deadline: ``quota_lease_s``) so that the concurrency slot is
-        held until Triton is done with it (``Gateway.release_after``)."""
-        t = time.perf_counter()
-        hold_s = max(self.timeout, self.gw.settings.quota_lease_s)
-        call = asyncio.ensure_future(self.gw.upstream.grpc_method(name)(request, timeout=hold_s))
-        try:
-            async with asyncio.timeout(self.timeout):
-                answer: bytes = await asyncio.shield(call)
-            return answer
-        except TimeoutError:
-            call.add_done_callback(_retrieve)
-            self.gw.release_after(ctx, call)
-            raise GatewayError(504, "Triton: did not answer in time", decision="error") from None
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            status = _HTTP_OF_GRPC.get(code.name, 502)
-            message = exc.details() or code.name
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                text = f"Triton: {message}"
-                # gRPC core's words for "no connection could be opened": nothing was sent
-                unsent = code == grpc.StatusCode.UNAVAILABLE and _NOT_CONNECTED in message
-                if unsent and await self.gw.refund(ctx):
-                    text += " (not counted against the quota)"
-                raise GatewayError(
-                    502 if code == grpc.StatusCode.UNAVAILABLE else 504,
-                    text,
-                    decision="error",
-                ) from None
-            raise GatewayError(status, f"triton: {message}") from None
-        finally:
-            ctx.upstream_s = time.perf_counter() - t
-            self.gw.release(ctx)
+            raise AssertionError("not reached: abort raises")
+        ctx.status = ctx.status or 200
+        ctx.resp_bytes = len(outcome)
+        await self.plane.finish(ctx)
+        return outcome
 
     # -- methods --------------------------------------------------------------------------
     def _health(self, name: str) -> Handler:
@@ -357,23 +372,10 @@ class GrpcFront:
 
         return health
 
-    def _metadata(self, name: str, message: Any) -> Handler:
+    def _lookup(self, name: str) -> Handler:
         async def method(request: bytes, context: Any) -> bytes:
             async def step(ctx: Ctx) -> bytes:
-                await self._auth(context, ctx)
-                if name != "ServerMetadata":
-                    try:
-                        parsed = message.FromString(request)
-                        check_names(parsed.name, parsed.version)
-                    except BadRequest as exc:
-                        raise GatewayError(400, str(exc)) from None
-                    except Exception:
-                        raise GatewayError(400, "request is not a valid message") from None
-                    ctx.model, ctx.version = parsed.name, parsed.version
-                    assert ctx.consumer is not None
-                    self.gw.license_for(ctx, ctx.consumer, parsed.name)
-                ctx.decision = "allow"
-                return await self._call(ctx, name, request)
+                return await self.plane.lookup(ctx, GrpcLookup(self, name, request, context))
 
             return await self._run(context, name, step)
 
@@ -382,9 +384,7 @@ class GrpcFront:
     def _refused(self, name: str) -> Handler:
         async def refused(request: bytes, context: Any) -> bytes:
             async def step(ctx: Ctx) -> bytes:
-                if self.gw.audit.try_reserve():
-                    ctx.reserved = True
-                raise GatewayError(403, f"refused: {name} is not offered by the gateway")
+                await self.plane.refuse(ctx, 403, f"refused: {name} is not offered by the gateway")
 
             return await self._run(context, name, step)
 
@@ -398,55 +398,6 @@ class GrpcFront:
 
     async def model_infer(self, request: bytes, context: Any) -> bytes:
         async def step(ctx: Ctx) -> bytes:
-            gw = self.gw
-            ctx.req_bytes = len(request)
-            try:
-                req = pb.ModelInferRequest.FromString(request)
-            except Exception:
-                raise GatewayError(400, "request is not a valid ModelInferRequest") from None
-            model, version = req.model_name, req.model_version
-            try:
-                check_names(model, version)
-            except BadRequest as exc:
-                raise GatewayError(400, str(exc)) from None
-            ctx.model, ctx.version = model, version
-            ctx.request_id = req.id[:200] or None
-            await self._auth(context, ctx)
-            assert ctx.consumer is not None
-            lic = gw.license_for(ctx, ctx.consumer, model)
-            ctx.input_sha256 = hashlib.sha256(request).hexdigest()
-            try:
-                meta = await gw.upstream.metadata(model, version)
-                requested = check_grpc_request(req, meta)
-            except BadRequest as exc:
-                raise GatewayError(400, str(exc)) from None
-            except UnknownModel as exc:
-                raise GatewayError(404, str(exc)) from None
-            except UpstreamError as exc:
-                raise GatewayError(
-                    504 if exc.timeout else 502, str(exc), decision="error"
-                ) from None
-            ctx.version = version or meta.served_version
-            policy = lic.output_policy
-            plan = None
-            forward = request
-            if policy.restricted:
-                try:
-                    plan = plan_outputs(policy, meta.output_types, requested)
-                except OutputPolicyError as exc:
-                    raise GatewayError(403, str(exc)) from None
-                forward = restrict_grpc_request(req, plan)
-            await gw.admit(ctx, lic, model)
-            answer = await self._call(ctx, "ModelInfer", forward)
-            if plan is None:
-                return answer
-            try:
-                restricted, dropped = restrict_grpc_response(answer, policy, plan)
-            except Exception:
-                raise GatewayError(502, "Triton's answer is unreadable", decision="error") from None
-            if dropped:
-                gw.metrics.policy_dropped.labels(lic.tenant, model).inc(len(dropped))
-                ctx.reason = f"output policy withheld {dropped}"
-            return restricted
+            return await self.plane.infer(ctx, GrpcInference(self, ctx, request, context))
 
         return await self._run(context, "ModelInfer", step)

@@ -22,12 +22,11 @@ their audit record.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -35,19 +34,20 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from modelseal.gateway.core import UNAUTHORIZED, Ctx, Gateway, GatewayError
+from modelseal.gateway.core import UNAUTHORIZED, Ctx, Gateway
+from modelseal.gateway.errors import GatewayError
 from modelseal.gateway.kserve import (
-    BadRequest,
-    check_names,
+    ModelMeta,
     check_request,
     check_unicode,
     parse_json,
     split_body,
 )
-from modelseal.gateway.upstream import UnknownModel, UpstreamError
+from modelseal.gateway.pipeline import DataPlane
+from modelseal.gateway.upstream import UpstreamError, UpstreamResponse
+from modelseal.quota.license import OutputPolicy
 from modelseal.quota.output import (
-    OutputPolicyError,
-    plan_outputs,
+    PlannedOutput,
     restrict_http_request,
     restrict_http_response,
 )
@@ -83,9 +83,122 @@ def error_response(exc: GatewayError) -> web.Response:
     return resp
 
 
+class HttpInference:
+    """``pipeline.Inference`` for one KServe v2 JSON (or binary-extension) request."""
+
+    __slots__ = (
+        "binary",
+        "body",
+        "front",
+        "header",
+        "headers",
+        "model",
+        "req",
+        "request",
+        "version",
+    )
+
+    def __init__(self, front: HttpFront, request: web.Request) -> None:
+        self.front = front
+        self.request = request
+        self.model: str = request.match_info["model"]
+        self.version: str = request.match_info.get("version", "")
+        self.headers = {"Content-Type": "application/json"}
+        self.body = self.header = self.binary = b""
+        self.req: dict[str, Any] = {}
+
+    def credentials(self) -> tuple[list[str], list[str]]:
+        return _credentials(self.request)
+
+    async def read(self) -> bytes:
+        encoding = self.request.headers.get("Content-Encoding", "identity").lower()
+        if encoding != "identity":
+            raise GatewayError(415, f"Content-Encoding {encoding!r} is not accepted")
+        self.body = await self.front.read_body(self.request)
+        return self.body
+
+    def parse(self, ctx: Ctx, body: bytes) -> None:
+        self.header, self.binary = split_body(body, self.request.headers.get(IHCL))
+        req = self.req = parse_json(self.header)
+        if isinstance(req.get("id"), str):
+            ctx.request_id = req["id"][:200]  # the audit record escapes what UTF-8 cannot hold
+        check_unicode(self.header, req)
+
+    def check(self, meta: ModelMeta) -> list[tuple[str, int | None]] | None:
+        return check_request(self.req, meta, len(self.binary))
+
+    def forward(self, plan: list[PlannedOutput] | None) -> bytes:
+        headers = self.headers
+        if plan is not None:
+            rewritten = json.dumps(restrict_http_request(self.req, plan)).encode()
+            if self.binary:
+                headers[IHCL] = str(len(rewritten))
+                headers["Content-Type"] = "application/octet-stream"
+            return rewritten + self.binary
+        if IHCL in self.request.headers:
+            headers[IHCL] = self.request.headers[IHCL]
+            headers["Content-Type"] = "application/octet-stream"
+        return self.body
+
+    async def send(self, payload: bytes, hold_s: float) -> UpstreamResponse:
+        path = _model_path(self.model, self.version) + "/infer"
+        return await self.front.gw.upstream.request("POST", path, payload, self.headers)
+
+    def answer(
+        self,
+        ctx: Ctx,
+        reply: UpstreamResponse,
+        policy: OutputPolicy,
+        plan: list[PlannedOutput] | None,
+    ) -> tuple[UpstreamResponse, list[str]]:
+        if reply.status != 200:
+            ctx.reason = _upstream_error(reply.body)
+            return reply, []
+        if plan is None:
+            return reply, []
+        if reply.header_length is not None:
+            raise GatewayError(502, "Triton answered in binary: the output policy cannot apply")
+        try:
+            answer = json.loads(reply.body)
+            if not isinstance(answer, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            raise GatewayError(502, "Triton's answer is not JSON", decision="error") from None
+        restricted, dropped = restrict_http_response(answer, policy, plan)
+        body = json.dumps(restricted).encode()
+        return UpstreamResponse(200, body, "application/json", None), dropped
+
+
+class HttpLookup:
+    """``pipeline.Lookup``: server or model metadata, model readiness."""
+
+    __slots__ = ("model", "path", "request", "upstream", "version")
+
+    def __init__(self, front: HttpFront, request: web.Request, model: str | None) -> None:
+        self.request = request
+        self.upstream = front.gw.upstream
+        self.model = model
+        self.version: str = request.match_info.get("version", "")
+        if model is None:
+            self.path = "/v2"
+        else:
+            ready = "/ready" if request.path.endswith("/ready") else ""
+            self.path = _model_path(model, self.version) + ready
+
+    def credentials(self) -> tuple[list[str], list[str]]:
+        return _credentials(self.request)
+
+    async def send(self, ctx: Ctx, hold_s: float) -> UpstreamResponse:
+        up = await self.upstream.request("GET", self.path)
+        if up.status >= 400:
+            ctx.reason = _upstream_error(up.body)
+        return up
+
+
 class HttpFront:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, plane: DataPlane | None = None) -> None:
         self.gw = gateway
+        self.plane = plane or DataPlane(gateway)
         self.max_bytes = gateway.settings.max_request_bytes
         self.body_timeout = gateway.settings.gateway_body_timeout_s
 
@@ -104,48 +217,23 @@ class HttpFront:
         r.add_route("*", "/{tail:.*}", self.other)
         return app
 
-    # -- shared ---------------------------------------------------------------------------
-    async def _run(self, request: web.Request, route: str, step: Any) -> web.StreamResponse:
+    async def _run(
+        self, request: web.Request, route: str, step: Callable[[Ctx], Awaitable[Answer]]
+    ) -> web.StreamResponse:
+        """Decode, run the data plane, encode its answer or refusal; audit."""
         request[AUDITED] = True
         ctx = Ctx("http", route, request.remote, time.perf_counter())
-        try:
-            resp: web.Response = await step(request, ctx)
-        except GatewayError as exc:
-            if ctx.decision != "allow":
-                ctx.decision = exc.decision
-            ctx.limit = exc.limit if exc.limit is not None else ctx.limit
-            ctx.reason = exc.message
-            resp = error_response(exc)
-        except Exception as exc:
-            log.exception("internal error on %s", request.path)
-            ctx.decision = "error"
-            ctx.reason = f"internal error: {type(exc).__name__}"
-            resp = _json(500, {"error": "internal gateway error"})
-        finally:
-            self.gw.release(ctx)
+        outcome = await self.plane.serve(ctx, lambda: step(ctx))
+        if isinstance(outcome, GatewayError):
+            resp = error_response(outcome)
+        elif isinstance(outcome, UpstreamResponse):
+            resp = _from_upstream(outcome)
+        else:
+            resp = outcome
         ctx.status = resp.status
         ctx.resp_bytes = len(resp.body) if isinstance(resp.body, bytes) else 0
-        self.gw.finish(ctx)
+        await self.plane.finish(ctx)
         return resp
-
-    async def _auth(self, request: web.Request, ctx: Ctx) -> None:
-        headers = request.headers
-        await self.gw.authenticate(
-            ctx, headers.getall("Authorization", []), headers.getall("X-API-Key", [])
-        )
-
-    async def _passthrough(self, ctx: Ctx, path: str) -> web.Response:
-        t = time.perf_counter()
-        try:
-            up = await self.gw.upstream.request("GET", path)
-        except UpstreamError as exc:
-            raise GatewayError(504 if exc.timeout else 502, str(exc), decision="error") from None
-        finally:
-            ctx.upstream_s = time.perf_counter() - t
-        ctx.decision = "allow"
-        if up.status >= 400:
-            ctx.reason = _upstream_error(up.body)
-        return web.Response(status=up.status, body=up.body, content_type=_ctype(up.content_type))
 
     # -- health (not audited) -------------------------------------------------------------
     async def live(self, request: web.Request) -> web.StreamResponse:
@@ -165,49 +253,38 @@ class HttpFront:
             return web.Response(status=503)
         return web.Response(status=up.status)
 
-    # -- metadata -------------------------------------------------------------------------
+    # -- audited routes -------------------------------------------------------------------
     async def server_metadata(self, request: web.Request) -> web.StreamResponse:
-        async def step(request: web.Request, ctx: Ctx) -> web.Response:
-            await self._auth(request, ctx)
-            return await self._passthrough(ctx, "/v2")
-
-        return await self._run(request, "server_metadata", step)
+        lookup = HttpLookup(self, request, None)
+        return await self._run(
+            request, "server_metadata", lambda ctx: self.plane.lookup(ctx, lookup)
+        )
 
     async def model_get(self, request: web.Request) -> web.StreamResponse:
         route = "model_ready" if request.path.endswith("/ready") else "model_metadata"
-
-        async def step(request: web.Request, ctx: Ctx) -> web.Response:
-            model = request.match_info["model"]
-            version = request.match_info.get("version", "")
-            try:
-                check_names(model, version)
-            except BadRequest as exc:
-                raise GatewayError(400, str(exc)) from None
-            ctx.model, ctx.version = model, version
-            await self._auth(request, ctx)
-            assert ctx.consumer is not None
-            self.gw.license_for(ctx, ctx.consumer, model)
-            path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
-            return await self._passthrough(ctx, path + ("/ready" if route == "model_ready" else ""))
-
-        return await self._run(request, route, step)
+        lookup = HttpLookup(self, request, request.match_info["model"])
+        return await self._run(request, route, lambda ctx: self.plane.lookup(ctx, lookup))
 
     async def other(self, request: web.Request) -> web.StreamResponse:
-        async def step(request: web.Request, ctx: Ctx) -> web.Response:
-            if self.gw.audit.try_reserve():
-                ctx.reserved = True
+        async def step(ctx: Ctx) -> Answer:
             ctx.reason = f"{request.method} {request.path[:200]}"
             if _REFUSED.match(request.path):
-                raise GatewayError(403, "refused: this endpoint is not offered by the gateway")
-            raise GatewayError(404, "not found")
+                await self.plane.refuse(
+                    ctx, 403, "refused: this endpoint is not offered by the gateway"
+                )
+            await self.plane.refuse(ctx, 404, "not found")
 
         return await self._run(request, "refused", step)
 
-    # -- inference ------------------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.StreamResponse:
-        return await self._run(request, "infer", self._infer)
+        async def step(ctx: Ctx) -> Answer:
+            if request.method != "POST":
+                raise GatewayError(405, "inference needs POST")
+            return await self.plane.infer(ctx, HttpInference(self, request))
 
-    async def _read_body(self, request: web.Request) -> bytes:
+        return await self._run(request, "infer", step)
+
+    async def read_body(self, request: web.Request) -> bytes:
         length = request.content_length
         if length is not None and length > self.max_bytes:
             raise GatewayError(413, f"request body larger than {self.max_bytes} bytes")
@@ -223,98 +300,25 @@ class HttpFront:
         except web.HTTPRequestEntityTooLarge:
             raise GatewayError(413, f"request body larger than {self.max_bytes} bytes") from None
 
-    async def _infer(self, request: web.Request, ctx: Ctx) -> web.Response:
-        gw = self.gw
-        if request.method != "POST":
-            raise GatewayError(405, "inference needs POST")
-        model = request.match_info["model"]
-        version = request.match_info.get("version", "")
-        try:
-            check_names(model, version)
-        except BadRequest as exc:
-            raise GatewayError(400, str(exc)) from None
-        ctx.model, ctx.version = model, version
-        await self._auth(request, ctx)
-        assert ctx.consumer is not None
-        lic = gw.license_for(ctx, ctx.consumer, model)
-        encoding = request.headers.get("Content-Encoding", "identity").lower()
-        if encoding != "identity":
-            raise GatewayError(415, f"Content-Encoding {encoding!r} is not accepted")
-        body = await self._read_body(request)
-        ctx.req_bytes = len(body)
-        ctx.input_sha256 = hashlib.sha256(body).hexdigest()
-        try:
-            header, binary = split_body(body, request.headers.get(IHCL))
-            req = parse_json(header)
-            if isinstance(req.get("id"), str):
-                ctx.request_id = req["id"][:200]  # the audit record escapes what UTF-8 cannot hold
-            check_unicode(header, req)
-            meta = await gw.upstream.metadata(model, version)
-            requested = check_request(req, meta, len(binary))
-        except BadRequest as exc:
-            raise GatewayError(400, str(exc)) from None
-        except UnknownModel as exc:
-            raise GatewayError(404, str(exc)) from None
-        except UpstreamError as exc:
-            raise GatewayError(504 if exc.timeout else 502, str(exc), decision="error") from None
-        ctx.version = version or meta.served_version
-        policy = lic.output_policy
-        plan = None
-        headers = {"Content-Type": "application/json"}
-        if policy.restricted:
-            try:
-                plan = plan_outputs(policy, meta.output_types, requested)
-            except OutputPolicyError as exc:
-                raise GatewayError(403, str(exc)) from None
-            rewritten = json.dumps(restrict_http_request(req, plan)).encode()
-            if binary:
-                headers[IHCL] = str(len(rewritten))
-                headers["Content-Type"] = "application/octet-stream"
-            forward = rewritten + binary
-        else:
-            forward = body
-            if IHCL in request.headers:
-                headers[IHCL] = request.headers[IHCL]
-                headers["Content-Type"] = "application/octet-stream"
 
-        await gw.admit(ctx, lic, model)  # 429 / 503 raise from here
-        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-        t = time.perf_counter()
-        try:
-            up = await gw.upstream.request("POST", path, forward, headers)
-        except UpstreamError as exc:
-            message = str(exc)
-            if exc.running is not None:
-                gw.release_after(ctx, exc.running)  # Triton is still computing it
-            if exc.unsent and await gw.refund(ctx):
-                message += " (not counted against the quota)"
-            raise GatewayError(504 if exc.timeout else 502, message, decision="error") from None
-        finally:
-            ctx.upstream_s = time.perf_counter() - t
-            gw.release(ctx)
-        if up.status != 200:
-            ctx.reason = _upstream_error(up.body)
-            return web.Response(
-                status=up.status, body=up.body, content_type=_ctype(up.content_type)
-            )
-        if plan is None:
-            out_headers = {IHCL: up.header_length} if up.header_length is not None else None
-            return web.Response(
-                body=up.body, content_type=_ctype(up.content_type), headers=out_headers
-            )
-        if up.header_length is not None:
-            raise GatewayError(502, "Triton answered in binary: the output policy cannot apply")
-        try:
-            answer = json.loads(up.body)
-            if not isinstance(answer, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            raise GatewayError(502, "Triton's answer is not JSON", decision="error") from None
-        restricted, dropped = restrict_http_response(answer, policy, plan)
-        if dropped:
-            gw.metrics.policy_dropped.labels(lic.tenant, model).inc(len(dropped))
-            ctx.reason = f"output policy withheld {dropped}"
-        return _json(200, restricted)
+Answer = web.Response | UpstreamResponse
+
+
+def _credentials(request: web.Request) -> tuple[list[str], list[str]]:
+    headers = request.headers
+    return headers.getall("Authorization", []), headers.getall("X-API-Key", [])
+
+
+def _model_path(model: str, version: str) -> str:
+    return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+
+
+def _from_upstream(up: UpstreamResponse) -> web.Response:
+    """Triton's answer, passed on (its binary-extension header too)."""
+    headers = {IHCL: up.header_length} if up.header_length is not None else None
+    return web.Response(
+        status=up.status, body=up.body, content_type=_ctype(up.content_type), headers=headers
+    )
 
 
 def _ctype(value: str | None) -> str:

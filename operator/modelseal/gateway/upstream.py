@@ -13,10 +13,11 @@ When no connection can be opened at all (``ConnectFailed``, reported as
 ``UpstreamError.unsent``), Triton never got the request and produced nothing: the gateway
 refunds its quota.
 
-Timeouts: past ``timeout_s`` the caller gets ``UpstreamError(timeout=True)`` at once, but
-the exchange goes on (``UpstreamError.running``) until Triton answers or the connection
-drops, so that the gateway can hold the request's concurrency slot until Triton is really
-done with it (``Gateway.release_after``).
+Timeouts: past ``timeout_s`` the caller gets ``UpstreamTimeout`` at once, but the exchange
+goes on (``UpstreamError.running``) until Triton answers or the connection drops (gRPC:
+until its deadline), so that the gateway can hold the request's concurrency slot until
+Triton is really done with it (``Gateway.release_after``). HTTP and gRPC calls report
+their failures alike (``UpstreamError``), so that the data plane handles them in one place.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import grpc  # type: ignore[import-untyped]
 from modelseal.gateway.kserve import ModelMeta
 
 GRPC_SERVICE = "inference.GRPCInferenceService"
+_NOT_CONNECTED = "failed to connect to all addresses"
 _NEGATIVE_TTL_S = 1.0
 
 
@@ -51,6 +53,13 @@ class UpstreamError(RuntimeError):
         self.timeout = timeout
         self.unsent = unsent
         self.running = running  # timed out, still waiting for Triton: done when Triton is
+
+
+class UpstreamTimeout(UpstreamError):
+    """Triton did not answer within the upstream timeout (``timeout`` is True)."""
+
+    def __init__(self, message: str, running: asyncio.Future[Any] | None = None) -> None:
+        super().__init__(message, timeout=True, running=running)
 
 
 class _NotSent(ConnectionResetError):
@@ -135,9 +144,7 @@ class Upstream:
                 return await asyncio.shield(exchange)
         except TimeoutError as exc:
             exchange.add_done_callback(_retrieve)
-            raise UpstreamError(
-                "Triton did not answer in time", timeout=True, running=exchange
-            ) from exc
+            raise UpstreamTimeout("Triton did not answer in time", running=exchange) from exc
         except asyncio.CancelledError:
             exchange.cancel()  # the caller is gone: drop the connection
             raise
@@ -199,6 +206,32 @@ class Upstream:
         self._cache.pop((model, version), None)
 
     # -- gRPC ------------------------------------------------------------------------------
+    async def grpc_call(self, name: str, request: bytes, hold_s: float) -> bytes:
+        """One raw call of a method. Past ``timeout_s``: ``UpstreamTimeout`` at once, the
+        call going on (deadline ``hold_s``) as ``running``. Triton unreachable or past the
+        deadline: ``UpstreamError`` (``unsent`` when no connection could be opened). Any
+        other gRPC error is Triton's own answer: ``grpc.aio.AioRpcError``, raised as is."""
+        call = asyncio.ensure_future(self.grpc_method(name)(request, timeout=hold_s))
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                answer: bytes = await asyncio.shield(call)
+            return answer
+        except TimeoutError:
+            call.add_done_callback(_retrieve)
+            raise UpstreamTimeout("Triton: did not answer in time", running=call) from None
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            message = f"Triton: {exc.details() or code.name}"
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise UpstreamTimeout(message) from None
+            # gRPC core's words for "no connection could be opened": nothing was sent
+            raise UpstreamError(message, unsent=_NOT_CONNECTED in message) from None
+
     def grpc_method(self, name: str) -> Any:
         """A raw (bytes in, bytes out) unary callable for one method of the service."""
         method = self._grpc_methods.get(name)

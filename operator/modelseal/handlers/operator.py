@@ -26,6 +26,7 @@ from typing import Any
 import kopf
 
 from modelseal.config import Settings
+from modelseal.handlers.licenses_usage import UsageWriter
 from modelseal.handlers.reconciler import Reconciler
 from modelseal.k8s.api import ApiError
 from modelseal.models.spec import GROUP, LICENSE_PLURAL, MODEL_PLURAL, VERSION
@@ -74,8 +75,12 @@ def build_registry(
         configure_kopf(settings, _api_group)
         await reconciler.auditor.start()
         background.append(asyncio.create_task(_periodic(reconciler, _resync_s), name="resync"))
+        background.append(asyncio.create_task(usage_writer.run(), name="license-usage"))
 
     _api_group = settings.api_group
+    usage_writer = UsageWriter(
+        settings, reconciler.kube, reconciler.metrics.registry, reconciler.event, reconciler.now
+    )
     _resync_s = settings.resync_interval_s
 
     @kopf.on.cleanup(registry=registry)
@@ -85,6 +90,7 @@ def build_registry(
         for task in background:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await usage_writer.close()
         await reconciler.queue.close()
         await reconciler.auditor.close()
         reconciler.vault.close()

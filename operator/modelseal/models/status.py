@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from modelseal.models import usage as usage_conditions
 from modelseal.models.conditions import Condition, Status, merge
 from modelseal.models.license import LicenseDecision, Reason, SeatUsage, license_state
 from modelseal.models.spec import LicenseSpec, ModelSpec, ObjectMeta
@@ -278,8 +279,10 @@ def model_status(
 
 
 def license_conditions(
-    lic: LicenseSpec | None, error: str | None, now: datetime
+    lic: LicenseSpec | None, error: str | None, now: datetime, quota: Condition | None = None
 ) -> list[Condition]:
+    """``quota``: the QuotaExhausted condition the usage writer last set (it reads the quota
+    store; see ``modelseal.models.usage``), kept as it is."""
     if lic is None:
         msg = error or "invalid spec"
         return [
@@ -306,12 +309,7 @@ def license_conditions(
             "Revoked" if lic.revoked else "NotRevoked",
             lic.revocation_reason or "" if lic.revoked else "",
         ),
-        Condition(
-            QUOTA_EXHAUSTED,
-            "Unknown",
-            "EnforcedByGateway",
-            "request quotas are counted and enforced by each model's gateway",
-        ),
+        quota or usage_conditions.quota_condition(lic, None),
     ]
 
 
@@ -327,7 +325,10 @@ def license_status(
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge(
-            prev.get("conditions"), license_conditions(lic, error, now), generation, now
+            prev.get("conditions"),
+            license_conditions(lic, error, now, usage_conditions.carried_quota_condition(prev)),
+            generation,
+            now,
         ),
     }
     if lic is not None and usage is not None:

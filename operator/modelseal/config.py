@@ -266,6 +266,18 @@ class Settings(BaseSettings):
     audit_checkpoint_every: int = Field(
         100, description="Records between signed audit checkpoints."
     )
+    audit_checkpoint_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds between time checkpoints (also when idle): the age of a log's "
+        "last checkpoint tells a stopped or truncated log from a running one.",
+    )
+    audit_state_file: Path | None = Field(
+        None,
+        description="Where the gateway keeps the last audit line its sink accepted (in a "
+        "volume that outlives the container), so that after a restart the new chain links "
+        "to it: for sinks that cannot be read back (stdout, webhook).",
+    )
     audit_queue_size: int = Field(10000, description="Bounded audit queue length.")
     audit_overflow_policy: Literal["block", "reject"] = Field(
         "block",

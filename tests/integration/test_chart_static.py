@@ -99,6 +99,7 @@ def test_defaults_render_the_core(helm: Path) -> None:
         "Deployment",
         "NetworkPolicy",
         "PodDisruptionBudget",
+        "Secret",
         "Service",
         "ServiceAccount",
         "ValidatingAdmissionPolicy",

@@ -202,3 +202,12 @@ annotations:
   helm.sh/resource-policy: keep
 {{- end }}
 {{- end }}
+
+{{/* The Secret with the platform's audit key (templates/audit-key.yaml or an existing one). */}}
+{{- define "modelseal.audit.keySecretName" -}}
+{{- if .Values.audit.hmacKeySecret.name }}
+{{- .Values.audit.hmacKeySecret.name }}
+{{- else }}
+{{- printf "%s-audit-key" (include "modelseal.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}

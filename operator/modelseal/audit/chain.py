@@ -11,12 +11,17 @@ reordering lines breaks ``seq`` and ``prev``.
 Line types:
 
 * ``genesis``: first line of a chain: ``chain`` (random id), ``gw`` (gateway instance),
-  ``key_id`` of the checkpoint key.
+  ``key_id`` of the checkpoint key; ``after`` (``{"chain", "seq", "hash"}``) when it
+  continues the history of an earlier run that the sink could not read back (stdout,
+  webhook: see ``modelseal.audit.state``).
 * ``request``: one per request and decision (fields set by the gateway; see
   ``modelseal.gateway.auditing``).
 * ``event``: a decision not tied to a request (license loaded, refused, store down, ...).
-* ``checkpoint``: every N records and at shutdown: ``mac`` = HMAC-SHA256 (hex, keyed with
-  the checkpoint key) of the canonical JSON of the checkpoint without ``mac`` and
+* ``checkpoint``: every N records, every ``interval`` seconds (also when idle, so that a
+  log that stops early shows it), and at shutdown (``reason: shutdown``: the *seal*; a
+  log whose last line is not a seal was truncated, or its gateway is still running or
+  crashed: ``modelseal audit verify --require-seal / --max-age``): ``mac`` = HMAC-SHA256
+  (hex, keyed with the checkpoint key) of the canonical JSON of the checkpoint without ``mac`` and
   ``hash``. It covers ``prev``, so it signs the whole chain before it: whoever can rewrite
   the file but does not hold the key cannot recompute the chain past a checkpoint.
   ``key_id`` = first 16 hex digits of SHA-256(key) says which key signed it.
@@ -37,6 +42,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -110,6 +116,8 @@ class Chain:
         self.prev = prev if prev is not None else ZERO_HASH
         self.since_checkpoint = 0
         self.key_id = key_id(hmac_key) if hmac_key else None
+        self.chain_id: str | None = None  # known once this run wrote the genesis
+        self.last_checkpoint = time.monotonic()
 
     @property
     def started(self) -> bool:
@@ -132,13 +140,14 @@ class Chain:
         return b'%s,"hash":"%s"}\n' % (hashed[:-1], digest.encode())
 
     def genesis(self, **extra: Any) -> bytes:
+        self.chain_id = secrets.token_hex(16)
         body = {
             "type": "genesis",
             "ts": now_iso(),
             "gw": self.gateway,
-            "chain": secrets.token_hex(16),
+            "chain": self.chain_id,
             "key_id": self.key_id,
-            **extra,
+            **{k: v for k, v in extra.items() if v is not None},
         }
         return self._seal(body)
 
@@ -155,6 +164,7 @@ class Chain:
         }
         body["mac"] = checkpoint_mac(self.hmac_key, body) if self.hmac_key else None
         self.since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
         return self._seal(body)
 
     def seal(self, record: dict[str, Any]) -> list[bytes]:

@@ -16,6 +16,21 @@ loss is on the record), and a sink that raises is retried with back-off. Should 
 task end anyway while the log is open, ``dead`` says why: ``reserve`` then raises
 ``AuditWriterDead`` at once (and wakes every waiter with it) instead of waiting forever,
 and the gateway's liveness check fails so that the container is restarted.
+
+Durable before answered: ``submit(record, durable=True)`` returns a future that is done
+once the sink holds the record durably: the batch written *and* ``sink.sync()`` returned
+(``fsync`` for a file; a 2xx for the webhook; the write into the container's stdout pipe
+for stdout, which the container runtime then holds), and the state file (below) updated.
+The gateway awaits it before it sends a served request's answer, so a request whose
+answer left the gateway always has its record on disk, whatever kills the process after
+(``SIGKILL``, OOM). Records of one batch share one ``fsync`` (group commit).
+
+Time checkpoints: besides every ``checkpoint_every`` records, a checkpoint is written
+every ``checkpoint_interval_s`` seconds, also when idle, so that the age of a log's last
+checkpoint tells a stopped log from a running one (``audit verify --max-age``).
+
+Linked restarts: with ``state_file`` and a sink that cannot be read back, each start's
+genesis names the last line the earlier run's sink accepted (``modelseal.audit.state``).
 """
 
 from __future__ import annotations
@@ -24,11 +39,14 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from modelseal.audit.chain import Chain, json_safe, now_iso
 from modelseal.audit.sinks import Sink
+from modelseal.audit.state import ChainPoint, read_point, write_point
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +70,15 @@ class AuditLog:
         capacity: int = 10_000,
         overflow: Literal["block", "reject"] = "block",
         batch_max: int = 512,
+        checkpoint_interval_s: float = 60.0,
+        state_file: Path | None = None,
     ) -> None:
         self.sink = sink
         self.capacity = max(1, capacity)
         self.overflow = overflow
         self.batch_max = batch_max
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.state_file = state_file
         resume = sink.resume_point()
         if resume is not None:
             seq, prev = resume
@@ -64,7 +86,9 @@ class AuditLog:
         else:
             self.chain = Chain(gateway, hmac_key, checkpoint_every)
         self._used = 0
-        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._pending: collections.deque[tuple[dict[str, Any], asyncio.Future[None] | None]] = (
+            collections.deque()
+        )
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -129,11 +153,20 @@ class AuditLog:
         self.on_depth(self._used)
 
     # -- records --------------------------------------------------------------------------
-    def submit(self, record: dict[str, Any]) -> None:
-        """Queue a record under a reservation taken with reserve/try_reserve."""
-        self._pending.append(record)
+    def submit(
+        self, record: dict[str, Any], *, durable: bool = False
+    ) -> asyncio.Future[None] | None:
+        """Queue a record under a reservation taken with reserve/try_reserve. With
+        ``durable``: a future, done once the sink holds the record durably (see above)."""
+        fut: asyncio.Future[None] | None = None
+        if durable:
+            fut = asyncio.get_running_loop().create_future()
+            if self.dead is not None:  # nothing will write it: answer at once, not never
+                fut.set_exception(AuditWriterDead(f"audit writer stopped: {self.dead}"))
+        self._pending.append((record, fut))
         self._idle.clear()
         self._wakeup.set()
+        return fut
 
     def emit(self, record: dict[str, Any]) -> bool:
         """Reserve without waiting and queue; False (and counted) if the queue is full."""
@@ -147,7 +180,10 @@ class AuditLog:
     # -- writer ---------------------------------------------------------------------------
     async def start(self) -> None:
         if not self.chain.started:
-            await self.sink.write([self.chain.genesis()])
+            after = read_point(self.state_file) if self.state_file is not None else None
+            await self.sink.write([self.chain.genesis(after=after.link() if after else None)])
+            await self.sink.sync()
+            self._save_point()
         self._task = asyncio.create_task(self._run(), name="audit-writer")
         self._task.add_done_callback(self._writer_ended)
 
@@ -170,6 +206,9 @@ class AuditLog:
             fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)  # each waiter then sees ``dead`` and raises
+        for _, done in self._pending:
+            if done is not None and not done.done():
+                done.set_exception(AuditWriterDead(f"audit writer stopped: {why}"))
 
     def _seal_one(self, record: dict[str, Any]) -> list[bytes]:
         try:
@@ -202,6 +241,28 @@ class AuditLog:
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)
 
+    def _save_point(self) -> None:
+        if self.state_file is None or not self.chain.started:
+            return
+        try:
+            write_point(
+                self.state_file,
+                ChainPoint(self.chain.chain_id, self.chain.seq - 1, self.chain.prev),
+            )
+        except OSError as exc:
+            log.error(
+                "audit state file %s: %s (a restart will not be linked)", self.state_file, exc
+            )
+
+    async def _sync(self) -> None:
+        try:
+            await self.sink.sync()
+        except Exception as exc:
+            log.error("audit sink %s: sync failed: %s", self.sink.name, exc)
+
+    def _checkpoint_due(self) -> bool:
+        return time.monotonic() - self.chain.last_checkpoint >= self.checkpoint_interval_s
+
     async def _run(self) -> None:
         while True:
             if not self._pending:
@@ -209,20 +270,33 @@ class AuditLog:
                 if self._closing:
                     return
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                wait = self.checkpoint_interval_s - (time.monotonic() - self.chain.last_checkpoint)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), max(0.0, wait))
+                if not self._pending and self._checkpoint_due():
+                    await self._write([self.chain.checkpoint("interval")])
+                    await self._sync()
+                    self._save_point()
                 continue
             batch: list[bytes] = []
+            done: list[asyncio.Future[None]] = []
             taken = 0
             while self._pending and taken < self.batch_max:
-                batch += self._seal_one(self._pending.popleft())
+                record, fut = self._pending.popleft()
+                batch += self._seal_one(record)
+                if fut is not None:
+                    done.append(fut)
                 taken += 1
+            if self._checkpoint_due() and self.chain.since_checkpoint:
+                batch.append(self.chain.checkpoint("interval"))
             checkpointed = any(b'"type":"checkpoint"' in line for line in batch)
             await self._write(batch)
-            if checkpointed:
-                try:
-                    await self.sink.sync()
-                except Exception as exc:
-                    log.error("audit sink %s: sync failed: %s", self.sink.name, exc)
+            if checkpointed or done:
+                await self._sync()
+            self._save_point()
+            for fut in done:
+                if not fut.done():
+                    fut.set_result(None)
             self.written += taken
             self._free(taken)
 
@@ -240,8 +314,9 @@ class AuditLog:
         if self._pending:  # the writer had died: write what it left, best effort
             batch: list[bytes] = []
             while self._pending:
-                batch += self._seal_one(self._pending.popleft())
+                batch += self._seal_one(self._pending.popleft()[0])
             await self.sink.write(batch)
         await self.sink.write([self.chain.checkpoint("shutdown")])
         await self.sink.sync()
+        self._save_point()
         await self.sink.close()

@@ -1,21 +1,41 @@
 """Verify an audit log: the hash chain, sequence numbers and the signed checkpoints.
 
 ``verify_lines`` reads the log line by line and stops at the first broken line, naming it
-(1-based line number, its ``seq`` when readable) and why. Deleting the *last* lines of a
-log cannot be seen from the chain alone; checkpoints bound it: lines after the last
-checkpoint are reported as not covered by a signature (an error with ``strict``).
+(1-based line number, its ``seq`` when readable) and why.
+
+Restarts: a genesis line in the middle of the log is accepted only when it links to the
+run before it (``after``: chain, seq, hash; see ``modelseal.audit.state``) and that line is
+in the log: the last line before it, or one of the lines just before (they were written by
+a run killed before it recorded them; none of their requests had been answered). A link
+beyond the last line means lines were deleted.
+
+Truncation: deleting the *last* lines of a log cannot be seen from the chain alone, not
+even with signed checkpoints (a log cut right after one verifies). So a gateway ends its
+log with a signed ``shutdown`` checkpoint (the seal) and, while it runs, writes a signed
+checkpoint every ``audit_checkpoint_interval_s`` seconds, idle or not. ``require_seal``
+fails a log whose last line is not a seal; ``max_age_s`` accepts instead a log whose last
+signed checkpoint is that recent (a gateway still running). Lines after the last
+checkpoint are reported as not covered by a signature (an error with ``strict``). What
+remains: whole runs after a clean shutdown can be dropped from the end without a trace in
+the log itself; compare its last ``seq`` with the gateway's
+``modelseal_gateway_audit_records_total`` or pod restarts for that.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from modelseal.audit.chain import ZERO_HASH, checkpoint_mac, key_id, record_hash
+
+#: How many of the last lines of a chain a restart's link may name (a batch or two).
+LINK_WINDOW = 4096
 
 
 @dataclass(slots=True)
@@ -27,6 +47,10 @@ class VerifyResult:
     signed_checkpoints: int = 0
     chains: int = 0
     uncovered_tail: int = 0  # lines after the last checkpoint
+    restarts: int = 0  # genesis lines linked to the run before them
+    unacknowledged: int = 0  # lines after a restart's link (written, never answered)
+    sealed: bool = False  # the last line is a shutdown checkpoint
+    last_checkpoint_ts: str | None = None
     broken_line: int | None = None
     broken_seq: int | None = None
     reason: str = ""
@@ -51,14 +75,60 @@ def _fail(res: VerifyResult, line: int, seq: Any, reason: str) -> VerifyResult:
     return res
 
 
+def _age_s(ts: str | None, now: datetime) -> float | None:
+    if not ts:
+        return None
+    try:
+        when = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (now - when).total_seconds()
+
+
+def _check_link(
+    res: VerifyResult, body: dict[str, Any], recent: OrderedDict[int, str], last_seq: int
+) -> str | None:
+    """Why a genesis in the middle of the log does not continue the run before it."""
+    after = body.get("after")
+    if not isinstance(after, dict):
+        return "a new chain starts in the middle of the log"
+    seq, digest = after.get("seq"), after.get("hash")
+    if not isinstance(seq, int) or seq < 0:
+        return "a restart's link names no line"
+    if seq > last_seq:
+        return (
+            f"a restart links to seq {seq} but the run before it ends at seq {last_seq}: "
+            f"{seq - last_seq} line(s) deleted"
+        )
+    if recent.get(seq) != digest:
+        return f"a restart links to seq {seq}, which is not the line there: lines were replaced"
+    res.restarts += 1
+    res.unacknowledged += last_seq - seq
+    if last_seq > seq:
+        res.warnings.append(
+            f"{last_seq - seq} line(s) after seq {seq} were written by a run that was killed "
+            "before it acknowledged them (none of their requests was answered)"
+        )
+    return None
+
+
 def verify_lines(
-    lines: Iterable[bytes], key: bytes | None = None, *, strict: bool = False
+    lines: Iterable[bytes],
+    key: bytes | None = None,
+    *,
+    strict: bool = False,
+    require_seal: bool = False,
+    max_age_s: float | None = None,
+    now: datetime | None = None,
 ) -> VerifyResult:
     res = VerifyResult(ok=True)
     expect_seq = 0
     prev = ZERO_HASH
     since_checkpoint = 0
     want_key_id = key_id(key) if key else None
+    recent: OrderedDict[int, str] = OrderedDict()  # seq -> hash of this chain's last lines
+    last_kind: Any = None
+    last_reason: Any = None
     for number, raw in enumerate(lines, start=1):
         res.lines = number
         text = raw.rstrip(b"\n")
@@ -74,7 +144,13 @@ def verify_lines(
             return _fail(res, number, seq, "hash does not match the content: the line was edited")
         if kind == "genesis" and seq == 0 and body.get("prev") == ZERO_HASH:
             if number != 1:
-                return _fail(res, number, seq, "a new chain starts in the middle of the log")
+                why = _check_link(res, body, recent, expect_seq - 1)
+                if why is not None:
+                    return _fail(res, number, seq, why)
+            elif isinstance(body.get("after"), dict):
+                res.warnings.append("the log starts after an earlier run (a restart's link)")
+            recent.clear()
+            since_checkpoint = 0
             res.chains += 1
         elif seq != expect_seq:
             if isinstance(seq, int) and seq > expect_seq:
@@ -90,6 +166,7 @@ def verify_lines(
             return _fail(res, number, seq, "the log does not start with a genesis line")
         if kind == "checkpoint":
             res.checkpoints += 1
+            res.last_checkpoint_ts = body.get("ts") if isinstance(body.get("ts"), str) else None
             since_checkpoint = 0
             mac = body.get("mac")
             if key is not None:
@@ -107,7 +184,12 @@ def verify_lines(
             return _fail(res, number, seq, f"unknown line type {kind!r}")
         expect_seq = seq + 1
         prev = body["hash"]
+        recent[seq] = prev
+        if len(recent) > LINK_WINDOW:
+            recent.popitem(last=False)
+        last_kind, last_reason = kind, body.get("reason")
     res.uncovered_tail = since_checkpoint
+    res.sealed = last_kind == "checkpoint" and last_reason == "shutdown"
     if res.lines == 0:
         res.warnings.append("the log is empty")
     if key is None and res.checkpoints:
@@ -120,9 +202,28 @@ def verify_lines(
         if strict:
             return _fail(res, res.lines, expect_seq - 1, msg)
         res.warnings.append(msg)
-    return res
+    if res.sealed or (not require_seal and max_age_s is None):
+        return res
+    age = _age_s(res.last_checkpoint_ts, now or datetime.now(UTC))
+    if max_age_s is not None and age is not None and age <= max_age_s:
+        return res
+    what = "no checkpoint" if age is None else f"its last checkpoint is {age:.0f}s old"
+    return _fail(
+        res,
+        res.lines,
+        expect_seq - 1,
+        f"the log does not end with a shutdown seal and {what}: it was truncated, or its "
+        "gateway crashed (or still runs: --max-age)",
+    )
 
 
-def verify_file(path: Path, key: bytes | None = None, *, strict: bool = False) -> VerifyResult:
+def verify_file(
+    path: Path,
+    key: bytes | None = None,
+    *,
+    strict: bool = False,
+    require_seal: bool = False,
+    max_age_s: float | None = None,
+) -> VerifyResult:
     with path.open("rb") as fh:
-        return verify_lines(fh, key, strict=strict)
+        return verify_lines(fh, key, strict=strict, require_seal=require_seal, max_age_s=max_age_s)

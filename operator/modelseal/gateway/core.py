@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modelseal.audit.chain import now_iso
-from modelseal.audit.keyfile import read_key
+from modelseal.audit.keyfile import read_hmac_key, read_key
 from modelseal.audit.log import AuditLog, AuditOverflow, AuditWriterDead
 from modelseal.audit.sinks import FileSink, Sink, StdoutSink, WebhookSink
 from modelseal.config import Settings
@@ -58,6 +58,7 @@ from modelseal.store.redis import RedisStore
 log = logging.getLogger("modelseal.gateway")
 
 UNAUTHORIZED = "missing or invalid API key"
+AUDIT_UNAVAILABLE = "audit trail unavailable: answer withheld"
 
 
 @dataclass(slots=True)
@@ -154,7 +155,7 @@ class Gateway:
         self.store_kind = self.store.kind
         hmac_key = None
         if settings.audit_hmac_key_file is not None:
-            hmac_key = read_key(settings.audit_hmac_key_file)
+            hmac_key = read_hmac_key(settings.audit_hmac_key_file)
         else:
             log.warning("audit_hmac_key_file is not set: audit checkpoints are not signed")
         self.sink = sink or build_sink(settings)
@@ -167,6 +168,8 @@ class Gateway:
             capacity=settings.audit_queue_size,
             overflow=settings.audit_overflow_policy,
             batch_max=settings.audit_batch_max,
+            checkpoint_interval_s=settings.audit_checkpoint_interval_s,
+            state_file=settings.audit_state_file,
         )
         self.audit.on_depth = self.metrics.audit_depth.set
         self.keys = KeyRing()
@@ -308,8 +311,13 @@ class Gateway:
             raise GatewayError(503, str(exc), decision="error") from None
         ctx.reserved = True
 
-    def finish(self, ctx: Ctx) -> None:
-        """Write the audit record (under the reservation) and the metrics of a request."""
+    def finish(self, ctx: Ctx) -> asyncio.Future[None] | None:
+        """Write the audit record (under the reservation) and the metrics of a request.
+
+        For a request that was let through (``allow``): a future, done once its record is
+        durable (``AuditLog.submit``); the front end awaits it before it sends the answer,
+        so that no answer leaves without its record on disk. Else None: a refusal's
+        answer need not wait."""
         latency = time.perf_counter() - ctx.t0
         lic = ctx.license
         tenant = ctx.consumer.tenant if ctx.consumer else ""
@@ -336,9 +344,10 @@ class Gateway:
             "input_sha256": ctx.input_sha256,
             "request_id": ctx.request_id,
         }
+        durable = None
         if ctx.reserved:
             ctx.reserved = False
-            self.audit.submit(record)
+            durable = self.audit.submit(record, durable=ctx.decision == "allow")
         else:
             self.audit.emit(record)
         model = self.model_label(ctx.model)
@@ -346,6 +355,18 @@ class Gateway:
         if ctx.upstream_s:
             self._child(self.metrics.upstream, ctx.proto).observe(ctx.upstream_s)
         self._child(self.metrics.overhead, ctx.proto).observe(max(0.0, latency - ctx.upstream_s))
+        return durable
+
+    async def durable(self, pending: asyncio.Future[None] | None) -> bool:
+        """Wait for a served request's record to be durable (``finish``'s future). False
+        when it never will be (the audit writer stopped): the answer is then withheld."""
+        if pending is None:
+            return True
+        try:
+            await pending
+        except AuditWriterDead:
+            return False
+        return True
 
     def model_label(self, model: str) -> str:
         """The ``model`` label of a request: its name only when a loaded license names that

@@ -27,7 +27,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from tritonclient.grpc import service_pb2 as pb
 
-from modelseal.gateway.core import Ctx, Gateway
+from modelseal.gateway.core import AUDIT_UNAVAILABLE, Ctx, Gateway
 from modelseal.gateway.errors import HTTP_OF_TRITON_CODE, GatewayError, grpc_code_of
 from modelseal.gateway.kserve import DTYPE_SIZES, BadRequest, ModelMeta, check_shape
 from modelseal.gateway.pipeline import DataPlane
@@ -357,7 +357,8 @@ class GrpcFront:
             raise AssertionError("not reached: abort raises")
         ctx.status = ctx.status or 200
         ctx.resp_bytes = len(outcome)
-        await self.plane.finish(ctx)
+        if not await self.plane.finish(ctx):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, AUDIT_UNAVAILABLE)
         return outcome
 
     # -- methods --------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from modelseal.gateway.core import UNAUTHORIZED, Ctx, Gateway
+from modelseal.gateway.core import AUDIT_UNAVAILABLE, UNAUTHORIZED, Ctx, Gateway
 from modelseal.gateway.errors import GatewayError
 from modelseal.gateway.kserve import (
     ModelMeta,
@@ -232,7 +232,8 @@ class HttpFront:
             resp = outcome
         ctx.status = resp.status
         ctx.resp_bytes = len(resp.body) if isinstance(resp.body, bytes) else 0
-        await self.plane.finish(ctx)
+        if not await self.plane.finish(ctx):
+            return _json(503, {"error": AUDIT_UNAVAILABLE})
         return resp
 
     # -- health (not audited) -------------------------------------------------------------

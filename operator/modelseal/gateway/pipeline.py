@@ -168,10 +168,10 @@ class DataPlane:
             ctx.upstream_s = time.perf_counter() - t
 
     async def finish(self, ctx: Ctx) -> bool:
-        """Write the request's audit record and metrics (``Gateway.finish``). False when
-        the answer must be withheld."""
-        self.gw.finish(ctx)
-        return True
+        """Write the request's audit record and metrics (``Gateway.finish``) and, for a
+        request let through, wait until the record is durable. False when it never will
+        be: the front then withholds the answer."""
+        return await self.gw.durable(self.gw.finish(ctx))
 
     async def refuse(self, ctx: Ctx, status: int, message: str) -> NoReturn:
         """A method or path the gateway does not offer: refused, audited if there is room."""

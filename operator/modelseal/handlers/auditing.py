@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelseal.audit import AuditLog, FileSink, Sink, StdoutSink, WebhookSink
+from modelseal.audit.keyfile import model_audit_key as derive_model_key
+from modelseal.audit.keyfile import read_hmac_key, read_key
 from modelseal.config import Settings
 
 log = logging.getLogger(__name__)
@@ -23,16 +25,26 @@ def _sink(settings: Settings) -> Sink:
     if settings.audit_sink == "webhook" and settings.audit_webhook_url:
         token = None
         if settings.audit_webhook_token_file is not None:
-            token = settings.audit_webhook_token_file.read_text().strip()
+            token = read_key(settings.audit_webhook_token_file).decode()
         return WebhookSink(settings.audit_webhook_url, token=token)
     return StdoutSink()
+
+
+def model_audit_key(settings: Settings, namespace: str, name: str) -> str | None:
+    """The checkpoint key for one model's gateways, derived from the platform's audit key
+    (``audit_hmac_key_file``, the chart's Secret), or None when the operator has none (the
+    model then gets a random key, made once). Read on each call: a rotated Secret counts."""
+    if settings.audit_hmac_key_file is None:
+        return None
+    master = read_hmac_key(settings.audit_hmac_key_file)
+    return derive_model_key(master, namespace, name).decode()
 
 
 class Auditor:
     def __init__(self, settings: Settings, instance: str = ACTOR) -> None:
         key = None
         if settings.audit_hmac_key_file is not None:
-            key = settings.audit_hmac_key_file.read_bytes().strip()
+            key = read_hmac_key(settings.audit_hmac_key_file)
         self.log = AuditLog(
             _sink(settings),
             gateway=instance,
@@ -40,6 +52,7 @@ class Auditor:
             checkpoint_every=settings.audit_checkpoint_every,
             capacity=settings.audit_queue_size,
             overflow="block",
+            checkpoint_interval_s=settings.audit_checkpoint_interval_s,
         )
         self.records: list[dict[str, Any]] = []  # the last few, for tests and debugging
         self._started = False

@@ -28,6 +28,7 @@ deletion always passes through `delete_model`, which stops serving and then with
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import dataclasses
@@ -41,7 +42,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelseal.config import Settings
-from modelseal.handlers.auditing import Auditor
+from modelseal.handlers.auditing import Auditor, model_audit_key
 from modelseal.handlers.metrics import Metrics
 from modelseal.handlers.tenancy import TenancySource
 from modelseal.handlers.vaultio import VaultSession
@@ -683,19 +684,32 @@ class Reconciler:
     async def _ensure_control_secret(
         self, spec: ModelSpec, live: dict[str, Any] | None, name: str, ref: Mapping[str, str]
     ) -> None:
-        """The random token for Triton's restricted APIs: created once, never compared."""
-        key = manifests.CONTROL_TOKEN_KEY
-        if live is not None and key in (live.get("data") or {}):
+        """The random token for Triton's restricted APIs (created once, never compared) and
+        the gateway's audit checkpoint key (derived from the platform key and put back when
+        it differs; without one, random and made once). Values are never logged."""
+        key, audit = manifests.CONTROL_TOKEN_KEY, manifests.AUDIT_KEY_KEY
+        data = (live or {}).get("data") or {}
+        have = {k: base64.b64decode(v).decode() for k, v in data.items() if k in (key, audit)}
+        want_audit = model_audit_key(self.settings, spec.namespace, spec.name)
+        if (
+            live is not None
+            and key in have
+            and have.get(audit)
+            and (want_audit is None or have[audit] == want_audit)
+        ):
             return
-        token = secrets.token_hex(32)
-        desired = manifests.control_secret(spec, self.settings, token)
+        token = have.get(key) or secrets.token_hex(32)
+        audit_key = want_audit or have.get(audit) or secrets.token_hex(32)
+        desired = manifests.control_secret(spec, self.settings, token, audit_key)
         if live is None:
             await self.kube.create(k8s.SECRET, spec.namespace, desired)
         else:
             body = update_body(desired, live)
             body["stringData"] = desired["stringData"]
             await self.kube.replace(k8s.SECRET, spec.namespace, name, body)
-            await self.event(ref, "Warning", "DriftRepaired", f"Secret {name} lost its token")
+            await self.event(
+                ref, "Warning", "DriftRepaired", f"Secret {name} lost or changed a key: put back"
+            )
 
     async def _ensure_redis_auth(
         self,

@@ -58,6 +58,14 @@ RESTRICTED_HTTP_APIS = "model-repository,shared-memory,trace,logging"
 RESTRICTED_GRPC_PROTOCOLS = "model-repository,shared-memory,trace,logging"
 SEALED_MOUNT = "/sealed"
 CONTROL_MOUNT = "/var/run/modelseal/control"
+#: The gateway's audit checkpoint key: an item of the control Secret, mounted into the
+#: gateway only (the unsealer's mount of that Secret holds the token alone).
+AUDIT_KEY_KEY = "audit-hmac-key"
+AUDIT_KEY_VOLUME = "audit-key"
+AUDIT_KEY_MOUNT = "/var/run/modelseal/audit-key"
+#: Where the gateway keeps its last audit chain point (the /tmp emptyDir outlives the
+#: container), so that a restarted gateway's chain links to the one before.
+AUDIT_STATE_FILE = "/tmp/audit-chain.json"  # the gateway's own emptyDir
 REDIS_AUTH_VOLUME = "redis-auth"
 REDIS_AUTH_MOUNT = "/var/run/modelseal/redis"
 #: Keys of the quota Redis credentials, in the chart's Secret and in the model's copy.
@@ -355,6 +363,8 @@ def gateway_env(model: ModelSpec, settings: Settings, p: Ports) -> list[Json]:
         )
     if settings.audit_sink == "webhook" and settings.audit_webhook_url:
         env.append(_env("MODELSEAL_AUDIT_WEBHOOK_URL", settings.audit_webhook_url))
+    env.append(_env("MODELSEAL_AUDIT_HMAC_KEY_FILE", f"{AUDIT_KEY_MOUNT}/{AUDIT_KEY_KEY}"))
+    env.append(_env("MODELSEAL_AUDIT_STATE_FILE", AUDIT_STATE_FILE))
     return env
 
 
@@ -366,6 +376,7 @@ def _gateway(model: ModelSpec, settings: Settings, p: Ports) -> Json:
         {"name": "api-keys", "mountPath": keys_dir, "readOnly": True},
         {"name": "quota-state", "mountPath": str(settings.quota_state_dir)},
         {"name": "tmp", "mountPath": "/tmp", "subPath": "gateway"},
+        {"name": AUDIT_KEY_VOLUME, "mountPath": AUDIT_KEY_MOUNT, "readOnly": True},
     ]
     if needs_redis_auth(model, settings):
         mounts.append({"name": REDIS_AUTH_VOLUME, "mountPath": REDIS_AUTH_MOUNT, "readOnly": True})
@@ -437,7 +448,19 @@ def _volumes(model: ModelSpec, settings: Settings, names: Names) -> list[Json]:
         },
         {
             "name": "control",
-            "secret": {"secretName": names.control_secret, "defaultMode": 0o440},
+            "secret": {
+                "secretName": names.control_secret,
+                "defaultMode": 0o440,
+                "items": [{"key": CONTROL_TOKEN_KEY, "path": CONTROL_TOKEN_KEY}],
+            },
+        },
+        {
+            "name": AUDIT_KEY_VOLUME,
+            "secret": {
+                "secretName": names.control_secret,
+                "defaultMode": 0o440,
+                "items": [{"key": AUDIT_KEY_KEY, "path": AUDIT_KEY_KEY}],
+            },
         },
         _quota_state_volume(model),
         {"name": "tmp", "emptyDir": {}},
@@ -628,15 +651,18 @@ def _model_config_data(model: ModelSpec, lic: LicenseSpec | None, granted: bool)
     return data
 
 
-def control_secret(model: ModelSpec, settings: Settings, token: str) -> Json:
-    """The per-model token for Triton's restricted APIs (created once; never compared)."""
+def control_secret(model: ModelSpec, settings: Settings, token: str, audit_key: str = "") -> Json:
+    """The per-model token for Triton's restricted APIs (created once; never compared) and
+    the gateway's audit checkpoint key (``AUDIT_KEY_KEY``: derived from the platform's
+    audit key when the operator has one, ``modelseal.audit.keyfile.model_audit_key``, and
+    then put back when edited; else random, made once)."""
     names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _meta(model, names.control_secret),
         "type": "Opaque",
-        "stringData": {CONTROL_TOKEN_KEY: token},
+        "stringData": {CONTROL_TOKEN_KEY: token, AUDIT_KEY_KEY: audit_key},
     }
 
 

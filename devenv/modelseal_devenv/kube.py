@@ -329,6 +329,7 @@ class KubeCluster:
         keep_workdir: bool | None = None,
         start_timeout: float = 120.0,
         extra_apiserver_args: Sequence[str] = (),
+        advertise_address: str | None = None,
     ) -> None:
         """``bin_dir``: the binaries (default: build them with devenv/build-kube.sh if missing).
 
@@ -336,6 +337,11 @@ class KubeCluster:
         then need a toleration); off by default, since there are no other nodes.
         ``keep_workdir``: keep the temporary folder after ``stop()`` (default: the
         environment variable MODELSEAL_KEEP_KUBE_DIR is set).
+        ``advertise_address``: for a cluster with a real node (modelseal_devenv.node): the
+        host's address on the node's pod bridge. The API server then listens on every
+        address (pods reach it there through the ``kubernetes`` Service, the tests still on
+        127.0.0.1), advertises that one, and talks to kubelets with its own client
+        certificate (exec, logs, port-forward).
         """
         self.nodes = nodes
         self.gpus_per_node = gpus_per_node
@@ -348,6 +354,7 @@ class KubeCluster:
         )
         self.start_timeout = start_timeout
         self.extra_apiserver_args = list(extra_apiserver_args)
+        self.advertise_address = advertise_address
 
         self._workdir: Path | None = None
         self._procs: dict[str, ManagedProcess] = {}
@@ -479,7 +486,7 @@ class KubeCluster:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            ips=[LOOPBACK, "10.96.0.1"],
+            ips=[LOOPBACK, "10.96.0.1", *filter(None, [self.advertise_address])],
         )
         _write(d / "serving.crt", serving.cert_pem, 0o644)
         _write(d / "serving.key", serving.key_pem)
@@ -488,8 +495,10 @@ class KubeCluster:
         front_proxy = pki.issue("front-proxy-client")
         _write(d / "front-proxy-client.crt", front_proxy.cert_pem, 0o644)
         _write(d / "front-proxy-client.key", front_proxy.key_pem)
+        self._pki = pki
         self._clients = {
             "admin": pki.issue("kubernetes-admin", ["system:masters"]),
+            "kubelet-client": pki.issue("kube-apiserver-kubelet-client", ["system:masters"]),
             "kube-controller-manager": pki.issue("system:kube-controller-manager"),
             "kube-scheduler": pki.issue("system:kube-scheduler"),
             "kwok": pki.issue("kwok-controller", ["system:masters"]),
@@ -544,13 +553,29 @@ class KubeCluster:
         )
         self.etcd_version = str(json.loads(self._get(f"{self.etcd_url}/version"))["etcdserver"])
 
+    def client_kubeconfig(self, name: str, user: str, groups: Sequence[str] = ()) -> Path:
+        """Issue a client certificate from the cluster CA and write a kubeconfig for it
+        (``<workdir>/<name>.kubeconfig``): how a real node's kubelet and kube-proxy log in."""
+        pair = self._pki.issue(user, groups)
+        doc = kubeconfig_document(self.server, self.ca_file.read_bytes(), user, pair)
+        return _write(self.workdir / f"{name}.kubeconfig", yaml.safe_dump(doc, sort_keys=False))
+
     def _apiserver_args(self, bin_dir: Path) -> list[str]:
         d = self.pki_dir
+        node_args = (
+            [
+                f"--kubelet-client-certificate={d / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={d / 'kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+            if self.advertise_address
+            else []
+        )
         return [
             str(bin_dir / "kube-apiserver"),
             f"--etcd-servers={self.etcd_url}",
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
+            f"--bind-address={'0.0.0.0' if self.advertise_address else LOOPBACK}",
+            f"--advertise-address={self.advertise_address or LOOPBACK}",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             f"--tls-cert-file={d / 'serving.crt'}",
@@ -573,6 +598,7 @@ class KubeCluster:
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
+            *node_args,
             *self.extra_apiserver_args,
         ]
 

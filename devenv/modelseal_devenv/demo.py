@@ -229,6 +229,8 @@ class Stack:
             "MODELSEAL_OPERATOR_METRICS_PORT": str(free_port()),
             "MODELSEAL_EXPIRY_CHECK_INTERVAL_S": "5",
             "MODELSEAL_RESYNC_INTERVAL_S": "30",
+            # the license's status.usage follows the tenant's calls within 2 s (issue 14)
+            "MODELSEAL_USAGE_STATUS_INTERVAL_S": "2",
             # the gateway writes its audit trail to a file (the pod runner maps the path)
             "MODELSEAL_AUDIT_SINK": "file",
             "MODELSEAL_AUDIT_FILE": str(self.workdir / "operator-audit.jsonl"),
@@ -706,6 +708,10 @@ def story(stack: Stack, n: Narrator) -> None:
         if status != 429:
             raise DemoError(f"no 429 after {used} requests (daily quota {PER_DAY})")
         n.say(f"request {used}: 429, Retry-After {reply.headers.get('Retry-After')}: {reply.body}")
+        # The operator reads the counters from Redis into the license's status (issue 14).
+        stack.wait_condition("modellicenses", LICENSE, "QuotaExhausted", "True", timeout=60)
+        n.say(f"kubectl get ml -n {stack.namespace}:")
+        n.say(stack.kube.kubectl("get", "ml", "-n", stack.namespace).rstrip(), indent=7)
 
     with n.step("auth", "A caller with an unknown API key gets 401"):
         reply = stack.infer(images[:1], "not-a-key-" + secrets.token_urlsafe(12))

@@ -320,7 +320,12 @@ def test_redis_credentials_and_network_policy(helm: Path) -> None:
             if d["metadata"]["name"] == "ms-modelseal-redis"
         ]
         (rule,) = policy["spec"]["ingress"]
-        return list(rule["from"])
+        # issue 14: the operator (its own namespace) reads the counters for status.usage
+        operator = [p for p in rule["from"] if "namespaceSelector" not in p]
+        assert [
+            p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in operator
+        ] == ["operator"]
+        return [p for p in rule["from"] if "namespaceSelector" in p]
 
     (peer,) = redis_peers(docs)
     assert peer["namespaceSelector"] == {
@@ -551,11 +556,13 @@ def known_metric_series() -> set[str]:
     from prometheus_client import CollectorRegistry
 
     from modelseal.gateway.metrics import GatewayMetrics
+    from modelseal.handlers.licenses_usage import UsageMetrics
     from modelseal.handlers.metrics import Metrics as OperatorMetrics
 
     registry = CollectorRegistry()
     GatewayMetrics(registry)
     OperatorMetrics(registry)
+    UsageMetrics(registry)
     names: set[str] = set()
     for family in registry.collect():
         if family.type == "counter":
@@ -580,6 +587,8 @@ def test_dashboard_uses_only_exported_metrics() -> None:
     assert not unknown, f"dashboard queries metrics nobody exports: {sorted(unknown)}"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+    # issue 14: usage and remaining quota per tenant, from the licenses' usage gauges
+    assert {"modelseal_license_requests_used", "modelseal_license_requests_remaining"} <= used
 
 
 # --------------------------------------------------------------------------- examples

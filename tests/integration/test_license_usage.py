@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -175,6 +177,23 @@ def test_status_usage_quota_exhausted_events_and_gauges(
             "EXHAUSTED",
         ]
         assert table[1].split()[4:7] == ["10/10", "10/1000", "True"]
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "modelseal",
+                "usage",
+                "-n",
+                ns,
+                "gold",
+                f"--kubeconfig={env.cluster.kubeconfig}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        assert cli[1].split()[:6] == ["gold", "acme", "day", "10", "10", "0"]
+        assert any("QuotaExhausted=True (DailyQuotaExhausted)" in line for line in cli)
         # the password-free address only, never credentials, in what the operator wrote
         assert "@" not in json.dumps(_requests(env, ns, "gold"))
     finally:

@@ -268,8 +268,28 @@ def _operator_license_cases() -> list[tuple[str, dict[str, Any], str]]:
         return {**b, "status": status}
 
     june = datetime(2026, 6, 1, tzinfo=UTC)
+
+    def used(count: int) -> dict[str, Any]:
+        """What the usage writer leaves after reading ``count`` requests this month (issue
+        14), then a license reconcile that keeps its QuotaExhausted condition."""
+        from modelseal.models import conditions
+        from modelseal.models import usage as requests
+
+        obj = obj_at(june)
+        reading = requests.Reading(june, "redis://q:6379/0", requests.Counts(count, count, count))
+        quota = requests.quota_condition(parse_license(obj), reading)
+        written = {
+            **obj["status"],
+            "conditions": conditions.merge(obj["status"]["conditions"], [quota], 1, june)
+            + [c for c in obj["status"]["conditions"] if c["type"] != quota.type],
+        }
+        status = st.license_status(parse_license(obj), 1, None, usage, written, june)
+        return {**obj, "status": status}
+
     return [
         ("valid", obj_at(june), "Healthy"),
+        ("within-quota", used(99_999), "Healthy"),
+        ("quota-exhausted", used(100_000), "Degraded"),
         ("expired", obj_at(datetime(2027, 6, 1, tzinfo=UTC)), "Degraded"),
         ("not-yet-valid", obj_at(datetime(2025, 6, 1, tzinfo=UTC)), "Suspended"),
         ("revoked", obj_at(june, revoked=True, revocationReason="contract ended"), "Degraded"),

@@ -236,6 +236,10 @@ def chart(cluster: KubeCluster, admin: Any) -> str:
             "--create-namespace",
             "--set",
             "admission.failurePolicy=Fail",
+            # The tenant namespace is made after the install, so the platform cannot
+            # declare it (tenancy guards: tests/attack/test_attack_tenancy_admission.py).
+            "--set",
+            "tenancy.unlisted=Any",
             "--wait",
             "--timeout",
             "180s",

@@ -171,6 +171,10 @@ def installed(cluster: KubeCluster, api: Any, helm: Path) -> Iterator[str]:
         RELEASE_NS,
         "--set",
         "metrics.serviceMonitor.enabled=true",
+        # The tests below create models in fresh namespaces the platform cannot declare
+        # beforehand (tenancy guards: tests/attack/test_attack_tenancy_admission.py).
+        "--set",
+        "tenancy.unlisted=Any",
         "--wait",
         "--timeout",
         "180s",

@@ -54,6 +54,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         admin = cluster.api_client()
         core = k8s.CoreV1Api(admin)
         core.create_namespace({"metadata": {"name": ns}})
+        # The platform gives the namespace the key the test model uses (default image).
+        tenancy = f'tenancy.namespaces={{"{ns}":{{"transitKeys":["digits"]}}}}'
         helm = build_helm()
         result = subprocess.run(
             [
@@ -67,6 +69,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "--create-namespace",
                 "--set-json",
                 f'operator.watchNamespaces=["{ns}"]',
+                "--set-json",
+                tenancy,
                 "--set",
                 "admission.failurePolicy=Fail",
             ],
@@ -87,15 +91,24 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 RELEASE_NS,
                 "--set-json",
                 f'operator.watchNamespaces=["{ns}"]',
+                "--set-json",
+                tenancy,
                 "--show-only",
                 "templates/deployment.yaml",
+                "--show-only",
+                "templates/tenancy.yaml",
             ],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
-        container = yaml.safe_load(rendered)["spec"]["template"]["spec"]["containers"][0]
+        deployment, config = list(yaml.safe_load_all(rendered))
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        # The chart's tenancy ConfigMap, where the pod would have it mounted.
+        assert env["MODELSEAL_TENANCY_FILE"] == "/etc/modelseal/tenancy/tenancy.json"
+        (tmp / "tenancy.json").write_text(config["data"]["tenancy.json"])
+        env["MODELSEAL_TENANCY_FILE"] = str(tmp / "tenancy.json")
         # Out of cluster: a kubeconfig with a token of the chart's ServiceAccount.
         token = core.create_namespaced_service_account_token(
             SA, RELEASE_NS, {"spec": {"expirationSeconds": 3600}}
@@ -214,3 +227,71 @@ def test_operator_works_with_the_charts_rbac_and_guards(setup: dict[str, Any]) -
     log = Path(proc.log_path).read_text(errors="replace")
     assert "Forbidden" not in log and "forbidden" not in log, proc.log_tail(60)
     assert proc.running, proc.log_tail(60)
+
+
+def test_operator_refuses_a_key_its_namespace_was_not_given(setup: dict[str, Any]) -> None:
+    """Issue 12, Medium 7, the operator's half: a model that got past admission (written
+    here by the break-glass group, as if the guards were off) naming another vendor's key
+    and an image of its own gets nothing: no objects, and conditions that name both."""
+    cluster, admin, ns = setup["cluster"], setup["admin"], setup["ns"]
+    pm = yaml.safe_load((CUSTOMIZATIONS / "ProtectedModel/testdata/healthy.yaml").read_text())
+    spec = {**pm["spec"], "vault": {"transitKey": "other-vendor-key"}}
+    spec["serving"] = {**spec.get("serving", {}), "tritonImage": "evil.example/copy-out:1"}
+    body = {"apiVersion": pm["apiVersion"], "kind": pm["kind"], "metadata": {"name": "stolen"}}
+    body["spec"] = spec
+    # Admission refuses it, even to a cluster admin ...
+    with pytest.raises(ApiException) as info:
+        k8s.CustomObjectsApi(admin).create_namespaced_custom_object(
+            GROUP, VERSION, ns, "protectedmodels", body
+        )
+    assert info.value.status == 403, info.value.body
+    assert "Modelseal: Transit key other-vendor-key is not allowed" in info.value.body
+    # ... but not to break-glass; then the operator is the line that holds.
+    k8s.RbacAuthorizationV1Api(admin).create_cluster_role_binding(
+        {
+            "metadata": {"name": "break-glass-admins"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [
+                {
+                    "kind": "Group",
+                    "name": "modelseal:break-glass",
+                    "apiGroup": "rbac.authorization.k8s.io",
+                }
+            ],
+        }
+    )
+    oncall = cluster.api_client()
+    oncall.set_default_header("Impersonate-User", "oncall")
+    oncall.set_default_header("Impersonate-Group", "modelseal:break-glass")
+    custom = k8s.CustomObjectsApi(oncall)
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, ns, "protectedmodels", body)
+
+    def refused_by_operator() -> dict[str, Any] | None:
+        live = custom.get_namespaced_custom_object(GROUP, VERSION, ns, "protectedmodels", "stolen")
+        found = {c["type"]: c for c in (live.get("status") or {}).get("conditions") or []}
+        ready = found.get("Ready") or {}
+        return found if ready.get("reason") == "NotAllowedInNamespace" else None
+
+    conditions = wait_for(refused_by_operator, "the operator's NotAllowedInNamespace condition")
+    message = conditions["Ready"]["message"]
+    assert conditions["Ready"]["status"] == "False", conditions
+    assert f"Transit key other-vendor-key is not allowed in namespace {ns}" in message
+    assert "(allowed: digits)" in message
+    assert f"Triton image evil.example/copy-out:1 is not allowed in namespace {ns}" in message
+    # No Vault here: withdrawing the (never granted) role cannot be confirmed.
+    key = conditions["KeyAccessible"]
+    assert key["status"] != "True", key
+    assert key["reason"] in ("NotAllowedInNamespace", "VaultUnavailable"), key
+    core, apps = k8s.CoreV1Api(admin), k8s.AppsV1Api(admin)
+    with pytest.raises(ApiException) as missing:
+        apps.read_namespaced_deployment("stolen", ns)
+    assert missing.value.status == 404
+    account = f"stolen-{created['metadata']['uid'][:8]}"
+    with pytest.raises(ApiException) as missing:
+        core.read_namespaced_service_account(account, ns)
+    assert missing.value.status == 404
+    oncall.close()

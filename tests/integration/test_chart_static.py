@@ -95,6 +95,7 @@ def test_defaults_render_the_core(helm: Path) -> None:
     assert kinds == [
         "ClusterRole",
         "ClusterRoleBinding",
+        "ConfigMap",
         "CustomResourceDefinition",
         "Deployment",
         "NetworkPolicy",
@@ -436,6 +437,7 @@ def test_admission_policies_are_bound_and_name_modelseal(helm: Path) -> None:
         "ms-modelseal-model-services",
         "ms-modelseal-model-networkpolicies",
         "ms-modelseal-output-policy",
+        "ms-modelseal-tenancy",
     } == set(policies)
     # Kept on `helm uninstall`, like the CRDs: the models outlive it.
     for doc in by_kind(docs, "ValidatingAdmissionPolicy") + by_kind(
@@ -443,7 +445,8 @@ def test_admission_policies_are_bound_and_name_modelseal(helm: Path) -> None:
     ):
         assert doc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     for name, p in policies.items():
-        if name.endswith("output-policy"):
+        if name.endswith(("output-policy", "tenancy")):
+            # No parameters: these guards can always run (and fail closed).
             assert p["spec"]["failurePolicy"] == "Fail"
         else:
             # Fail-open only while the guard cannot run: see admission.failurePolicy.

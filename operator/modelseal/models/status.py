@@ -151,7 +151,9 @@ def _license(obs: ModelObservation) -> Condition:
 def _key(obs: ModelObservation) -> Condition:
     if obs.spec is None:
         if obs.spec_reason != "InvalidSpec" and obs.key is not None:
-            return Condition(KEY_ACCESSIBLE, obs.key.status, obs.spec_reason, obs.key.message)
+            # Withdrawn because of the reason; or Vault could not be asked (its own reason).
+            why = obs.spec_reason if obs.key.status == "False" else obs.key.reason
+            return Condition(KEY_ACCESSIBLE, obs.key.status, why, obs.key.message)
         return Condition(KEY_ACCESSIBLE, "Unknown", "InvalidSpec", "the spec cannot be read")
     if obs.key is None:
         return Condition(KEY_ACCESSIBLE, "Unknown", "NotEvaluated", obs.error or "")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tests.unit.test_models_spec import model_body
 
+from modelseal.cli import main as cli_main
 from modelseal.handlers.tenancy import TenancySource
 from modelseal.models.spec import parse_model
 from modelseal.models.tenancy import (
@@ -134,3 +135,23 @@ def test_operator_policy_pins_bodies_namespaces_and_policies() -> None:
         audience="vault",
     )
     assert "WRITE any policy" in broad and 'path "transit/keys/*"' in broad
+
+
+def test_cli_prints_the_policy_from_a_values_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(json.dumps({"vault": {"addr": "x"}, "tenancy": DECL}))
+    assert cli_main.main(["vault-operator-policy", str(values), "--transit-mount", "tr"]) == 0
+    out = capsys.readouterr().out
+    assert 'path "tr/keys/digits-key"' in out and "modelseal_team-a_*" in out
+    rendered = tmp_path / "tenancy.json"  # the chart's ConfigMap item
+    rendered.write_text(json.dumps(DECL))
+    assert cli_main.main(["vault-operator-policy", str(rendered)]) == 0
+    assert "modelseal_team-b_*" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({"tenancy": {"unlisted": "Sometimes"}}))
+    assert cli_main.main(["vault-operator-policy", str(bad)]) == 2
+    assert "tenancy.unlisted must be Refuse or Any" in capsys.readouterr().err
+    assert cli_main.main(["vault-operator-policy", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read" in capsys.readouterr().err

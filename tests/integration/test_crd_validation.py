@@ -184,6 +184,17 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "gateway.quotaStore: redis needs gateway.redisUrl",
     ),
     (
+        "pm: quota state claim with redis",
+        model(
+            gateway={
+                "quotaStore": "redis",
+                "redisUrl": "redis://r:6379/0",
+                "quotaStateClaimName": "state",
+            }
+        ),
+        "gateway.quotaStateClaimName is only used with quotaStore embedded",
+    ),
+    (
         "pm: rollout cannot progress",
         model(rollout={"maxSurge": 0, "maxUnavailable": 0}),
         "cannot both be zero",
@@ -303,6 +314,9 @@ def test_printer_columns_short_name_and_category(ops_cluster: OpsEnv, crd_ns: st
     assert "ENDPOINT" in wide and "MESSAGE" in wide
     header = ops_cluster.kubectl("get", "modellicenses", "-n", crd_ns).splitlines()[0].split()
     assert header[:4] == ["NAME", "TENANT", "VALID", "REASON"]
+    # issue 14: usage at a glance, by the short name too
+    header = ops_cluster.kubectl("get", "ml", "-n", crd_ns).splitlines()[0].split()
+    assert header[4:8] == ["TODAY", "MONTH", "EXHAUSTED", "EXPIRES"]
     both = ops_cluster.kubectl("get", "modelseal", "-n", crd_ns)
     assert "protectedmodel.modelseal.io/digits" in both
     assert "modellicense.modelseal.io/acme-gold" in both

@@ -21,6 +21,8 @@ from bench.gateway.harness import (
     write_json_atomic,
     write_keys,
 )
+from tests.integration.operator_helpers import Operator, OpsEnv, condition
+from tests.integration.test_operator import apply, license_doc, model_doc, wait_reason
 
 from modelseal.models.spec import parse_license, parse_model
 from modelseal.render.license_config import license_document
@@ -196,3 +198,42 @@ def test_ninety_percent_then_pod_deleted_next_eleven_percent_refused(
         assert refused_limit(second) == "per_day"
     finally:
         second.stop()
+
+
+def test_operator_refuses_what_cannot_be_one_budget(ops_env: OpsEnv) -> None:
+    """The real operator (chart default quota_require_durable_state on): a second model
+    under a license whose oldest model counts in its embedded store is refused with
+    QuotaBudgetNotShared (no replicas, revoked license file); an embedded model without a
+    claim under a license counting days is refused with QuotaStateNotDurable; one with a
+    claim gets the PVC as its quota-state volume."""
+    env = ops_env
+    op = Operator(env, quota_require_durable_state=True).start()
+    ns = env.namespace("budget")
+    try:
+        key = env.vault.create_transit_key()
+        claim = {"quotaStore": "embedded", "quotaStateClaimName": "quota-state"}
+        apply(env, license_doc(ns, quotas={"perDay": 100}))
+        apply(env, license_doc(ns, name="silver", quotas={"perDay": 100}))
+        apply(env, model_doc(ns, "first", key, gateway=claim))
+        wait_reason(env, ns, "first", "LicenseGranted", ctype="LicenseValid")
+        apply(env, model_doc(ns, "second", key, gateway=claim))
+        pm = wait_reason(env, ns, "second", "QuotaBudgetNotShared", ctype="LicenseValid")
+        assert "model first (the oldest) counts them in its embedded store" in str(
+            condition(pm, "LicenseValid")["message"]
+        )
+        assert condition(pm, "Ready")["status"] == "False"
+        apply(env, model_doc(ns, "third", key, license_name="silver"))
+        pm = wait_reason(env, ns, "third", "QuotaStateNotDurable", ctype="LicenseValid")
+        assert "emptyDir that deleting the Pod resets" in str(
+            condition(pm, "LicenseValid")["message"]
+        )
+        dep = env.apps().read_namespaced_deployment("first", ns)
+        volumes = {v.name: v for v in dep.spec.template.spec.volumes}
+        assert volumes["quota-state"].persistent_volume_claim.claim_name == "quota-state"
+        second = env.apps().read_namespaced_deployment("second", ns)
+        assert second.spec.replicas == 0
+        cm = env.core().read_namespaced_config_map("second-license", ns)
+        assert json.loads(cm.data["license.json"])["revoked"] is True
+    finally:
+        env.drop_namespaces()
+        op.stop()

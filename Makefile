@@ -50,10 +50,10 @@ typecheck: venv ## mypy --strict
 unit: venv ## the tests that need no server
 	$(VENV)/bin/pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
-test: system-deps venv testservers lint typecheck ## set up, lint, type-check and run every test (no GPU needed)
+test: system-deps venv testservers node images images-triton lint typecheck ## set up, lint, type-check and run every test (no GPU needed)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-env-check: system-deps venv testservers ## start each real test server, prove it works, print versions
+env-check: system-deps venv testservers node ## start each real test server, prove it works, print versions
 	$(PY) -m modelseal_devenv.envcheck
 
 demo: system-deps venv testservers ## the whole story on this machine: seal, license, serve, meter, revoke, audit

@@ -7,6 +7,8 @@
 #   make system-deps    (Debian packages: system-wide, so only checked/installed, not emptied)
 #   make venv           (timed as venv=)
 #   make testservers    (kube, etcd, kwok, Vault, Helm from their Go modules: go_builds=)
+#   make node           (kubelet, kube-proxy, containerd v2, the pause image: node_build=)
+#   make images images-triton  (the Modelseal and Triton test images: images=)
 #   make env-check      (start every real test server and prove it works: env_check=)
 #   make $COLD_CHECK_ALSO, if set (for example "demo" or "test"; each timed as <target>=)
 # and prints, last:
@@ -84,6 +86,8 @@ main() {
   phase system_deps system-deps
   phase venv venv
   phase go_builds testservers
+  phase node_build node
+  phase images images images-triton
   phase env_check env-check
   local extra=""
   local target
@@ -98,7 +102,7 @@ main() {
     "$(du -sh "${GOCACHE}" | cut -f1), servers $(du -sh "${MODELSEAL_CACHE_DIR}" | cut -f1)," \
     "pip cache $(du -sh "${PIP_CACHE_DIR}" | cut -f1), venv $(du -sh "${clone}/.venv" | cut -f1)"
   echo "cold-check: ok total=${total} go_builds=${took[go_builds]} venv=${took[venv]}" \
-    "env_check=${took[env_check]}${extra}"
+    "node_build=${took[node_build]} images=${took[images]} env_check=${took[env_check]}${extra}"
 }
 
 main "$@"

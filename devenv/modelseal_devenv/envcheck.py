@@ -1,12 +1,14 @@
 """`make env-check`: start every real test server, prove each works with a real request, stop.
 
-Last line: `env-check: ok kube=<v> etcd=<v> vault=<v> triton=<v> redis=<v>`.
+Last line: `env-check: ok kube=<v> etcd=<v> vault=<v> triton=<v> redis=<v> s3=<v>
+kubelet=<v> containerd=<v>` (one line).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import shutil
 import sys
 import tempfile
@@ -18,6 +20,7 @@ from typing import Any
 
 from modelseal_devenv.common import wait_until
 from modelseal_devenv.kube import KubeCluster
+from modelseal_devenv.node import HOST_ADDRESS, PAUSE_IMAGE, RealNode
 from modelseal_devenv.models import build_digits_model, sample_digits
 from modelseal_devenv.redis import RedisServer
 from modelseal_devenv.s3 import S3Server
@@ -223,6 +226,29 @@ def check_s3(s3: S3Server) -> str:
     return "put/get 16000 bytes"
 
 
+def check_node(kube: KubeCluster, node: RealNode) -> str:
+    """A real Pod on the real node: pulled from the node's registry, started by the kubelet
+    through containerd and runc, with an address on the pod bridge."""
+    assert node.registry is not None
+    image = f"{node.registry.host}/{PAUSE_IMAGE}"
+    pod = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "envcheck-real", "namespace": "default"},
+        "spec": {"containers": [{"name": "pause", "image": image}]},
+    }  # fmt: skip
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
+    kube.kubectl(
+        "wait", "--for=condition=Ready", "pod/envcheck-real", "--timeout=120s", timeout=130
+    )
+    status = json.loads(kube.kubectl("get", "pod", "envcheck-real", "-o", "json"))["status"]
+    if not status.get("podIP", "").startswith("10.88."):
+        raise AssertionError(f"pod address {status.get('podIP')!r} is not on the pod bridge")
+    return (
+        f"kubelet {node.kubelet_version}, containerd {node.containerd_version}: pod Running "
+        f"at {status['podIP']}"
+    )
+
+
 def main() -> int:
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
@@ -238,9 +264,15 @@ def main() -> int:
         _step("redis", lambda: check_redis(redis))
         s3 = stack.enter_context(S3Server())
         _step("s3", lambda: check_s3(s3))
+        # The real node joins a control plane of its own (the API server must listen where
+        # pods reach it, see modelseal_devenv.node).
+        node_kube = stack.enter_context(KubeCluster(nodes=0, advertise_address=HOST_ADDRESS))
+        node = stack.enter_context(RealNode(node_kube))
+        _step("node", lambda: check_node(node_kube, node))
         versions = (
             f"kube={kube.version} etcd={kube.etcd_version} vault={vault.version} "
-            f"triton={triton.version} redis={redis.version} s3=moto-{s3.version}"
+            f"triton={triton.version} redis={redis.version} s3=moto-{s3.version} "
+            f"kubelet={node.kubelet_version} containerd={node.containerd_version}"
         )
     print(f"env-check: all servers stopped after {time.monotonic() - started:.0f}s")
     print(f"env-check: ok {versions}")

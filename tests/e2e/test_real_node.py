@@ -1,0 +1,320 @@
+"""The chart as deployed, on a real node: `helm install`, then the demo's model as a real Pod
+under a real kubelet (containerd v2, runc, CNI), images pulled from the node's registry.
+
+One stack for the module (`modelseal_devenv.nodestack.NodeStack`): a control plane whose
+only node is real, Vault, Redis and S3 on this machine. The tests run in file order:
+
+helm install (operator in-cluster, restricted) -> seal, license, model -> the model's Pod
+starts (unsealer native sidecar first, then Triton) and serves through its Service ->
+401 and output policy -> exec/attach/port-forward/debug/cp refused on the model's Pod and
+working on an ordinary Pod -> the model's plaintext is on no disk of the node -> Triton,
+then the unsealer killed: the kubelet restarts them and serving resumes -> daily quota 429
+-> revocation: the Pod and its memory volume go away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.waiting import wait_for as poll
+
+from modelseal_devenv.demo import LICENSE, MODEL, Narrator
+from modelseal_devenv.models import predict_digits, sample_digits, train_digits
+from modelseal_devenv.nodestack import RELEASE_NAMESPACE, RESTRICTED, NodeStack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+
+PER_DAY = 40
+TOP_K = 3
+MARKER_FILE = "model.py"  # in the digits model's version folder: its text is the marker
+RBAC = "rbac.authorization.k8s.io"
+_STATE: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeStack]:
+    st = NodeStack(tmp_path_factory.mktemp("real-node"), namespace=f"rn-{uuid.uuid4().hex[:6]}",
+                   narrator=Narrator(quiet=True))  # fmt: skip
+    try:
+        st.start_kube()
+        st.start_vault()
+        st.start_redis()
+        st.start_s3()
+        st.install_crds()
+        yield st
+    finally:
+        st.stop()
+
+
+def _eventually(check: Any, what: str, timeout: float = 180.0) -> None:
+    poll(check, what, timeout, interval=1.0, tolerate=(Exception,))
+
+
+def _kubectl_as(
+    stack: NodeStack, user: str, *args: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(stack.kube.binary("kubectl")), f"--kubeconfig={stack.kube.kubeconfig}", f"--as={user}",
+         "-n", stack.namespace, *args],
+        capture_output=True, text=True, check=False, timeout=timeout,
+    )  # fmt: skip
+
+
+def _serves(stack: NodeStack) -> bool:
+    images, _ = sample_digits(1)
+    return stack.infer(images, stack.api_key).status == 200
+
+
+def test_helm_install_runs_the_operator_on_the_real_node(stack: NodeStack) -> None:
+    stack.start_operator()
+    out = stack.kube.kubectl("-n", RELEASE_NAMESPACE, "get", "pods", "-o", "json")
+    pods = [p for p in json.loads(out)["items"] if "operator" in p["metadata"]["name"]]
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod["spec"]["nodeName"] == stack.node_name
+    assert pod["status"]["phase"] == "Running"
+    # pulled from the node's registry, by the kubelet, as rendered by the chart
+    status = pod["status"]["containerStatuses"][0]
+    assert status["image"] == stack.images["modelseal"].ref
+    assert status["imageID"].endswith(stack.images["modelseal"].digest)
+    ns = json.loads(stack.kube.kubectl("get", "ns", RELEASE_NAMESPACE, "-o", "json"))
+    assert ns["metadata"]["labels"].items() >= RESTRICTED.items()
+
+
+def test_a_cpu_model_becomes_a_real_pod(stack: NodeStack) -> None:
+    bundle = stack.seal_model()
+    stack.apply_secrets()
+    stack.apply(stack.license_object(per_day=PER_DAY, top_k=TOP_K))
+    t0 = time.monotonic()
+    stack.apply(stack.model_object(bundle, top_k=TOP_K))
+    stack.wait_condition("protectedmodels", MODEL, "KeyAccessible", "True", timeout=240)
+    pod = stack.run_pods(timeout=900)
+    _STATE["create_to_ready_s"] = time.monotonic() - t0
+    _STATE["pod"] = pod["metadata"]["name"]
+    print(f"real node: {MODEL} create -> Ready in {_STATE['create_to_ready_s']:.1f}s")
+    assert pod["spec"]["nodeName"] == stack.node_name
+    # The unsealer is a native sidecar (an init container that keeps running); the kubelet
+    # started it, and it had decrypted (startup probe), before Triton started.
+    unsealer = pod["spec"]["initContainers"][0]
+    assert unsealer["name"] == "unsealer" and unsealer["restartPolicy"] == "Always"
+    status = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
+    status |= {s["name"]: s for s in pod["status"]["containerStatuses"]}
+    assert status["unsealer"]["started"] is True
+    started = {n: s["state"]["running"]["startedAt"] for n, s in status.items()}
+    assert started["unsealer"] <= started["triton"], started
+    assert status["triton"]["image"] == stack.images["triton"].ref
+
+
+def test_the_tenant_is_served_through_the_service(stack: NodeStack) -> None:
+    images, _ = sample_digits(5)
+    reply = stack.infer(images, stack.api_key)
+    assert reply.status == 200, reply.body
+    rows = reply.body["outputs"][0]["data"]
+    assert len(rows) == 5 * TOP_K  # the output policy: top-k only, never the full vector
+    coef, intercept = train_digits()
+    expected = predict_digits(coef, intercept, images).argmax(axis=1)
+    assert [int(rows[i * TOP_K].split(":")[1]) for i in range(5)] == [int(e) for e in expected]
+    assert stack.infer(images, "acme-not-a-key").status == 401
+    assert stack.infer(images, None).status == 401
+
+
+@pytest.fixture(scope="module")
+def ordinary_pod(stack: NodeStack) -> str:
+    """An ordinary pod in the model's namespace, same image, restricted-compliant."""
+    name = "web"
+    stack.apply({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": stack.namespace},
+        "spec": {
+            "nodeSelector": {"modelseal.io/real-node": "true"},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "web", "image": stack.images["modelseal"].ref,
+                "command": ["python3", "-m", "http.server", "8000", "--directory", "/tmp"],
+                "securityContext": {"allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    })  # fmt: skip
+    stack.kube.kubectl(
+        "-n", stack.namespace, "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=300s",
+        timeout=320,
+    )  # fmt: skip
+    # A tenant team with the usual rights: admin of its namespace.
+    stack.apply({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "mallory-admin", "namespace": stack.namespace},
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "admin"},
+        "subjects": [{"apiGroup": RBAC, "kind": "User", "name": "mallory"}],
+    })  # fmt: skip
+    return name
+
+
+def _port_forward(stack: NodeStack, pod: str) -> tuple[int, str]:
+    """kubectl port-forward as mallory for a few seconds; (exit code or -1 if it ran, output)."""
+    proc = subprocess.Popen(
+        [str(stack.kube.binary("kubectl")), f"--kubeconfig={stack.kube.kubeconfig}", "--as=mallory",
+         "-n", stack.namespace, "port-forward", f"pod/{pod}", "0:8000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=8)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=10)
+        return -1, out
+
+
+ACTIONS = {
+    "exec": ["exec", "{pod}", "-c", "{container}", "--", "cat", "/etc/hostname"],
+    "attach": ["attach", "{pod}", "-c", "{container}", "--pod-running-timeout=5s"],
+    "debug": ["debug", "{pod}", "--image={image}", "--profile=restricted", "--", "true"],
+    "cp": ["cp", "{pod}:/etc/hostname", "{tmp}/copied", "-c", "{container}"],
+}
+
+
+@pytest.mark.parametrize("action", sorted([*ACTIONS, "port-forward"]))
+def test_kubectl_into_the_model_pod_is_refused_and_works_on_an_ordinary_pod(
+    stack: NodeStack, ordinary_pod: str, action: str, tmp_path: Path
+) -> None:
+    model_pod = _STATE["pod"]
+    image = stack.images["modelseal"].ref
+    if action == "port-forward":
+        code, out = _port_forward(stack, model_pod)
+        assert code not in (-1, 0) and "Modelseal: " in out, out
+        code, out = _port_forward(stack, ordinary_pod)
+        assert code == -1 and "Forwarding from" in out, out  # it ran until we stopped it
+        _STATE.setdefault("kubectl", {})[action] = "refused / works"
+        return
+    fill = {"image": image, "tmp": str(tmp_path)}
+
+    def args(pod: str, container: str) -> list[str]:
+        return [a.format(pod=pod, container=container, **fill) for a in ACTIONS[action]]
+
+    refused = _kubectl_as(stack, "mallory", *args(model_pod, "gateway"))
+    assert refused.returncode != 0, refused.stdout
+    assert "Modelseal: " in refused.stderr, refused.stderr
+    works = _kubectl_as(stack, "mallory", *args(ordinary_pod, "web"), timeout=60)
+    if action == "attach":  # attach to a server that prints nothing: it connects, then times out
+        assert "Modelseal" not in works.stderr and "forbidden" not in works.stderr.lower(), (
+            works.stderr
+        )
+    else:
+        assert works.returncode == 0, works.stderr
+    if action == "cp":
+        assert (tmp_path / "copied").read_text().strip() == ordinary_pod
+    _STATE.setdefault("kubectl", {})[action] = "refused / works"
+
+
+def _files_outside_memory(root: Path) -> Iterator[Path]:
+    """Every regular file under ``root`` that lives on disk: tmpfs mounts (the model's
+    memory volume, projected tokens) are memory, not disk, and are skipped."""
+    memory = {
+        line.split()[1]
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+        if line.split()[2] == "tmpfs" and line.split()[1].startswith(str(root))
+    }
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in memory]
+        for name in filenames:
+            path = Path(dirpath, name)
+            if path.is_file() and not path.is_symlink():
+                yield path
+
+
+def test_plaintext_is_on_no_disk_of_the_node(stack: NodeStack) -> None:
+    assert stack.node is not None
+    plaintext = stack.workdir / "model-owner/repository" / MODEL / "1" / MARKER_FILE
+    marker = plaintext.read_bytes()[:48]
+    assert len(marker) == 48
+    searched = found = 0
+    for folder in (
+        stack.node.kubelet_root,
+        stack.node.containerd_root,
+        stack.node.workdir / "containerd/state",
+    ):
+        for path in _files_outside_memory(folder):
+            searched += 1
+            try:
+                if marker in path.read_bytes():
+                    found += 1
+                    print(f"plaintext marker found in {path}")
+            except OSError:
+                continue
+    assert searched > 100, searched  # the search did look at the node's files
+    assert found == 0
+
+
+def _host_pids(command_part: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if command_part in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _restarts(stack: NodeStack, container: str) -> int:
+    pod = json.loads(
+        stack.kube.kubectl("-n", stack.namespace, "get", "pod", _STATE["pod"], "-o", "json")
+    )
+    statuses = pod["status"].get("initContainerStatuses", []) + pod["status"]["containerStatuses"]
+    return int(next(s["restartCount"] for s in statuses if s["name"] == container))
+
+
+@pytest.mark.parametrize(
+    ("container", "command"), [("triton", "tritonserver"), ("unsealer", "modelseal unsealer")]
+)
+def test_killed_containers_are_restarted_by_the_kubelet(
+    stack: NodeStack, container: str, command: str
+) -> None:
+    before = _restarts(stack, container)
+    pids = _host_pids(command)
+    assert pids, f"no {command} process on the node"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    _eventually(lambda: _restarts(stack, container) > before, f"{container} restarted", 240)
+    _eventually(lambda: _serves(stack), "serving again", 300)
+
+
+def test_daily_quota_runs_out_with_429(stack: NodeStack) -> None:
+    images, _ = sample_digits(1)
+    statuses = [stack.infer(images, stack.api_key).status for _ in range(PER_DAY + 5)]
+    assert 429 in statuses
+    assert statuses[-1] == 429
+
+
+def test_revocation_removes_the_pod_and_its_memory_volume(stack: NodeStack) -> None:
+    assert stack.node is not None
+    pod = _STATE["pod"]
+    uid = json.loads(stack.kube.kubectl("-n", stack.namespace, "get", "pod", pod, "-o", "json"))[
+        "metadata"
+    ]["uid"]
+    pod_dir = str(stack.node.kubelet_root / "pods" / uid)
+
+    def mounted() -> bool:
+        return any(pod_dir in line for line in Path("/proc/self/mounts").read_text().splitlines())
+
+    assert mounted()
+    stack.revoke()
+    _eventually(lambda: not stack.model_pods(), "the model's pods gone", 240)
+    _eventually(lambda: not mounted(), "the pod's memory volume unmounted", 120)
+    assert stack.get_custom("modellicenses", LICENSE)["spec"]["revoked"] is True
+    print(f"real node summary: {json.dumps({k: v for k, v in _STATE.items() if k != 'pod'})}")

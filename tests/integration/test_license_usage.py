@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -293,3 +294,64 @@ def test_status_write_rate_is_bounded(ops_env: OpsEnv, redis_server: RedisServer
         assert writes >= n  # every license was written at least once
     finally:
         env.drop_namespaces()
+
+
+def test_store_down_is_unknown_keeps_the_figures_and_gone_licenses_leave_no_series(
+    ops_env: OpsEnv, tmp_path: Path
+) -> None:
+    """Redis stops: QuotaExhausted turns Unknown (QuotaStoreUnavailable, saying which
+    Redis) and the last figures stay; a deleted license's gauges go away."""
+    env = ops_env
+    ns = env.namespace("usage-down")
+    with RedisServer(tmp_path / "redis") as redis:
+        try:
+            lic_body, model_body = _seed(env, ns, 0, redis.url)
+            assert admit(redis.url, lic_body, model_body, 3) == [True] * 3
+            settings = Settings(namespaces=[ns], usage_status_interval_s=0.01)
+            registry = CollectorRegistry()
+            posted: list[str] = []
+
+            async def event(
+                involved: Mapping[str, str], type_: str, reason: str, message: str
+            ) -> None:
+                posted.append(reason)
+
+            async def scenario() -> None:
+                kube = Kube(env.cluster.api_client())
+                writer = UsageWriter(settings, kube, registry, event)
+                try:
+                    assert await writer.round() == 1
+                    figs = _requests(env, ns, "l0")
+                    assert figs["day"]["used"] == 3
+                    assert (
+                        condition(env.get_license(ns, "l0"), "QuotaExhausted")["status"] == "False"
+                    )
+                    redis.stop()
+                    await asyncio.sleep(0.05)
+                    assert await writer.round() == 1
+                    quota = condition(env.get_license(ns, "l0"), "QuotaExhausted")
+                    assert (quota["status"], quota["reason"]) == (
+                        "Unknown",
+                        "QuotaStoreUnavailable",
+                    )
+                    assert redis.url.split("//")[1].split("/")[0] in quota["message"]
+                    assert _requests(env, ns, "l0")["day"]["used"] == 3  # kept
+                    assert await writer.round() == 0  # nothing changed: no write
+                    labels = {"namespace": ns, "license": "l0", "tenant": "acme", "window": "day"}
+                    assert registry.get_sample_value("modelseal_license_requests_used", labels) == 3
+                    env.custom().delete_namespaced_custom_object(
+                        GROUP, VERSION, ns, "modellicenses", "l0"
+                    )
+                    await writer.round()
+                    assert (
+                        registry.get_sample_value("modelseal_license_requests_used", labels) is None
+                    )
+                finally:
+                    await writer.close()
+                    kube.close()
+
+            asyncio.run(scenario())
+            assert registry.get_sample_value("modelseal_operator_usage_read_errors_total") == 2
+            assert posted == []  # 3 of 1,000,000: no threshold crossed
+        finally:
+            env.drop_namespaces()

@@ -15,6 +15,7 @@ with the end-to-end tests in tests/e2e/.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -149,6 +150,8 @@ class Stack:
         self._operator_health = 0
         self.bundle: Bundle | None = None
         self.api_key = ""
+        self.usage_receiver: Any = None  # receives the gateways' usage CloudEvents
+        self.admitted = 0  # inference requests the gateway answered with 200
 
     # -- servers -------------------------------------------------------------------------
 
@@ -234,6 +237,8 @@ class Stack:
             # the gateway writes its audit trail to a file (the pod runner maps the path)
             "MODELSEAL_AUDIT_SINK": "file",
             "MODELSEAL_AUDIT_FILE": str(self.workdir / "operator-audit.jsonl"),
+            # every admitted request goes to the usage receiver as a CloudEvent (issue 14)
+            "MODELSEAL_USAGE_EXPORT_URL": self.start_usage_receiver(),
         }
         self.operator = ManagedProcess(
             "operator",
@@ -253,6 +258,15 @@ class Stack:
             f"operator pid {self.operator.pid}, watching namespace {self.namespace!r}; "
             f"log {self.operator.log_path}"
         )
+
+    def start_usage_receiver(self) -> str:
+        """The demo's usage receiver (a real HTTP server here); its URL."""
+        from modelseal_devenv.usage_receiver import UsageReceiver
+
+        if self.usage_receiver is None:
+            self.usage_receiver = UsageReceiver().start()
+            self._owned.append(self.usage_receiver)
+        return str(self.usage_receiver.url)
 
     def restart_operator(self) -> None:
         self.stop_operator()
@@ -507,7 +521,9 @@ class Stack:
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
-                return Reply(resp.status, json.loads(resp.read() or b"null"), dict(resp.headers))
+                reply = Reply(resp.status, json.loads(resp.read() or b"null"), dict(resp.headers))
+                self.admitted += reply.status == 200
+                return reply
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:
@@ -756,7 +772,40 @@ def story(stack: Stack, n: Narrator) -> None:
     with n.step("audit", "Check the audit trail with `modelseal audit verify`"):
         if not audit_copy.exists():
             raise DemoError(f"no audit file at {audit_src}")
-        n.say(stack.modelseal("audit", "verify", str(audit_copy)).strip())
+        # The gateway's checkpoint key: rendered by the operator into the model's control
+        # Secret and mounted into the gateway only (issue 12 Medium 8).
+        encoded = stack.kube.kubectl(
+            "get", "secret", f"{MODEL}-triton-control", "-n", stack.namespace,
+            "-o", "jsonpath={.data.audit-hmac-key}",
+        )  # fmt: skip
+        key_file = stack.workdir / "audit-hmac.key"
+        key_file.write_bytes(base64.b64decode(encoded))
+        n.say(
+            stack.modelseal(
+                "audit", "verify", str(audit_copy), "--key-file", str(key_file), "--require-seal"
+            ).strip()
+        )
+    with n.step(
+        "usage",
+        "Vendor: the usage receiver got one CloudEvent per admitted request",
+        """
+        The gateway shipped each admitted request from its audit file (the spool) to the
+        usage endpoint as a CloudEvent, at least once; the receiver de-duplicates on the
+        event id (the audit record's hash).""",
+    ):
+        receiver = stack.usage_receiver
+        deadline = time.monotonic() + 60
+        while receiver.billed(TENANT) < stack.admitted and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if receiver.billed(TENANT) != stack.admitted:
+            raise DemoError(
+                f"usage receiver billed {receiver.billed(TENANT)} requests, "
+                f"the gateway admitted {stack.admitted}"
+            )
+        n.say(
+            f"{len(receiver.events)} usage events ({receiver.received} received) for "
+            f"{stack.admitted} admitted requests of tenant {TENANT!r}"
+        )
     n.out("")
     n.say(
         f"logs: {stack.log_dir} (operator.log, podrunner.log, pods/<ns>/<pod>/<container>.log)", 0
@@ -809,7 +858,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"logs kept in {workdir / 'logs'}")
     else:
         print(f"work folder kept: {workdir}")
-    print(f"demo: ok total={time.monotonic() - t0:.1f}s {narrator.summary_line()}", flush=True)
+    usage = len(stack.usage_receiver.events) if stack.usage_receiver is not None else 0
+    print(
+        f"demo: ok total={time.monotonic() - t0:.1f}s {narrator.summary_line()} "
+        f"usage_events={usage}",
+        flush=True,
+    )
     return 0
 
 

@@ -178,7 +178,12 @@ def _is_path_setting(annotation: Any) -> bool:
 
 
 # Settings that name services outside the pod: never remapped.
-_EXTERNAL_SETTINGS = {"MODELSEAL_VAULT_ADDR", "MODELSEAL_REDIS_URL", "MODELSEAL_AUDIT_WEBHOOK_URL"}
+_EXTERNAL_SETTINGS = {
+    "MODELSEAL_VAULT_ADDR",
+    "MODELSEAL_REDIS_URL",
+    "MODELSEAL_AUDIT_WEBHOOK_URL",
+    "MODELSEAL_USAGE_EXPORT_URL",
+}
 # Settings that only the operator reads (it does not run inside model pods).
 _OPERATOR_SETTINGS = {"MODELSEAL_OPERATOR_HEALTH_PORT", "MODELSEAL_OPERATOR_METRICS_PORT"}
 

@@ -279,6 +279,30 @@ class Settings(BaseSettings):
         "to it: for sinks that cannot be read back (stdout, webhook).",
     )
     audit_queue_size: int = Field(10000, description="Bounded audit queue length.")
+    usage_export_url: str = Field(
+        "",
+        description="HTTP endpoint that receives metered usage as CloudEvents (JSON batch "
+        "mode), one per admitted request, delivered at least once from the gateway's audit "
+        "file (needs audit_sink=file; see modelseal.audit.usage). Empty: no export. The "
+        "operator passes it to every model's gateway.",
+    )
+    usage_export_token_file: Path | None = Field(
+        None, description="File holding a bearer token for usage_export_url (from a Secret)."
+    )
+    usage_export_batch_max: int = Field(500, ge=1, description="Most events per POST.")
+    usage_export_interval_s: float = Field(
+        1.0, gt=0, description="How often the gateway looks for new usage in its audit file."
+    )
+    usage_export_retry_max_s: float = Field(
+        60.0, gt=0, description="Longest wait between two delivery attempts (back-off cap)."
+    )
+    usage_export_timeout_s: float = Field(10.0, gt=0, description="Timeout of one POST.")
+    usage_export_drain_s: float = Field(
+        5.0,
+        ge=0,
+        description="On shutdown, how long the gateway still tries to deliver what is left "
+        "(the rest is sent after its next start).",
+    )
     audit_overflow_policy: Literal["block", "reject"] = Field(
         "block",
         description="When the audit queue is full: block requests until there is room, "

@@ -343,6 +343,8 @@ class Gateway:
             "resp_bytes": ctx.resp_bytes,
             "input_sha256": ctx.input_sha256,
             "request_id": ctx.request_id,
+            # counted by the quota store and not refunded: billed (modelseal.audit.usage)
+            "metered": ctx.ticket is not None,
         }
         durable = None
         if ctx.reserved:
@@ -493,6 +495,7 @@ class Gateway:
         except StoreUnavailable as exc:
             self.metrics.store_errors.labels(self.store_kind).inc()
             log.error("quota refund failed (the request stays counted): %s", exc)
+            ctx.ticket = ticket  # still counted, so still billed
             return False
         ctx.lease = None  # the refund gave the leases back too
         tenant = ctx.consumer.tenant if ctx.consumer else ""

@@ -45,6 +45,7 @@ from modelseal.gateway.http_front import (
     incomplete_headers_audit,
 )
 from modelseal.gateway.listen import GuardedSite, listening_socket
+from modelseal.gateway.usage_export import check_usage_export, usage_shipper
 
 log = logging.getLogger("modelseal.gateway")
 
@@ -296,8 +297,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    check_usage_export(settings)
     gateway = Gateway(settings)
     await gateway.start()
+    shipper = usage_shipper(settings)  # follows this process's own audit file
+    if shipper is not None:
+        shipper.start()
     servers = Servers(gateway)
     workers: Workers | None = None
     try:
@@ -325,6 +330,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             await workers.stop()
         await servers.stop()
         await gateway.stop()
+        if shipper is not None:  # after the seal: deliver what is left, for a while
+            await shipper.close(settings.usage_export_drain_s)
     log.info("gateway stopped")
 
 

@@ -326,6 +326,11 @@ def _triton(model: ModelSpec, settings: Settings, names: Names, p: Ports) -> Jso
     }
 
 
+def usage_spool_file(settings: Settings) -> str:
+    """The gateway's audit file when usage is exported (modelseal.audit.usage)."""
+    return str(PurePosixPath(settings.quota_state_dir) / "audit.jsonl")
+
+
 def needs_redis_auth(model: ModelSpec, settings: Settings) -> bool:
     """Whether the model's gateway gets the quota Redis credentials (as files)."""
     return model.gateway.quota_store == "redis" and bool(settings.redis_auth_secret)
@@ -345,7 +350,7 @@ def gateway_env(model: ModelSpec, settings: Settings, p: Ports) -> list[Json]:
         _env("MODELSEAL_QUOTA_STORE", model.gateway.quota_store),
         _env("MODELSEAL_QUOTA_STATE_DIR", str(settings.quota_state_dir)),
         _env("MODELSEAL_MAX_REQUEST_BYTES", settings.max_request_bytes),
-        _env("MODELSEAL_AUDIT_SINK", settings.audit_sink),
+        _env("MODELSEAL_AUDIT_SINK", "file" if settings.usage_export_url else settings.audit_sink),
         {
             "name": "MODELSEAL_GATEWAY_INSTANCE",
             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
@@ -365,6 +370,11 @@ def gateway_env(model: ModelSpec, settings: Settings, p: Ports) -> list[Json]:
         env.append(_env("MODELSEAL_AUDIT_WEBHOOK_URL", settings.audit_webhook_url))
     env.append(_env("MODELSEAL_AUDIT_HMAC_KEY_FILE", f"{AUDIT_KEY_MOUNT}/{AUDIT_KEY_KEY}"))
     env.append(_env("MODELSEAL_AUDIT_STATE_FILE", AUDIT_STATE_FILE))
+    if settings.usage_export_url:
+        # Usage is exported from the audit file (the spool): on the quota-state volume,
+        # the model's claim when it has one, so that it outlives the Pod.
+        env.append(_env("MODELSEAL_AUDIT_FILE", usage_spool_file(settings)))
+        env.append(_env("MODELSEAL_USAGE_EXPORT_URL", settings.usage_export_url))
     return env
 
 

@@ -106,3 +106,26 @@ def test_a_model_counting_in_its_own_store_is_refused(
         gw.stop()
     attack_ledger.record_lost(max(0, 5 - _audited([gw])))
     assert codes == [403] * 5
+
+
+def test_deleting_the_pod_of_an_embedded_model_on_a_claim_resets_nothing(
+    tmp_path: Path, triton_server: TritonServer, attack_ledger: AttackLedger
+) -> None:
+    """The embedded store on its PersistentVolumeClaim (``quotaStateClaimName``): the tenant
+    uses the day's quota, deletes the Pod (SIGKILL, no snapshot) and calls the new one."""
+    quotas = {"perDay": PER_DAY}
+    claim = tmp_path / "claim"
+    first = model_gateway(tmp_path / "p1", triton_server, "alpha", quotas, state_dir=claim)
+    first.start()
+    try:
+        codes = infer(first, PER_DAY)
+    finally:
+        first.kill()
+    second = model_gateway(tmp_path / "p2", triton_server, "alpha", quotas, state_dir=claim)
+    second.start()
+    try:
+        codes += infer(second, 4)
+    finally:
+        second.stop()
+    attack_ledger.record_lost(max(0, 4 - _audited([second])))
+    assert codes == [200] * PER_DAY + [429] * 4

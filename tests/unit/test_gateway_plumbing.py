@@ -266,6 +266,7 @@ def test_worker_settings(tmp_path: Path) -> None:
         gateway_workers=3,
         gateway_instance="gw",
         gateway_metrics_port=9000,
+        audit_state_file=tmp_path / "chain.json",
     )
     w2 = worker_settings(base, 2, {"http": 8123, "grpc": 8124})
     assert (w2.gateway_http_port, w2.gateway_grpc_port, w2.gateway_metrics_port) == (
@@ -275,6 +276,7 @@ def test_worker_settings(tmp_path: Path) -> None:
     )
     assert w2.gateway_instance == "gw-w2"
     assert w2.audit_file == tmp_path / "audit-w2.jsonl"
+    assert w2.audit_state_file == tmp_path / "chain-w2.json"
 
 
 @pytest.mark.parametrize(

@@ -190,10 +190,11 @@ def check_workers(settings: Settings) -> None:
 
 def worker_settings(settings: Settings, index: int, ports: dict[str, int]) -> Settings:
     """Settings of worker ``index`` (1, 2, ...): the ports worker 0 bound, its own instance
-    name (``<instance>-w<index>``), audit file (``<stem>-w<index><suffix>``) and metrics
+    name (``<instance>-w<index>``), audit file and audit state file (``<stem>-w<index><suffix>``;
+    each worker has its own chain, and its own usage cursor next to its file) and metrics
     port (``gateway_metrics_port + index``; any free port when that is 0)."""
     instance = settings.gateway_instance or socket.gethostname()
-    audit = settings.audit_file
+    audit, state = settings.audit_file, settings.audit_state_file
     metrics = settings.gateway_metrics_port
     return settings.model_copy(
         update={
@@ -202,6 +203,10 @@ def worker_settings(settings: Settings, index: int, ports: dict[str, int]) -> Se
             "gateway_metrics_port": metrics + index if metrics else 0,
             "gateway_instance": f"{instance}-w{index}",
             "audit_file": audit.with_name(f"{audit.stem}-w{index}{audit.suffix}"),
+            # each worker's own chain links to its own last line after a restart
+            "audit_state_file": (
+                state.with_name(f"{state.stem}-w{index}{state.suffix}") if state else None
+            ),
         }
     )
 

@@ -301,7 +301,8 @@ def tenant(cluster: KubeCluster, admin: Any, chart: str) -> dict[str, Any]:
     pods made by Kubernetes' controllers, and an ordinary pod beside it."""
     ns = f"tenant-{uuid.uuid4().hex[:6]}"
     core = k8s.CoreV1Api(admin)
-    core.create_namespace({"metadata": {"name": ns}})
+    # Labelled for Modelseal: the cluster-wide operator may write only in such namespaces.
+    core.create_namespace({"metadata": {"name": ns, "labels": {"modelseal.io/enabled": "true"}}})
     # mallory administers the namespace: the usual rights of a tenant team.
     bind_mallory_admin(admin, ns)
     # ... plus the right to add debug containers, which `admin` does not include.

@@ -65,15 +65,18 @@ def test_a_receiver_down_loses_nothing(tmp_path: Path, triton_server: TritonServ
         assert codes == [200] * 12 + [429] * 3
         # the shipper keeps trying while the receiver is down (with back-off)
         wait_until(
-            lambda: gw.log_path.read_text().count("usage export to") >= 5,
+            lambda: gw.metric("modelseal_gateway_usage_export_failures_total") >= 5,
             "five failed deliveries",
             60,
         )
+        assert gw.log_path.read_text().count("usage export to") >= 5
         assert receiver.received == 0
+        assert gw.metric("modelseal_gateway_usage_export_backlog_bytes") > 0
         receiver.start()
         wait_until(lambda: receiver.billed(tenant) == 12, "12 requests billed", 60)
         time.sleep(0.5)  # nothing more arrives
         assert receiver.billed(tenant) == 12 and len(receiver.events) == 12
+        assert gw.metric("modelseal_gateway_usage_events_delivered_total") == 12
         ids = {event_id for _source, event_id in receiver.events}
         assert ids == _metered(gw)  # one event per admitted request, its record's hash
         for data in receiver.events.values():

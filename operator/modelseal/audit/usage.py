@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -156,7 +157,11 @@ def read_spool(path: Path, cursor: Cursor, batch_max: int) -> list[Spooled]:
             log.error("usage spool %s: unreadable line at byte %d skipped", path, offset)
             last = Cursor(offset, last.seq, last.hash)
             continue
-        event = usage_event(record)
+        try:
+            event = usage_event(record)
+        except Exception as exc:  # a line no event can be made of must not stop the rest
+            log.error("usage spool %s: seq %s makes no event (%s): skipped", path, last.seq, exc)
+            event = None
         if event is not None:
             events.append(event)
         if len(events) >= batch_max:
@@ -216,8 +221,17 @@ class UsageShipper:
         self.cursor = checked_cursor(self.spool, read_cursor(self.cursor_file))
         self.delivered = 0  # events acknowledged by the receiver
         self.failures = 0  # POSTs that failed (retried)
+        self.on_delivered: Callable[[int], None] = lambda _n: None
+        self.on_failure: Callable[[], None] = lambda: None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def backlog_bytes(self) -> int:
+        """How much of the spool is not delivered yet."""
+        try:
+            return max(0, self.spool.stat().st_size - self.cursor.offset)
+        except OSError:
+            return 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-shipper")
@@ -242,6 +256,7 @@ class UsageShipper:
             await asyncio.to_thread(write_cursor, self.cursor_file, batch.cursor)
             self.cursor = batch.cursor
             self.delivered += len(batch.events)
+            self.on_delivered(len(batch.events))
             shipped += len(batch.events)
         return shipped
 
@@ -259,6 +274,7 @@ class UsageShipper:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             self.failures += 1
+            self.on_failure()
             log.warning(
                 "usage export to %s failed (%s); retrying in %.1fs", self.url, reason, delay
             )

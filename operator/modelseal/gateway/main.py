@@ -307,6 +307,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await gateway.start()
     shipper = usage_shipper(settings)  # follows this process's own audit file
     if shipper is not None:
+        shipper.on_delivered = gateway.metrics.usage_delivered.inc
+        shipper.on_failure = gateway.metrics.usage_failures.inc
+        gateway.metrics.usage_backlog.set_function(shipper.backlog_bytes)
         shipper.start()
     servers = Servers(gateway)
     workers: Workers | None = None

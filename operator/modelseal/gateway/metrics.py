@@ -16,6 +16,9 @@
 * ``modelseal_gateway_config_state{file}`` (1 loaded, 0 refused or missing),
   ``modelseal_gateway_config_reloads_total{file,result}``
 * ``modelseal_gateway_output_policy_dropped_total{tenant,model}``: outputs withheld
+* ``modelseal_gateway_usage_events_delivered_total``,
+  ``modelseal_gateway_usage_export_failures_total``,
+  ``modelseal_gateway_usage_export_backlog_bytes``: the usage export (when configured)
 
 Every label value comes from a bounded set: ``tenant`` from the keys file (empty before
 authentication), ``model`` only from the models the loaded licenses name (any other name a
@@ -131,5 +134,20 @@ class GatewayMetrics:
             p + "output_policy_dropped",
             "Outputs withheld by the output policy.",
             ["tenant", "model"],
+            registry=r,
+        )
+        self.usage_delivered = Counter(
+            p + "usage_events_delivered",
+            "Usage CloudEvents acknowledged by the usage endpoint (re-sends included).",
+            registry=r,
+        )
+        self.usage_failures = Counter(
+            p + "usage_export_failures",
+            "Usage deliveries that failed and are retried.",
+            registry=r,
+        )
+        self.usage_backlog = Gauge(
+            p + "usage_export_backlog_bytes",
+            "Bytes of the audit file not yet delivered as usage events.",
             registry=r,
         )

@@ -117,3 +117,65 @@ async def test_a_timed_out_exchange_goes_on_until_the_answer(upstream_for: objec
     answer = await asyncio.wait_for(running, timeout=30)
     assert answer.status == 200
     assert injector.seen == [b"POST"]
+
+
+# -- the fast path (a pooled connection ready: no task per request, issue 13 §2) ----------
+
+
+async def test_a_timed_out_exchange_on_a_pooled_connection_goes_on(upstream_for: object) -> None:
+    injector, up = await upstream_for("hold", timeout_s=0.05)  # type: ignore[operator]
+    injector.release.set()
+    assert (await up.request("POST", "/v2/models/m/infer", b"{}")).status == 200  # pooled now
+    injector.release.clear()
+    with pytest.raises(UpstreamError) as err:
+        await up.request("POST", "/v2/models/m/infer", b"{}")
+    assert err.value.timeout and not err.value.unsent
+    running = err.value.running
+    assert running is not None
+    await asyncio.sleep(0.01)
+    assert not running.done()  # the server still holds the answer
+    injector.release.set()
+    answer = await asyncio.wait_for(running, timeout=30)
+    assert answer.status == 200
+    # the connection went back to the pool with its slot: the next request reuses it
+    assert (await up.request("POST", "/v2/models/m/infer", b"{}")).status == 200
+    assert injector.seen == [b"POST", b"POST", b"POST"]
+    assert len(injector.writers) == 1
+
+
+async def test_cancelling_a_held_exchange_drops_its_connection(upstream_for: object) -> None:
+    injector, up = await upstream_for("hold", timeout_s=0.05)  # type: ignore[operator]
+    injector.release.set()
+    assert (await up.request("POST", "/v2/models/m/infer", b"{}")).status == 200
+    injector.release.clear()
+    with pytest.raises(UpstreamError) as err:
+        await up.request("POST", "/v2/models/m/infer", b"{}")
+    running = err.value.running
+    assert running is not None
+    running.cancel()  # what Gateway._hold does after quota_lease_s
+    await asyncio.sleep(0.01)
+    injector.release.set()
+    # a new connection: the held one was closed, and its slot given back
+    assert (await up.request("POST", "/v2/models/m/infer", b"{}")).status == 200
+    assert len(injector.writers) == 2
+
+
+async def test_a_cancelled_caller_gives_its_slot_back(upstream_for: object) -> None:
+    injector, up = await upstream_for("hold")  # type: ignore[operator]
+    up.connections = 1
+    await up.close()
+    await up.start()  # one connection at most
+    injector.release.set()
+    assert (await up.request("POST", "/v2/models/m/infer", b"{}")).status == 200
+    injector.release.clear()
+    caller = asyncio.ensure_future(up.request("POST", "/v2/models/m/infer", b"{}"))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    injector.release.set()
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(up.request("POST", "/v2/models/m/infer", b"{}") for _ in range(3))),
+        timeout=30,
+    )
+    assert [a.status for a in answers] == [200, 200, 200]

@@ -28,6 +28,7 @@ def test_the_platform_audit_key_is_a_kept_secret_mounted_as_a_file(helm: Path) -
     (op,) = pod["containers"]
     env = {e["name"]: e for e in op["env"]}
     assert env["MODELSEAL_AUDIT_HMAC_KEY_FILE"]["value"] == "/etc/modelseal/audit-key/key"
+    assert env["MODELSEAL_AUDIT_STATE_FILE"]["value"] == "/tmp/audit-chain.json"
     assert secret["stringData"]["key"] not in str(op)
     (volume,) = [v for v in pod["volumes"] if v["name"] == "audit-key"]
     assert volume["secret"] == {

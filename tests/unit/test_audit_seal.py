@@ -200,3 +200,23 @@ async def test_a_dead_writer_fails_waiting_records(tmp_path: Path) -> None:
     with pytest.raises(AuditWriterDead):
         await done
     await log.close()
+
+
+async def test_operator_restarts_on_stdout_are_linked(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """The chart's operator logs its audit to stdout; each container restart used to start
+    a chain that `audit verify` refused as a second genesis."""
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"platform-key-0123456789\n")
+    settings = Settings(
+        audit_sink="stdout", audit_hmac_key_file=key_file, audit_state_file=tmp_path / "s.json"
+    )
+    for run in range(2):
+        auditor = Auditor(settings)
+        await auditor.start()
+        auditor.record("test", {"kind": "ProtectedModel", "name": f"m{run}"})
+        await auditor.close()
+    lines = capsysbinary.readouterr().out.splitlines()
+    res = verify_lines(lines, read_key(key_file), strict=True, require_seal=True)
+    assert res.ok and res.restarts == 1 and res.records == 2, res.summary()

@@ -53,6 +53,7 @@ class Auditor:
             capacity=settings.audit_queue_size,
             overflow="block",
             checkpoint_interval_s=settings.audit_checkpoint_interval_s,
+            state_file=settings.audit_state_file,  # links a restart's chain (stdout sink)
         )
         self.records: list[dict[str, Any]] = []  # the last few, for tests and debugging
         self._started = False

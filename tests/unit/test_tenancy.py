@@ -54,6 +54,7 @@ DIGEST = "sha256:" + "a" * 64
         ("registry.acme.io/triton/../x:1", False),
         ("registry.acme.io/tritonx/a:1", False),
         ("nvcr.io/nvidia/tritonserver:1 evil", False),
+        ("nvcr.io/nvidia/tritonserver:1\n", False),
     ],
 )
 def test_image_entries_match_repository_and_prefix_only(image: str, ok: bool) -> None:

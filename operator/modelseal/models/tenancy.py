@@ -76,7 +76,7 @@ def image_pattern(entry: str) -> str:
 
 
 def image_allowed(image: str, entries: tuple[str, ...]) -> bool:
-    return any(re.match(image_pattern(e), image) for e in entries)
+    return any(re.fullmatch(image_pattern(e), image) for e in entries)
 
 
 def _strings(value: Any, where: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:

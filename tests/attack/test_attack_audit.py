@@ -24,7 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from bench.gateway.harness import (
     HMAC_KEY,
     GatewayProcess,
@@ -33,12 +35,14 @@ from bench.gateway.harness import (
     write_keys,
     write_license,
 )
+from tritonclient.utils import InferenceServerException
 
 from modelseal.audit.verify import verify_lines
 from modelseal.config import Settings
 from modelseal.models.spec import parse_model
 from modelseal.render import manifests
 from modelseal.render.model import render_model
+from modelseal_devenv.models import sample_digits
 from modelseal_devenv.triton import TritonServer
 from tests.attack.conftest import AttackLedger
 
@@ -109,16 +113,36 @@ def _infer(gw: GatewayProcess, request_id: str) -> int:
         return 0  # the gateway died under the request: no answer
 
 
-def _served_ids(gw: GatewayProcess, prefix: str, stop: threading.Event) -> list[str]:
+def _grpc_infer(client: Any, request_id: str) -> int:
+    inp = grpcclient.InferInput("INPUT", [1, 64], "FP32")
+    inp.set_data_from_numpy(sample_digits(1)[0].astype(np.float32).reshape(1, 64))
+    try:
+        client.infer(
+            "digits",
+            [inp],
+            request_id=request_id,
+            headers={"authorization": f"Bearer {KEY}"},
+            client_timeout=30,
+        )
+    except InferenceServerException:
+        return 0  # refused, or the gateway died under the request
+    return 200
+
+
+def _served_ids(
+    gw: GatewayProcess, prefix: str, stop: threading.Event, proto: str = "http"
+) -> list[str]:
     served: list[str] = []
     lock = threading.Lock()
 
     def client(worker: int) -> None:
         n = 0
+        grpc_client = grpcclient.InferenceServerClient(gw.grpc_target) if proto == "grpc" else None
         while not stop.is_set():
             rid = f"{prefix}-{worker}-{n}"
             n += 1
-            if _infer(gw, rid) == 200:
+            code = _grpc_infer(grpc_client, rid) if grpc_client else _infer(gw, rid)
+            if code == 200:
                 with lock:
                     served.append(rid)
 
@@ -137,8 +161,9 @@ def _recorded(lines: list[bytes]) -> set[str]:
     return out
 
 
+@pytest.mark.parametrize("proto", ["http", "grpc"])
 def test_sigkill_under_a_slow_sink_loses_no_answered_record(
-    tmp_path: Path, triton_server: TritonServer, attack_ledger: AttackLedger
+    tmp_path: Path, triton_server: TritonServer, attack_ledger: AttackLedger, proto: str
 ) -> None:
     """Each batch takes the sink 0.2 s to acknowledge. Before the fix the answer left at
     once and its record waited in the queue: a SIGKILL lost every queued record of an
@@ -157,7 +182,7 @@ def test_sigkill_under_a_slow_sink_loses_no_answered_record(
         ).start()
         stop = threading.Event()
         result: list[list[str]] = []
-        loader = threading.Thread(target=lambda: result.append(_served_ids(gw, "k", stop)))
+        loader = threading.Thread(target=lambda: result.append(_served_ids(gw, "k", stop, proto)))
         loader.start()
         try:
             deadline = time.monotonic() + 60

@@ -220,3 +220,14 @@ async def test_operator_restarts_on_stdout_are_linked(
     lines = capsysbinary.readouterr().out.splitlines()
     res = verify_lines(lines, read_key(key_file), strict=True, require_seal=True)
     assert res.ok and res.restarts == 1 and res.records == 2, res.summary()
+
+
+async def test_a_file_sink_needs_no_state_file(tmp_path: Path) -> None:
+    """A file continues its own chain: no state file is written for it (one write less per
+    batch), and a restart continues the file's chain rather than linking."""
+    path, state = tmp_path / "audit.jsonl", tmp_path / "state.json"
+    for n in (2, 3):
+        await _run(AuditLog(FileSink(path), gateway="gw", hmac_key=KEY, state_file=state), n)
+    assert not state.exists()
+    res = verify_file(path, KEY, strict=True, require_seal=True)
+    assert res.ok and res.chains == 1 and res.restarts == 0, res.summary()

@@ -78,7 +78,9 @@ class AuditLog:
         self.overflow = overflow
         self.batch_max = batch_max
         self.checkpoint_interval_s = checkpoint_interval_s
-        self.state_file = state_file
+        # A file continues its own chain: the state file is only for sinks that cannot be
+        # read back (stdout, webhook).
+        self.state_file = None if sink.readable_back else state_file
         resume = sink.resume_point()
         if resume is not None:
             seq, prev = resume

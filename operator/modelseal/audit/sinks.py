@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 class Sink(abc.ABC):
     name = "abstract"
+    #: Whether ``resume_point`` can read the chain back after a restart (a file can).
+    readable_back = False
 
     def __init__(self) -> None:
         self.on_error: Callable[[str], None] = lambda _reason: None
@@ -59,6 +61,7 @@ class FileSink(Sink):
     """Appends to one file; on start, continues the chain the file already holds."""
 
     name = "file"
+    readable_back = True
 
     def __init__(self, path: Path, *, retry_max_s: float = 5.0) -> None:
         super().__init__()

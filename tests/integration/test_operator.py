@@ -31,6 +31,9 @@ pytestmark = pytest.mark.integration
 
 DIGEST_A = "sha256tree:" + "a1" * 32
 DIGEST_B = "sha256tree:" + "b2" * 32
+#: For tests with several embedded-store models under one license: license-wide quotas
+#: would be one budget they cannot share, and the younger ones are refused (issue 12 High 4).
+NO_QUOTAS: dict[str, Any] = {}
 
 
 def license_doc(ns: str, name: str = "gold", tenant: str = "acme", **spec: Any) -> dict[str, Any]:
@@ -356,14 +359,14 @@ def test_revocation_and_license_change_reevaluate_the_tenants_models(
 ) -> None:
     env = ops_env
     key = env.vault.create_transit_key()
-    apply(env, license_doc(ns, seats={"maxReplicas": 2, "maxGPUs": 2}))
+    apply(env, license_doc(ns, quotas=NO_QUOTAS, seats={"maxReplicas": 2, "maxGPUs": 2}))
     apply(env, model_doc(ns, "first", key))
     wait_reason(env, ns, "first", "Serving", timeout=120)
     apply(env, model_doc(ns, "second", key))
     wait_reason(env, ns, "second", "Serving", timeout=120)
 
     # Fewer seats: the newer model loses its seat, the older one keeps serving.
-    apply(env, license_doc(ns, seats={"maxReplicas": 1, "maxGPUs": 2}))
+    apply(env, license_doc(ns, quotas=NO_QUOTAS, seats={"maxReplicas": 1, "maxGPUs": 2}))
     pm = wait_reason(env, ns, "second", "SeatsExceeded", timeout=60)
     assert "older models already hold 1 replicas" in condition(pm, "Ready")["message"]
     assert ready(env, ns, "first")["status"] == "True"
@@ -376,6 +379,7 @@ def test_revocation_and_license_change_reevaluate_the_tenants_models(
         env,
         license_doc(
             ns,
+            quotas=NO_QUOTAS,
             seats={"maxReplicas": 2, "maxGPUs": 2},
             revoked=True,
             revocationReason="contract ended",
@@ -389,7 +393,7 @@ def test_revocation_and_license_change_reevaluate_the_tenants_models(
     assert any(r.get("reason") == "LicenseRevoked" for r in op.audit_records())
 
     # Reinstated: both come back.
-    apply(env, license_doc(ns, seats={"maxReplicas": 2, "maxGPUs": 2}))
+    apply(env, license_doc(ns, quotas=NO_QUOTAS, seats={"maxReplicas": 2, "maxGPUs": 2}))
     for name in ("first", "second"):
         wait_reason(env, ns, name, "Serving", timeout=120)
 
@@ -470,7 +474,7 @@ def test_operator_survives_vault_outage(ops_env: OpsEnv, op: Operator, ns: str) 
     """Vault down: running models keep running, new ones wait; all heal when it returns."""
     env = ops_env
     key = env.vault.create_transit_key()
-    apply(env, license_doc(ns))
+    apply(env, license_doc(ns, quotas=NO_QUOTAS))
     apply(env, model_doc(ns, "steady", key))
     wait_reason(env, ns, "steady", "Serving", timeout=120)
     env.vault.crash()

@@ -85,7 +85,8 @@ def test_zero_writes_on_resync_and_restart(ops_env: OpsEnv) -> None:
     op = Operator(env, resync_interval_s=5).start()
     disturbed = 0
     try:
-        assert env.apply(license_doc(ns))[0]
+        # two embedded models: no license-wide quotas to share (issue 12 High 4)
+        assert env.apply(license_doc(ns, quotas={}))[0]
         for name in ("alpha", "beta"):
             assert env.apply(model_doc(ns, name, key))[0]
         for name in ("alpha", "beta"):

@@ -164,8 +164,12 @@ class UsageWriter:
     # --- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
         interval = self.settings.usage_status_interval_s
+        first = True
         while True:
-            await asyncio.sleep(interval)
+            # The first round soon after start, so that a license's first figures (or why
+            # there are none) do not wait a whole interval.
+            await asyncio.sleep(min(interval, 5.0) if first else interval)
+            first = False
             try:
                 await self.round()
             except ApiError as exc:

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         "others gets no Pods and no Vault access (condition NotAllowedInNamespace). Unset: "
         "no restriction (development only).",
     )
+    model_namespace_label: str = Field(
+        "",
+        description="A key=value label a namespace must carry for the operator to serve "
+        "models there (the chart sets rbac.modelNamespaceLabel when the operator watches the "
+        "whole cluster; its admission policy refuses the operator's writes elsewhere). A "
+        "model in a namespace without it reports NotAllowedInNamespace. Empty: any.",
+    )
     redis_auth_secret: str = Field(
         "",
         description="Secret holding 'username' and 'password' of the quota Redis (the "

@@ -11,6 +11,8 @@ example), so these tests also show that the operator does its work under that po
   naming the key (control: A's own key is provisioned under the narrow policy).
 * The platform narrows the declaration under a running model: its Vault role is withdrawn
   and its Deployment scaled to zero.
+* Cluster-wide mode (Medium 11): a model in a namespace without the Modelseal label gets
+  nothing until the platform labels the namespace.
 """
 
 from __future__ import annotations
@@ -41,13 +43,22 @@ __all__ = ["ops_cluster", "ops_env"]
 pytestmark = pytest.mark.integration
 
 NARROW = "modelseal-operator-narrow"
+LABEL = "modelseal.io/enabled=true"
+
+
+def label(env: OpsEnv, ns: str) -> None:
+    env.core().patch_namespace(ns, {"metadata": {"labels": {"modelseal.io/enabled": "true"}}})
 
 
 class Tenants:
     def __init__(self, env: OpsEnv, path: Path) -> None:
         self.env, self.path = env, path
         self.a, self.b = env.namespace("tna"), env.namespace("tnb")
+        self.c = env.namespace("tnc")  # declared, but not labelled for Modelseal
+        for ns in (self.a, self.b):
+            label(env, ns)
         self.key_a, self.key_b = env.vault.create_transit_key(), env.vault.create_transit_key()
+        self.key_c = env.vault.create_transit_key()
 
     def declaration(self, a_keys: list[str]) -> dict[str, Any]:
         return {
@@ -55,6 +66,7 @@ class Tenants:
             "namespaces": {
                 self.a: {"transitKeys": a_keys},
                 self.b: {"transitKeys": [self.key_b]},
+                self.c: {"transitKeys": [self.key_c]},
             },
         }
 
@@ -86,11 +98,17 @@ def tenants(ops_env: OpsEnv) -> Iterator[Tenants]:
             "token_ttl": 3600,
         },
     )
+    # As the chart runs it when it watches the whole cluster.
     operator = Operator(
-        env, resync_interval_s=5, tenancy_file=str(t.path), operator_vault_role=NARROW
+        env,
+        resync_interval_s=5,
+        tenancy_file=str(t.path),
+        operator_vault_role=NARROW,
+        model_namespace_label=LABEL,
     ).start()
     try:
         apply(env, license_doc(t.a))
+        apply(env, license_doc(t.c))
         yield t
     finally:
         env.drop_namespaces()
@@ -149,3 +167,18 @@ def test_narrowing_the_declaration_withdraws_a_running_model(
         assert dep is not None and dep["spec"]["replicas"] == 0, dep
     finally:
         t.declare([t.key_a])
+
+
+def test_an_unlabelled_namespace_is_not_served(tenants: Tenants, ops_env: OpsEnv) -> None:
+    """Medium 11, the operator's half: in the cluster-wide mode a model in a namespace the
+    platform did not label (declared or not) gets nothing and a condition naming the label;
+    once the platform labels it, the model is served."""
+    env, t = ops_env, tenants
+    apply(env, model_doc(t.c, "unlabelled", t.key_c))
+    ready = _reason(env, t.c, "unlabelled", "Ready", "NotAllowedInNamespace")
+    assert f"namespace {t.c} is not labelled {LABEL}" in ready["message"], ready
+    assert env.vault_role(vault_name(t.c, "unlabelled")) is None
+    assert env.raw("Deployment", t.c, "unlabelled") is None
+    label(env, t.c)  # the platform opens the namespace; the next resync serves it
+    _reason(env, t.c, "unlabelled", "KeyAccessible", "KeyProvisioned")
+    assert env.vault_role(vault_name(t.c, "unlabelled")) is not None

@@ -95,6 +95,13 @@ def test_configmap_carries_the_declaration(docs: list[dict[str, Any]]) -> None:
     assert volume["configMap"]["name"] == cm["metadata"]["name"]
 
 
+def _env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (dep,) = by_kind(docs, "Deployment")
+    return {
+        e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+
 def test_operator_namespace_guard_only_when_cluster_wide(helm: Path) -> None:
     cluster_wide = render(helm)
     policy = _policy(cluster_wide, "-operator-namespaces")
@@ -112,9 +119,11 @@ def test_operator_namespace_guard_only_when_cluster_wide(helm: Path) -> None:
     rules = policy["spec"]["matchConstraints"]["resourceRules"]
     covered = {r for rule in rules for r in rule["resources"]}
     assert {"deployments", "serviceaccounts", "configmaps", "secrets", "pods"} <= covered
+    assert _env(cluster_wide)["MODELSEAL_MODEL_NAMESPACE_LABEL"] == "modelseal.io/enabled=true"
     watched = render(helm, sets=("operator.watchNamespaces={a}",))
     names = [p["metadata"]["name"] for p in by_kind(watched, "ValidatingAdmissionPolicy")]
     assert not [n for n in names if n.endswith("-operator-namespaces")]
+    assert "MODELSEAL_MODEL_NAMESPACE_LABEL" not in _env(watched)
     off = render(helm, sets=("rbac.modelNamespaceLabel=",))
     names = [p["metadata"]["name"] for p in by_kind(off, "ValidatingAdmissionPolicy")]
     assert not [n for n in names if n.endswith("-operator-namespaces")]

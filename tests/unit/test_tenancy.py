@@ -17,6 +17,7 @@ from modelseal.models.tenancy import (
     TenancyError,
     Unlisted,
     image_allowed,
+    namespace_refusal,
     parse_tenancy,
     refusal,
 )
@@ -156,3 +157,14 @@ def test_cli_prints_the_policy_from_a_values_file(
     assert "tenancy.unlisted must be Refuse or Any" in capsys.readouterr().err
     assert cli_main.main(["vault-operator-policy", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_namespace_label_refusal_names_the_label() -> None:
+    required = "modelseal.io/enabled=true"
+    assert namespace_refusal("a", {"modelseal.io/enabled": "true"}, required) is None
+    assert namespace_refusal("a", None, "") is None  # no label required
+    for labels in ({}, {"modelseal.io/enabled": "false"}, None):
+        why = namespace_refusal("a", labels, required)
+        assert why is not None
+        assert "namespace a is not labelled modelseal.io/enabled=true" in why
+        assert "kubectl label namespace a modelseal.io/enabled=true" in why

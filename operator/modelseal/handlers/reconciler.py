@@ -185,7 +185,7 @@ class Reconciler:
         self.metrics = metrics
         self.auditor = auditor
         self.now = now
-        self.tenancy = TenancySource(settings.tenancy_file)
+        self.tenancy = TenancySource(settings.tenancy_file, settings.model_namespace_label)
         self.finalizer = f"{settings.api_group}/finalizer"
         # Retries back off to 15 s at most: a Vault outage heals within that once it ends.
         self.queue = WorkQueue(
@@ -299,7 +299,7 @@ class Reconciler:
             await self._write_model_status(body, ref, obs, status_before, now, None)
             return None
         # The platform's tenancy declaration: a key or image the namespace may not use.
-        if not_allowed := self.tenancy.refusal(spec):
+        if not_allowed := await self.tenancy.check(spec, self.kube):
             obs = await self._invalid_model(meta, not_allowed, tenancy.REASON_NOT_ALLOWED)
             await self._write_model_status(body, ref, obs, status_before, now, None)
             return None

@@ -12,16 +12,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from modelseal.k8s.api import Kube
 from modelseal.models.spec import ModelSpec
-from modelseal.models.tenancy import UNRESTRICTED, Tenancy, TenancyError, parse_tenancy_text
+from modelseal.models.tenancy import (
+    UNRESTRICTED,
+    Tenancy,
+    TenancyError,
+    namespace_refusal,
+    parse_tenancy_text,
+)
 from modelseal.models.tenancy import refusal as tenancy_refusal
 
 log = logging.getLogger(__name__)
 
 
 class TenancySource:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, namespace_label: str = "") -> None:
         self.path = path
+        self.namespace_label = namespace_label
         self._seen: tuple[int, int] | None = None
         self._current: Tenancy | str = UNRESTRICTED
 
@@ -54,3 +62,12 @@ class TenancySource:
         if isinstance(tenancy, str):
             return f"the platform's tenancy declaration cannot be used ({tenancy})"
         return tenancy_refusal(tenancy, spec.namespace, spec.transit_key, spec.serving.triton_image)
+
+    async def check(self, spec: ModelSpec, kube: Kube) -> str | None:
+        """`refusal`, then (cluster-wide mode) the namespace's Modelseal label."""
+        if why := self.refusal(spec):
+            return why
+        if not self.namespace_label:
+            return None
+        labels = await kube.namespace_labels(spec.namespace)
+        return namespace_refusal(spec.namespace, labels, self.namespace_label)

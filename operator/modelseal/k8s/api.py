@@ -188,6 +188,16 @@ class Kube:
                 return None
             raise
 
+    async def namespace_labels(self, name: str) -> dict[str, str] | None:
+        """The labels of Namespace `name` (None: no such namespace)."""
+        try:
+            doc = await self._acall("GET", f"/api/v1/namespaces/{quote(name)}", "Namespace")
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+        return dict((doc.get("metadata") or {}).get("labels") or {})
+
     async def list(
         self,
         kind: Kind,

@@ -139,6 +139,23 @@ def parse_tenancy_text(text: str, source: str) -> Tenancy:
         raise TenancyError(f"{source}: {exc}") from None
 
 
+def namespace_refusal(
+    namespace: str, labels: Mapping[str, str] | None, required: str
+) -> str | None:
+    """Why the operator may not serve in `namespace` for lack of the `key=value` label
+    `required` (empty: no label needed), or None. `labels` None: no such namespace."""
+    if not required:
+        return None
+    key, _, value = required.partition("=")
+    if labels is not None and labels.get(key) == value:
+        return None
+    return (
+        f"namespace {namespace} is not labelled {required}: the operator, which watches the "
+        f"whole cluster, serves only namespaces the platform labelled for Modelseal "
+        f"(kubectl label namespace {namespace} {required}; chart value rbac.modelNamespaceLabel)"
+    )
+
+
 def _listing(values: tuple[str, ...]) -> str:
     return ", ".join(values) if values else "none"
 

@@ -46,11 +46,31 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
+
 ZERO_HASH: Final = "0" * 64
 FORMAT_VERSION: Final = 1
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
+    """The bytes that are hashed: JSON, keys sorted, no spaces, UTF-8. A flat record of
+    strings, whole numbers, booleans, nulls and plain decimals (every request record) is
+    encoded by orjson, byte for byte what the standard library writes and ten times
+    faster; anything else (nested values, floats the two libraries print differently:
+    NaN, infinities, exponents; integers past 64 bits; lone surrogates) by the standard
+    library, as always (tests/unit/test_audit_canonical.py)."""
+    for value in obj.values():
+        kind = type(value)
+        if kind is float:
+            if not (value == 0.0 or 1e-4 <= abs(value) < 1e16):  # NaN fails both
+                break
+        elif kind is not str and kind is not int and kind is not bool and value is not None:
+            break
+    else:
+        try:
+            return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -316,10 +316,10 @@ def _model_path(model: str, version: str) -> str:
 
 def _from_upstream(up: UpstreamResponse) -> web.Response:
     """Triton's answer, passed on (its binary-extension header too)."""
-    headers = {IHCL: up.header_length} if up.header_length is not None else None
-    return web.Response(
-        status=up.status, body=up.body, content_type=_ctype(up.content_type), headers=headers
-    )
+    headers = {"Content-Type": _ctype(up.content_type)}  # as a header: half the cost of
+    if up.header_length is not None:  # aiohttp's content_type= (it parses it again)
+        headers[IHCL] = up.header_length
+    return web.Response(status=up.status, body=up.body, headers=headers)
 
 
 def _ctype(value: str | None) -> str:

@@ -14,6 +14,7 @@ Own control plane, as in test_chart_install.py.
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -109,6 +110,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         assert env["MODELSEAL_TENANCY_FILE"] == "/etc/modelseal/tenancy/tenancy.json"
         (tmp / "tenancy.json").write_text(config["data"]["tenancy.json"])
         env["MODELSEAL_TENANCY_FILE"] = str(tmp / "tenancy.json")
+        # Likewise the platform audit key from the Secret the chart made.
+        audit = core.read_namespaced_secret(f"{RELEASE}-modelseal-audit-key", RELEASE_NS)
+        (tmp / "audit-key").write_bytes(base64.b64decode(audit.data["key"]))
+        assert env["MODELSEAL_AUDIT_HMAC_KEY_FILE"] == "/etc/modelseal/audit-key/key"
+        env["MODELSEAL_AUDIT_HMAC_KEY_FILE"] = str(tmp / "audit-key")
         # Out of cluster: a kubeconfig with a token of the chart's ServiceAccount.
         token = core.create_namespaced_service_account_token(
             SA, RELEASE_NS, {"spec": {"expirationSeconds": 3600}}

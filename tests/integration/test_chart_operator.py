@@ -184,12 +184,17 @@ def test_operator_works_with_the_charts_rbac_and_guards(setup: dict[str, Any]) -
         "modellicenses",
         {**{k: lic[k] for k in ("apiVersion", "kind", "spec")}, "metadata": {"name": "acme"}},
     )
+    # The license counts per day: with the chart's operator.requireDurableQuotaState the
+    # embedded counters must live on a claim (a PVC the tenant provides).
+    spec = {**pm["spec"], "gateway": {**pm["spec"].get("gateway", {})}}
+    spec["gateway"]["quotaStateClaimName"] = "digits-quota"
     created = custom.create_namespaced_custom_object(
         GROUP,
         VERSION,
         ns,
         "protectedmodels",
-        {**{k: pm[k] for k in ("apiVersion", "kind", "spec")}, "metadata": {"name": "digits"}},
+        {"apiVersion": pm["apiVersion"], "kind": pm["kind"], "metadata": {"name": "digits"}}
+        | {"spec": spec},
     )
     # The model's ServiceAccount: <name>-<first 8 characters of its uid>.
     account = f"digits-{created['metadata']['uid'][:8]}"

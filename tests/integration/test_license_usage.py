@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from tests.fixtures.redis_acl import acl_redis, chart_acl, chart_auth_data
 from tests.integration.operator_helpers import GROUP, VERSION, Operator, OpsEnv, condition, wait_for
 from tests.integration.test_operator import apply, license_doc, model_doc
 from tests.unit.test_argocd_health import run_health
@@ -353,5 +355,73 @@ def test_store_down_is_unknown_keeps_the_figures_and_gone_licenses_leave_no_seri
             asyncio.run(scenario())
             assert registry.get_sample_value("modelseal_operator_usage_read_errors_total") == 2
             assert posted == []  # 3 of 1,000,000: no threshold crossed
+        finally:
+            env.drop_namespaces()
+
+
+def test_reads_the_charts_redis_as_its_acl_user(ops_env: OpsEnv, tmp_path: Path) -> None:
+    """With the chart's Redis (ACL users, protected mode): the writer logs in with the user
+    and password from the chart's Secret (read by name, as the operator does), reads the
+    counters, and no password reaches the status. A wrong password in the Secret is
+    QuotaExhausted Unknown naming the refusal, not a crash."""
+    env = ops_env
+    ns = env.namespace("usage-acl")
+    password = secrets.token_urlsafe(24)
+    source = "usage-redis-auth"
+    with acl_redis(tmp_path / "redis", chart_acl(password)) as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            lic_body, model_body = _seed(env, ns, 0, url)
+            secret = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": source, "namespace": ns},
+                "data": chart_auth_data(password),
+            }
+            env.core().create_namespaced_secret(ns, secret)
+
+            async def count() -> None:
+                store = RedisStore(url, username="modelseal", password=password)
+                try:
+                    await _admit_all(store, [_scopes(lic_body, model_body)], 4)
+                finally:
+                    await store.close()
+
+            asyncio.run(count())
+            settings = Settings(
+                namespaces=[ns],
+                usage_status_interval_s=0.01,
+                redis_auth_secret=source,
+                redis_auth_secret_namespace=ns,
+            )
+
+            async def noop(
+                involved: Mapping[str, str], type_: str, reason: str, message: str
+            ) -> None:
+                return None
+
+            async def scenario() -> None:
+                kube = Kube(env.cluster.api_client())
+                writer = UsageWriter(settings, kube, CollectorRegistry(), noop)
+                try:
+                    assert await writer.round() == 1
+                    assert _requests(env, ns, "l0")["day"]["used"] == 4
+                    wrong = {**secret, "data": chart_auth_data("not-the-password")}
+                    env.core().replace_namespaced_secret(source, ns, wrong)
+                    await asyncio.sleep(0.05)
+                    assert await writer.round() == 1
+                    quota = condition(env.get_license(ns, "l0"), "QuotaExhausted")
+                    assert (quota["status"], quota["reason"]) == (
+                        "Unknown",
+                        "QuotaStoreUnavailable",
+                    )
+                    assert "AUTH" in quota["message"]
+                finally:
+                    await writer.close()
+                    kube.close()
+
+            asyncio.run(scenario())
+            written = json.dumps(env.get_license(ns, "l0"))
+            assert password not in written and "not-the-password" not in written
         finally:
             env.drop_namespaces()

@@ -20,8 +20,8 @@ from typing import Any
 
 from modelseal_devenv.common import wait_until
 from modelseal_devenv.kube import KubeCluster
-from modelseal_devenv.node import HOST_ADDRESS, PAUSE_IMAGE, RealNode
 from modelseal_devenv.models import build_digits_model, sample_digits
+from modelseal_devenv.node import HOST_ADDRESS, PAUSE_IMAGE, RealNode
 from modelseal_devenv.redis import RedisServer
 from modelseal_devenv.s3 import S3Server
 from modelseal_devenv.triton import TritonServer

@@ -210,6 +210,11 @@ class RealNode:
     def log_dir(self) -> Path:
         return self.workdir / "logs"
 
+    @property
+    def pod_logs_dir(self) -> Path:
+        """The kubelet's podLogsDir: <namespace>_<pod>_<uid>/<container>/<restarts>.log."""
+        return self.workdir / "pod-logs"
+
     def logs(self) -> Iterator[tuple[str, Path]]:
         for name, proc in self._procs.items():
             yield name, proc.log_path
@@ -282,14 +287,14 @@ class RealNode:
 
     def _take_lock(self) -> None:
         self._lock = _LOCK.open("w")
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 1800  # another run's node (a cold-check, a demo)
         while True:
             try:
                 fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise StartError(f"another real node holds {_LOCK} (10 min)") from None
+                    raise StartError(f"another real node holds {_LOCK} (30 min)") from None
                 time.sleep(2)
 
     def _setup_network(self) -> None:
@@ -492,6 +497,8 @@ state = "{d / "state"}"
             "localStorageCapacityIsolation": False,
             "protectKernelDefaults": False,
             "maxPods": 50,
+            # Container logs under the node's folder (the tests and the demo read them).
+            "podLogsDir": str(self.pod_logs_dir),
         }  # fmt: skip
 
     def _start_kubelet(self, bin_dir: Path) -> None:

@@ -12,9 +12,11 @@ reach them at ``10.88.0.1:<port>`` (``RealNode.expose_host_port``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,91 @@ def build_image(kind: str) -> BuiltImage:
     raise StartError(f"images/build.sh {kind} printed no 'image:' line:\n{proc.stdout[-2000:]}")
 
 
+@dataclass(frozen=True)
+class NodeContainer:
+    """One container of a Pod on the real node, as the demo's story reads it."""
+
+    name: str
+    log_path: Path  # a copy of the kubelet's log of the current run (CRI format)
+    env: dict[str, str]
+
+
+class NodePod:
+    """A model Pod on the real node, with the accessors the story uses on a pod runner's
+    pod: its gateway URL (the Service), a volume's folder on the node, a container's log."""
+
+    def __init__(self, stack: NodeStack, pod: dict[str, Any]) -> None:
+        self.stack = stack
+        self.obj = pod
+        self.name = str(pod["metadata"]["name"])
+        self.uid = str(pod["metadata"]["uid"])
+
+    def url(self, port: int | str, scheme: str = "http") -> str:
+        return self.stack.gateway_url()
+
+    def volume_dir(self, name: str) -> Path:
+        assert self.stack.node is not None
+        return (
+            self.stack.node.kubelet_root
+            / "pods"
+            / self.uid
+            / "volumes/kubernetes.io~empty-dir"
+            / name
+        )
+
+    def container(self, name: str) -> NodeContainer:
+        assert self.stack.node is not None
+        spec = self.obj["spec"]
+        found = next(
+            c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name
+        )
+        env = {e["name"]: str(e.get("value", "")) for e in found.get("env", [])}
+        folder = self.stack.node.pod_logs_dir / f"{self.stack.namespace}_{self.name}_{self.uid}"
+        logs = sorted((folder / name).glob("*.log"), key=lambda p: p.stat().st_mtime)
+        copy = self.stack.log_dir / "pods" / self.name / f"{name}.log"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if logs:  # the kubelet's log (CRI format), copied while the kubelet keeps it
+            runner: NodeRunner = self.stack.runner
+            runner.mirror(logs[-1], copy)
+        return NodeContainer(name, copy, env)
+
+
+class NodeRunner:
+    """What the story asks of a pod runner, on the real node: wait until the model's Pods
+    are gone, keeping a copy of the gateway's audit file until the kubelet removes it."""
+
+    def __init__(self, stack: NodeStack) -> None:
+        self.stack = stack
+        self._mirrors: list[tuple[Path, Path]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._mirror_loop, daemon=True)
+        self._thread.start()
+
+    def mirror(self, source: Path, copy: Path) -> Path:
+        """Keep ``copy`` equal to ``source`` (read from the node) while ``source`` exists."""
+        self._mirrors.append((source, copy))
+        self._copy(source, copy)
+        return copy
+
+    @staticmethod
+    def _copy(source: Path, copy: Path) -> None:
+        with contextlib.suppress(OSError):
+            data = source.read_bytes()
+            if data:
+                copy.write_bytes(data)
+
+    def _mirror_loop(self) -> None:
+        while not self._stop.wait(0.05):
+            for source, copy in list(self._mirrors):
+                self._copy(source, copy)
+
+    def wait_stopped(self, timeout: float = 120.0) -> None:
+        wait_until(lambda: not self.stack.model_pods(), f"the Pods of {MODEL} gone", timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class NodeStack(Stack):
     """`Stack` on a real node: `helm install` of charts/modelseal, pods under the kubelet."""
 
@@ -114,6 +201,18 @@ class NodeStack(Stack):
         )
         return self.images
 
+    def start_redis(self) -> None:
+        """Redis for the quota counters, answering the pods' connections (which keep their
+        pod address through the DNAT, so protected mode would refuse them). It listens on
+        127.0.0.1 only; the chart's own Redis with ACL users is tested elsewhere
+        (tests/integration/test_operator_redis_auth.py)."""
+        from modelseal_devenv.redis import RedisServer
+
+        if self.redis is None:
+            self.redis = RedisServer(self.workdir / "redis", protected_mode=False).start()
+            self._owned.append(self.redis)
+        super().start_redis()
+
     def in_cluster(self, port: int) -> str:
         """``10.88.0.1:<port>``: a host server's address as pods reach it."""
         assert self.node is not None
@@ -153,6 +252,7 @@ class NodeStack(Stack):
                 "watchNamespaces": [self.namespace],
                 "expiryCheckIntervalSeconds": 5,
                 "resyncIntervalSeconds": 30,
+                "usageStatusIntervalSeconds": 2,
             },
             "modelPods": {
                 "image": {"repository": modelseal.repository, "tag": modelseal.tag},
@@ -162,12 +262,18 @@ class NodeStack(Stack):
                 "addr": f"http://{self.in_cluster(vault_port)}",
                 "tokenSecret": {"name": "operator-vault-token", "key": "token"},
             },
+            "usageExport": {"url": self._usage_url()},
             "tenancy": {
                 "namespaces": {
                     self.namespace: {"transitKeys": [TRANSIT_KEY], "images": [triton.repository]}
                 }
             },
         }
+
+    def _usage_url(self) -> str:
+        receiver_url = self.start_usage_receiver()  # http://127.0.0.1:<port>/events
+        port = int(receiver_url.split(":")[2].split("/")[0])
+        return f"http://{self.in_cluster(port)}/events"
 
     def start_operator(self) -> None:
         """`helm install` of charts/modelseal with the pushed images; wait for the operator
@@ -202,17 +308,11 @@ class NodeStack(Stack):
         return self.node.name
 
     def restart_operator(self) -> None:
+        deployment = f"deployment/{RELEASE}-modelseal-operator"
+        self.kube.kubectl("-n", RELEASE_NAMESPACE, "rollout", "restart", deployment)
         self.kube.kubectl(
-            "-n",
-            RELEASE_NAMESPACE,
-            "rollout",
-            "restart",
-            f"deployment/{RELEASE}-modelseal-operator",
+            "-n", RELEASE_NAMESPACE, "rollout", "status", deployment, "--timeout=180s", timeout=200
         )
-        self.kube.kubectl(
-            "-n", RELEASE_NAMESPACE, "rollout", "status", f"deployment/{RELEASE}-modelseal-operator",
-            "--timeout=180s", timeout=200,
-        )  # fmt: skip
 
     def stop_operator(self) -> None:
         """The operator is the chart's Deployment: it goes with the cluster."""
@@ -251,7 +351,7 @@ class NodeStack(Stack):
                 return pod
         return None
 
-    def run_pods(self, timeout: float = 600) -> Any:
+    def run_pods(self, timeout: float = 600) -> NodePod:
         """The kubelet runs the pods; wait until one of the model's pods is Ready."""
         wait_until(
             lambda: self.ready_pod() is not None,
@@ -259,7 +359,18 @@ class NodeStack(Stack):
             timeout=timeout,
             interval=1,
         )
-        return self.ready_pod()
+        pod = self.ready_pod()
+        assert pod is not None
+        if self.runner is None:
+            self.runner = NodeRunner(self)
+        return NodePod(self, pod)
+
+    def audit_file(self, pod: Any) -> Path:
+        """A copy of the gateway's audit file (on the quota-state volume), kept current
+        until the kubelet removes the Pod's volumes."""
+        source = Path(pod.volume_dir("quota-state")) / "audit.jsonl"
+        runner: NodeRunner = self.runner
+        return runner.mirror(source, self.workdir / "audit-from-node.jsonl")
 
     def gateway_url(self) -> str:
         """The model's Service, by its ClusterIP (kube-proxy routes it to the pod)."""

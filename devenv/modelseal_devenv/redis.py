@@ -72,7 +72,11 @@ class RedisServer(ChildServer):
         port: int | None = None,
         password: str | None = None,
         startup_timeout: float = 30.0,
+        protected_mode: bool = True,
     ) -> None:
+        """``protected_mode=False``: also answer clients that are not on loopback without a
+        password (pods of the real node, whose connections reach 127.0.0.1 through a DNAT
+        and keep their pod address)."""
         self._own_workdir = workdir is None
         self.workdir = (
             Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="modelseal-redis-"))
@@ -84,6 +88,7 @@ class RedisServer(ChildServer):
         self._port_fixed = port is not None  # a free port we picked may be re-picked
         self.port = port or free_port()
         self.password = password
+        self.protected_mode = protected_mode
         self.startup_timeout = startup_timeout
         self.version = ""
         self.start_seconds = 0.0
@@ -102,7 +107,7 @@ class RedisServer(ChildServer):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         lines = [
             f"bind {LOOPBACK}",
-            "protected-mode yes",
+            f"protected-mode {'yes' if self.protected_mode else 'no'}",
             f"port {self.port}",
             "daemonize no",
             "supervised no",

@@ -38,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from modelseal.config import Settings
-from modelseal.gateway.core import build_store
+from modelseal.gateway.wiring import build_store
 from modelseal.quota.policy import EngineLimits
 from modelseal.store.base import Scope, StoreUnavailable
 from tests.attack.conftest import AttackLedger

@@ -36,7 +36,7 @@ from tests.integration.operator_helpers import (
 from tests.integration.test_operator import apply, license_doc, model_doc, wait_reason
 
 from modelseal.config import Settings
-from modelseal.gateway.core import build_store
+from modelseal.gateway.wiring import build_store
 from modelseal.quota.policy import EngineLimits
 from modelseal.store.base import Scope
 

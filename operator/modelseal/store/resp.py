@@ -140,7 +140,7 @@ class RespClient:
         password: str | None = None,
     ) -> None:
         """``username``/``password``, when given, replace what the URL holds (the gateway
-        reads them from files; see ``modelseal.gateway.core.build_store``)."""
+        reads them from files; see ``modelseal.gateway.wiring.build_store``)."""
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")

@@ -493,6 +493,9 @@ class Stack:
             self.narrator.say(line, indent=7)
 
     show_pod_events = True
+    #: What runs the model's Pods: this Stack's pod runner (kwok GPU nodes); NodeStack
+    #: (modelseal_devenv.nodestack) says "containerd": a real kubelet.
+    runtime = "podrunner"
 
     def gateway_url(self) -> str:
         pod = self.runner.current() if self.runner is not None else None
@@ -594,6 +597,8 @@ def _log_lines(path: Path, needles: tuple[str, ...]) -> list[str]:
     except FileNotFoundError:
         return out
     for raw in text.splitlines():
+        if not raw.startswith("{"):  # the kubelet's CRI format: "<time> <stream> <tag> <text>"
+            raw = raw.split(" ", 3)[-1]
         try:
             msg = str(json.loads(raw).get("msg", ""))
         except (ValueError, AttributeError):
@@ -615,13 +620,21 @@ def story(stack: Stack, n: Narrator) -> None:
 
     from modelseal_devenv.models import DIGITS_LABELS, sample_digits
 
+    real = stack.runtime == "containerd"
     with n.step(
         "cluster",
-        "Start a Kubernetes control plane with fake GPU nodes",
+        "Start a Kubernetes control plane with a real node"
+        if real
+        else "Start a Kubernetes control plane with fake GPU nodes",
         """
         etcd, kube-apiserver, kube-controller-manager and kube-scheduler, built from their Go
         modules, plus kwok: two fake nodes that advertise nvidia.com/gpu. kwok reports Pods
-        as Running but runs nothing; later our pod runner plays the kubelet.""",
+        as Running but runs nothing; later our pod runner plays the kubelet."""
+        if not real
+        else """
+        etcd, kube-apiserver, kube-controller-manager and kube-scheduler, plus a real node:
+        kubelet and kube-proxy of the same version, containerd v2 with runc and the CNI
+        bridge plugin, and a registry on 127.0.0.1 that the images are pushed to.""",
     ):
         stack.start_kube()
     with n.step(
@@ -637,8 +650,15 @@ def story(stack: Stack, n: Narrator) -> None:
         stack.start_s3()
     with n.step(
         "operator",
-        "Install the CRDs and run the Modelseal operator",
+        "helm install the chart: the operator runs on the node"
+        if real
+        else "Install the CRDs and run the Modelseal operator",
         """
+        The images are built (cached) and pushed to the node's registry; `helm install
+        charts/modelseal` installs the CRDs, the RBAC, the admission policies and the
+        operator Deployment, which the kubelet pulls and starts."""
+        if real
+        else """
         `python -m modelseal operator` runs out of cluster with the admin kubeconfig and a
         Vault token; it watches ProtectedModel and ModelLicense objects.""",
     ):
@@ -681,12 +701,20 @@ def story(stack: Stack, n: Narrator) -> None:
 
     with n.step(
         "pod",
-        "Run the rendered pod on this machine",
+        "The kubelet runs the rendered pod" if real else "Run the rendered pod on this machine",
         """
         The operator rendered a Deployment: the unsealer as a native sidecar, Triton on
-        127.0.0.1 and the gateway as the only exposed port. The pod runner starts its
+        127.0.0.1 and the gateway as the only exposed port. """
+        + (
+            """The kubelet starts the unsealer first
+        (a native sidecar), in the memory-backed emptyDir; Triton starts once its startup
+        probe passes."""
+            if real
+            else """The pod runner starts its
         containers as local processes with the same command, args, env and volumes (the
-        model volume is a tmpfs folder under /dev/shm). The unsealer logs in to Vault with
+        model volume is a tmpfs folder under /dev/shm)."""
+        )
+        + """ The unsealer logs in to Vault with
         the pod's projected token, fetches the bundle from S3, verifies and decrypts it into
         tmpfs; then Triton loads it and the gateway becomes ready.""",
     ):
@@ -808,7 +836,7 @@ def story(stack: Stack, n: Narrator) -> None:
         )
     n.out("")
     n.say(
-        f"logs: {stack.log_dir} (operator.log, podrunner.log, pods/<ns>/<pod>/<container>.log)", 0
+        f"logs: {stack.log_dir} (operator.log, podrunner.log or pods/<pod>/<container>.log)", 0
     )
     _ = np  # numpy is what the images are
 
@@ -817,10 +845,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modelseal_devenv.demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, help="where logs and files go (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
+    parser.add_argument(
+        "--runtime",
+        choices=("containerd", "podrunner"),
+        default="containerd",
+        help="containerd (default): the chart and the model's Pod on a real node; podrunner: "
+        "the operator as a process, the Pod run by the local pod runner on kwok nodes",
+    )
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelseal-demo-"))
     narrator = Narrator(out=lambda line: print(line, flush=True))
-    stack = Stack(workdir, narrator=narrator)
+    stack: Stack
+    if args.runtime == "containerd":
+        from modelseal_devenv.nodestack import NodeStack
+
+        stack = NodeStack(workdir, narrator=narrator)
+    else:
+        stack = Stack(workdir, narrator=narrator)
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -860,8 +901,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"work folder kept: {workdir}")
     usage = len(stack.usage_receiver.events) if stack.usage_receiver is not None else 0
     print(
-        f"demo: ok total={time.monotonic() - t0:.1f}s {narrator.summary_line()} "
-        f"usage_events={usage}",
+        f"demo: ok runtime={stack.runtime} total={time.monotonic() - t0:.1f}s "
+        f"{narrator.summary_line()} usage_events={usage}",
         flush=True,
     )
     return 0

@@ -94,6 +94,9 @@ class NodePod:
         self.obj = pod
         self.name = str(pod["metadata"]["name"])
         self.uid = str(pod["metadata"]["uid"])
+        self._mirrored: set[Path] = set()
+        for container in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+            self.log_copy(str(container["name"]))  # from now on, not after the Pod is gone
 
     def url(self, port: int | str, scheme: str = "http") -> str:
         return self.stack.gateway_url()
@@ -115,14 +118,21 @@ class NodePod:
             c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name
         )
         env = {e["name"]: str(e.get("value", "")) for e in found.get("env", [])}
+        return NodeContainer(name, self.log_copy(name), env)
+
+    def log_copy(self, name: str) -> Path:
+        """A copy of the kubelet's log of container ``name`` (CRI format), kept current
+        while the kubelet keeps the log (it goes with the Pod)."""
+        assert self.stack.node is not None
         folder = self.stack.node.pod_logs_dir / f"{self.stack.namespace}_{self.name}_{self.uid}"
-        logs = sorted((folder / name).glob("*.log"), key=lambda p: p.stat().st_mtime)
         copy = self.stack.log_dir / "pods" / self.name / f"{name}.log"
         copy.parent.mkdir(parents=True, exist_ok=True)
-        if logs:  # the kubelet's log (CRI format), copied while the kubelet keeps it
+        logs = sorted((folder / name).glob("*.log"), key=lambda p: p.stat().st_mtime)
+        if logs and copy not in self._mirrored:
             runner: NodeRunner = self.stack.runner
             runner.mirror(logs[-1], copy)
-        return NodeContainer(name, copy, env)
+            self._mirrored.add(copy)
+        return copy
 
 
 class NodeRunner:
@@ -132,6 +142,7 @@ class NodeRunner:
     def __init__(self, stack: NodeStack) -> None:
         self.stack = stack
         self._mirrors: list[tuple[Path, Path]] = []
+        self.pod_uids: set[str] = set()  # the model Pods handed out by run_pods
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._mirror_loop, daemon=True)
         self._thread.start()
@@ -155,7 +166,21 @@ class NodeRunner:
                 self._copy(source, copy)
 
     def wait_stopped(self, timeout: float = 120.0) -> None:
+        """Until the model's Pods are gone and the kubelet has torn down their volumes (the
+        memory-backed model volume unmounted, its folder removed)."""
+        node = self.stack.node
+        assert node is not None
+
+        def torn_down() -> bool:
+            mounts = Path("/proc/self/mounts").read_text()
+            return not any(
+                str(node.kubelet_root / "pods" / uid) in mounts
+                or (node.kubelet_root / "pods" / uid / "volumes").exists()
+                for uid in self.pod_uids
+            )
+
         wait_until(lambda: not self.stack.model_pods(), f"the Pods of {MODEL} gone", timeout)
+        wait_until(torn_down, f"the volumes of {MODEL}'s Pods torn down", timeout)
 
     def stop(self) -> None:
         self._stop.set()
@@ -363,6 +388,7 @@ class NodeStack(Stack):
         assert pod is not None
         if self.runner is None:
             self.runner = NodeRunner(self)
+        self.runner.pod_uids.add(str(pod["metadata"]["uid"]))
         return NodePod(self, pod)
 
     def audit_file(self, pod: Any) -> Path:

@@ -835,9 +835,7 @@ def story(stack: Stack, n: Narrator) -> None:
             f"{stack.admitted} admitted requests of tenant {TENANT!r}"
         )
     n.out("")
-    n.say(
-        f"logs: {stack.log_dir} (operator.log, podrunner.log or pods/<pod>/<container>.log)", 0
-    )
+    n.say(f"logs: {stack.log_dir} (operator.log, podrunner.log or pods/<pod>/<container>.log)", 0)
     _ = np  # numpy is what the images are
 
 

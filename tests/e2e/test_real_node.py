@@ -14,6 +14,7 @@ then the unsealer killed: the kubelet restarts them and serving resumes -> daily
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -60,12 +61,12 @@ def _eventually(check: Any, what: str, timeout: float = 180.0) -> None:
 
 
 def _kubectl_as(
-    stack: NodeStack, user: str, *args: str, timeout: float = 30
+    stack: NodeStack, user: str, *args: str, timeout: float = 30, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(stack.kube.binary("kubectl")), f"--kubeconfig={stack.kube.kubeconfig}", f"--as={user}",
          "-n", stack.namespace, *args],
-        capture_output=True, text=True, check=False, timeout=timeout,
+        capture_output=True, text=True, check=False, timeout=timeout, input=stdin,
     )  # fmt: skip
 
 
@@ -201,6 +202,9 @@ ACTIONS = {
     "exec": ["exec", "{pod}", "-c", "{container}", "--", "cat", "/etc/hostname"],
     "debug": ["debug", "{pod}", "--image={image}", "--profile=restricted", "--", "true"],
     "cp": ["cp", "{pod}:/etc/hostname", "{tmp}/copied", "-c", "{container}"],
+    # Issue 12 C1: swap a container's image in place (the kubelet would restart it with the
+    # same volumes and tokens). Last in order: it leaves the ordinary pod on another image.
+    "set-image": ["set", "image", "pod/{pod}", "{container}={other_image}"],
 }
 
 
@@ -228,7 +232,7 @@ def test_kubectl_into_the_model_pod_is_refused_and_works_on_an_ordinary_pod(
         assert STREAMING_CONNECTED[action] in out, out
         _STATE.setdefault("kubectl", {})[action] = "refused / works"
         return
-    fill = {"image": image, "tmp": str(tmp_path)}
+    fill = {"image": image, "other_image": stack.images["triton"].ref, "tmp": str(tmp_path)}
 
     def args(pod: str, container: str) -> list[str]:
         return [a.format(pod=pod, container=container, **fill) for a in ACTIONS[action]]
@@ -241,6 +245,55 @@ def test_kubectl_into_the_model_pod_is_refused_and_works_on_an_ordinary_pod(
     if action == "cp":
         assert (tmp_path / "copied").read_text().strip() == ordinary_pod
     _STATE.setdefault("kubectl", {})[action] = "refused / works"
+
+
+def _borrower(stack: NodeStack, name: str, account: str) -> dict[str, Any]:
+    """A restricted-compliant pod spec running as ``account``, with a Vault-audience token."""
+    return {
+        "metadata": {"labels": {"app": name}},
+        "spec": {
+            "serviceAccountName": account,
+            "nodeSelector": {"modelseal.io/real-node": "true"},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "c", "image": stack.images["modelseal"].ref,
+                "command": ["python3", "-c", "import time; time.sleep(3600)"],
+                "securityContext": {"allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "vault-token", "mountPath": "/var/run/vault"}],
+            }],
+            "volumes": [{"name": "vault-token", "projected": {"sources": [{"serviceAccountToken": {
+                "audience": "vault", "path": "token", "expirationSeconds": 600}}]}}],
+        },
+    }  # fmt: skip
+
+
+def test_a_workload_cannot_borrow_the_models_service_account(
+    stack: NodeStack, ordinary_pod: str
+) -> None:
+    """Issue 12 C2 on the real node: a Pod, and a Deployment whose ReplicaSet the kubelet
+    would run, naming the model's ServiceAccount (read from its status), are refused; only
+    the model's own Pods run as that account."""
+    account = stack.get_custom("protectedmodels", MODEL)["status"]["serviceAccountName"]
+    assert account != MODEL  # not guessable from the model's name
+    pod = {"apiVersion": "v1", "kind": "Pod", **_borrower(stack, "borrow", account)}
+    pod["metadata"] |= {"name": "borrow", "namespace": stack.namespace}
+    created = _kubectl_as(stack, "mallory", "create", "-f", "-", stdin=json.dumps(pod))
+    assert created.returncode != 0 and "Modelseal: " in created.stderr, created.stderr
+    template = _borrower(stack, "squat", account)
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "squat", "namespace": stack.namespace},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "squat"}},
+                 "template": template},
+    }  # fmt: skip
+    created = _kubectl_as(stack, "mallory", "create", "-f", "-", stdin=json.dumps(deployment))
+    assert created.returncode != 0 and "Modelseal: " in created.stderr, created.stderr
+    pods = json.loads(stack.kube.kubectl("-n", stack.namespace, "get", "pods", "-o", "json"))
+    on_account = [p["metadata"]["name"] for p in pods["items"]
+                  if p["spec"].get("serviceAccountName") == account]  # fmt: skip
+    assert on_account and all(name.startswith(f"{MODEL}-") for name in on_account), on_account
 
 
 def _files_outside_memory(root: Path) -> Iterator[Path]:
@@ -282,16 +335,20 @@ def test_plaintext_is_on_no_disk_of_the_node(stack: NodeStack) -> None:
     assert found == 0
 
 
-def _host_pids(command_part: str) -> list[int]:
+def _pod_pids(pod_uid: str, command_part: str) -> list[int]:
+    """Host PIDs of the processes of one Pod (by its cgroup) whose command line has
+    ``command_part``; other tests' servers on this machine are left alone."""
     pids = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if command_part in cmd:
-                pids.append(int(entry.name))
+        if not entry.name.isdigit():
+            continue
+        try:
+            cgroup = (entry / "cgroup").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"pod{pod_uid}" in cgroup and command_part in cmd:
+            pids.append(int(entry.name))
     return pids
 
 
@@ -310,10 +367,14 @@ def test_killed_containers_are_restarted_by_the_kubelet(
     stack: NodeStack, container: str, command: str
 ) -> None:
     before = _restarts(stack, container)
-    pids = _host_pids(command)
-    assert pids, f"no {command} process on the node"
+    uid = json.loads(
+        stack.kube.kubectl("-n", stack.namespace, "get", "pod", _STATE["pod"], "-o", "json")
+    )["metadata"]["uid"]
+    pids = _pod_pids(uid, command)
+    assert pids, f"no {command} process in the model's Pod"
     for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     _eventually(lambda: _restarts(stack, container) > before, f"{container} restarted", 240)
     _eventually(lambda: _serves(stack), "serving again", 300)
 

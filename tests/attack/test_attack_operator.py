@@ -277,17 +277,24 @@ def test_pod_planted_with_the_models_account_is_removed_and_withdraws_the_key(
 
     # The operator names it (a Warning Event and the KeyAccessible condition; the condition
     # may turn back within a second, once the Pod is gone, so the Event is what is waited
-    # for), withdraws the Vault role and deletes the Pod under its own identity.
+    # for), withdraws the Vault role and deletes the Pod under its own identity. Ready turns
+    # False with the same reason and message (an Event of its own); Events are listed in the
+    # order of their generated names, so the KeyAccessible one is picked by its prefix.
     def named() -> dict[str, Any] | None:
         for e in env.events(ns, "gpt"):
-            if e["reason"] == "ServiceAccountInUse" and f"Pod/{planted}" in str(e["message"]):
+            message = str(e["message"])
+            if (
+                e["reason"] == "ServiceAccountInUse"
+                and message.startswith("KeyAccessible=False")
+                and f"Pod/{planted}" in message
+            ):
                 return e
         return None
 
-    event = wait_for(named, "a Warning Event naming the planted Pod", 30)
+    event = wait_for(named, "a KeyAccessible=False Warning Event naming the planted Pod", 30)
     noticed_s = time.monotonic() - started
     assert event["type"] == "Warning"
-    assert account in event["message"] and event["message"].startswith("KeyAccessible=False")
+    assert account in event["message"]
     wait_for(
         lambda: not any(p.metadata.name == planted for p in pods_running_as(env, ns, account)),
         "planted Pod deleted",

@@ -290,13 +290,20 @@ def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
 
 
 def _admitted(
-    policy: Mapping[str, Any], ns_labels: Mapping[str, str], pod: Mapping[str, str]
+    policy: Mapping[str, Any],
+    namespace: str,
+    ns_labels: Mapping[str, str],
+    pod: Mapping[str, str],
 ) -> bool:
+    """Whether a pod with `pod` labels in `namespace` may reach the policy's pods. A peer
+    without a namespaceSelector selects pods in the policy's own namespace only."""
     for rule in policy["spec"]["ingress"]:
         for peer in rule.get("from") or []:
-            if _selects(peer["namespaceSelector"], ns_labels) and _selects(
-                peer["podSelector"], pod
-            ):
+            if "namespaceSelector" in peer:
+                in_namespace = _selects(peer["namespaceSelector"], ns_labels)
+            else:
+                in_namespace = namespace == policy["metadata"]["namespace"]
+            if in_namespace and _selects(peer.get("podSelector") or {}, pod):
                 return True
     return False
 
@@ -329,10 +336,22 @@ def test_model_labelled_pod_in_another_namespace_is_outside_the_redis_policy(
     labels_other = dict(env.core().read_namespace(other).metadata.labels or {})
     labels_model = dict(env.core().read_namespace(ns).metadata.labels or {})
     print(f"forged label: {forged}; {other} labels: {labels_other}")
-    reached = _admitted(policy, labels_other, model_pod)
-    attack_ledger.record_leaked(int(reached))
+    reached = _admitted(policy, other, labels_other, model_pod)
+    # a pod labelled like the operator (whose pods may read the counters) in that namespace
+    (operator,) = [
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "ms-modelseal-operator"
+    ]
+    operator_pod = dict(operator["spec"]["template"]["metadata"]["labels"])
+    reached_as_operator = _admitted(policy, other, labels_other, operator_pod)
+    attack_ledger.record_leaked(int(reached) + int(reached_as_operator))
     assert labels_other.get("kubernetes.io/metadata.name") == other
     assert not reached
-    # controls: a model pod in the watched namespace passes; an unlabelled pod there not
-    assert _admitted(policy, labels_model, model_pod)
-    assert not _admitted(policy, labels_model, {"app": "x"})
+    assert not reached_as_operator
+    # controls: a model pod in the watched namespace passes; an unlabelled pod there not;
+    # the operator's own pods in the release namespace pass
+    assert _admitted(policy, ns, labels_model, model_pod)
+    assert not _admitted(policy, ns, labels_model, {"app": "x"})
+    release_ns = policy["metadata"]["namespace"]
+    assert _admitted(policy, release_ns, {"kubernetes.io/metadata.name": release_ns}, operator_pod)

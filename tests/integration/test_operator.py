@@ -117,6 +117,27 @@ def wait_reason(
     return result
 
 
+def kubectl_wait_ready(env: OpsEnv, ns: str, name: str) -> str:
+    """`kubectl wait --for=condition=Ready pm/<name>`, once the model is in the API server's
+    watch cache. kubectl reads the object, then lists it with resourceVersion=0 (served from
+    that cache, of any age); right after a create on a loaded machine the cache may not have
+    it yet, and kubectl then answers NotFound at once instead of waiting."""
+
+    def cached() -> list[Any]:
+        items: list[Any] = env.custom().list_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            ns,
+            "protectedmodels",
+            field_selector=f"metadata.name={name}",
+            resource_version="0",
+        )["items"]
+        return items
+
+    wait_for(cached, f"{ns}/{name} in the API server's watch cache", 30)
+    return env.kubectl("wait", "--for=condition=Ready", f"pm/{name}", "-n", ns, "--timeout=120s")
+
+
 def vault_name(ns: str, name: str) -> str:
     return f"modelseal_{ns}_{name}"
 
@@ -133,7 +154,7 @@ def test_create_to_ready(ops_env: OpsEnv, op: Operator, ns: str) -> None:
     started = time.monotonic()
     apply(env, model_doc(ns, "digits", key))
     # `kubectl wait` works on the Ready condition.
-    out = env.kubectl("wait", "--for=condition=Ready", "pm/digits", "-n", ns, "--timeout=120s")
+    out = kubectl_wait_ready(env, ns, "digits")
     ready_s = time.monotonic() - started
     assert "condition met" in out
     pm = env.get_pm(ns, "digits")
@@ -565,7 +586,7 @@ def test_cli_get_columns(ops_env: OpsEnv, op: Operator, ns: str) -> None:
     key = env.vault.create_transit_key()
     apply(env, license_doc(ns))
     apply(env, model_doc(ns, "digits", key))
-    env.kubectl("wait", "--for=condition=Ready", "pm/digits", "-n", ns, "--timeout=120s")
+    kubectl_wait_ready(env, ns, "digits")
     lines = env.kubectl("get", "pm", "-n", ns).splitlines()
     assert lines[0].split()[:7] == [
         "NAME",

@@ -569,7 +569,10 @@ class Operator:
     def audit_records(self) -> list[dict[str, Any]]:
         if not self.audit_file.exists():
             return []
-        return [json.loads(line) for line in self.audit_file.read_text().splitlines() if line]
+        # Only complete lines: the gateway may be appending the last one right now.
+        text = self.audit_file.read_text()
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line]
 
     def log_tail(self, lines: int = 60) -> str:
         try:

@@ -239,6 +239,28 @@ def wait_until(
     raise StartError(f"not ready after {timeout:.0f}s: {what}")
 
 
+def run_build_script(script: str, log: Path) -> Path | None:
+    """Run a devenv/build-*.sh script (a no-op when its cache is current), its stderr
+    appended to ``log``; the folder it printed last, or None if it printed none. A failure
+    raises StartError with the log's tail (a cold build takes many minutes)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        result = subprocess.run(
+            ["bash", str(repo_root() / script)],
+            stdout=subprocess.PIPE,
+            stderr=out,
+            check=False,
+            cwd=repo_root(),
+        )
+    if result.returncode != 0:
+        text = log.read_text(errors="replace").splitlines()[-40:]
+        raise StartError(
+            f"{script} failed ({result.returncode}); last lines of {log}:\n" + "\n".join(text)
+        )
+    lines = result.stdout.decode().strip().splitlines()
+    return Path(lines[-1]) if lines else None
+
+
 def run_checked(argv: Sequence[str], what: str, **kwargs: object) -> str:
     """Run a short command; on failure raise with its output."""
     result = subprocess.run(

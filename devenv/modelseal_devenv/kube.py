@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from modelseal_devenv.common import (
     cache_dir,
     free_port,
     repo_root,
+    run_build_script,
     run_checked,
     wait_until,
 )
@@ -106,23 +106,8 @@ def ensure_binaries(log_path: Path | None = None) -> Path:
     A cold build compiles Kubernetes from source and takes tens of minutes; its output goes
     to ``log_path`` (default: <cache>/build-kube.log) and the log tail is in the error.
     """
-    log = log_path or cache_dir() / "build-kube.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        result = subprocess.run(
-            ["bash", str(repo_root() / BUILD_SCRIPT)],
-            stdout=subprocess.PIPE,
-            stderr=out,
-            check=False,
-            cwd=repo_root(),
-        )
-    if result.returncode != 0:
-        text = log.read_text(errors="replace").splitlines()[-40:]
-        raise StartError(
-            f"{BUILD_SCRIPT} failed ({result.returncode}); last lines of {log}:\n" + "\n".join(text)
-        )
-    lines = result.stdout.decode().strip().splitlines()
-    folder = Path(lines[-1]) if lines else binaries_dir()
+    folder = run_build_script(BUILD_SCRIPT, log_path or cache_dir() / "build-kube.log")
+    folder = folder or binaries_dir()
     if not binaries_present(folder):
         raise StartError(f"{BUILD_SCRIPT} succeeded but {folder} lacks some of {BINARIES}")
     return folder

@@ -42,6 +42,7 @@ from modelseal_devenv.common import (
     cache_dir,
     free_port,
     repo_root,
+    run_build_script,
     run_checked,
     wait_until,
 )
@@ -66,25 +67,13 @@ _NAT_COMMENT = "modelseal-real-node"
 _LOCK = Path("/run/modelseal-real-node.lock")
 #: The kubelet's cgroupRoot: every pod cgroup lives below it, in each v1 hierarchy.
 CGROUP_ROOT = "modelseal-node"
-_CGROUP_FS = Path("/sys/fs/cgroup")
 
 
 def ensure_binaries() -> Path:
     """Run devenv/build-node.sh (a no-op when cached) and return the binary folder."""
-    log = cache_dir() / "build-node.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        result = subprocess.run(
-            ["bash", str(repo_root() / BUILD_SCRIPT)],
-            stdout=subprocess.PIPE,
-            stderr=out,
-            check=False,
-            cwd=repo_root(),
-        )
-    if result.returncode != 0:
-        text = log.read_text(errors="replace").splitlines()[-40:]
-        raise StartError(f"{BUILD_SCRIPT} failed; last lines of {log}:\n" + "\n".join(text))
-    folder = Path(result.stdout.decode().strip().splitlines()[-1])
+    folder = run_build_script(BUILD_SCRIPT, cache_dir() / "build-node.log")
+    if folder is None:
+        raise StartError(f"{BUILD_SCRIPT} printed no binary folder")
     missing = [b for b in BINARIES if not os.access(folder / b, os.X_OK)]
     if missing:
         raise StartError(f"{BUILD_SCRIPT} succeeded but {folder} lacks {missing}")

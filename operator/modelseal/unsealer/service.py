@@ -2,8 +2,11 @@
 
 Life cycle::
 
-    starting -> unsealing -> ready -> revoked
+    starting -> unsealing -> ready -> revoking -> revoked
                     \\-> failed (the process exits non-zero; kubelet restarts it)
+
+`revoking` lasts while Triton unloads the model and the files are wiped; `revoked` is
+reported only once the files are gone, so a client that sees it can rely on it.
 
 - HTTP on `unsealer_bind_address:unsealer_port`: `GET /healthz` (alive), `GET /readyz`
   (200 only while the model is published: use it as the startup and readiness probe),
@@ -29,6 +32,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +68,18 @@ EXIT_IO = 4
 
 class ConfigError(Exception):
     pass
+
+
+class UnsealerState(StrEnum):
+    """The states `/status`, `/readyz` and `/healthz` report (the docstring's machine)."""
+
+    STARTING = "starting"
+    UNSEALING = "unsealing"
+    READY = "ready"
+    REVOKING = "revoking"
+    REVOKED = "revoked"
+    FAILED = "failed"
+    STOPPING = "stopping"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -107,7 +123,7 @@ def exit_code_for(exc: BaseException) -> int:
 class Unsealer:
     def __init__(self, settings: Settings) -> None:
         self.s = settings
-        self.state = "starting"
+        self.state = UnsealerState.STARTING
         self.reason = ""
         self.report: UnsealReport | None = None
         self.models: list[str] = list(settings.unsealer_triton_models)
@@ -227,7 +243,7 @@ class Unsealer:
         return web.json_response({"state": self.state})
 
     async def h_ready(self, request: web.Request) -> web.Response:
-        code = 200 if self.state == "ready" else 503
+        code = 200 if self.state is UnsealerState.READY else 503
         return web.json_response({"state": self.state, "reason": self.reason}, status=code)
 
     async def h_status(self, request: web.Request) -> web.Response:
@@ -370,7 +386,7 @@ class Unsealer:
             self._license_warned = message
 
     async def watch_license(self) -> None:
-        while self.state == "ready":
+        while self.state is UnsealerState.READY:
             verdict = self.license_verdict(datetime.now(UTC))
             if verdict:
                 await self.revoke(verdict)
@@ -399,18 +415,20 @@ class Unsealer:
 
     async def revoke(self, reason: str) -> None:
         async with self._revoke_lock:
-            if self.state == "revoked":
+            if self.state is UnsealerState.REVOKED:
                 return
             previous = self.state
-            self.state = "revoked"
+            # readiness turns 503 at once; `revoked` waits until the files are gone
+            self.state = UnsealerState.REVOKING
             self.reason = reason
             self.revoked_at = time.time()
-            log.warning("revoking the model: %s", reason, extra={"state": "revoked"})
+            log.warning("revoking the model: %s", reason, extra={"state": self.state})
             self.marker.unlink(missing_ok=True)
-            if previous == "ready":
+            if previous is UnsealerState.READY:
                 await self.unload_models()
             await asyncio.to_thread(self._wipe)
-            log.warning("model files wiped", extra={"state": "revoked"})
+            self.state = UnsealerState.REVOKED
+            log.warning("model files wiped", extra={"state": self.state})
 
     def _wipe(self) -> None:
         try:
@@ -424,7 +442,7 @@ class Unsealer:
         try:
             pinned, trusted = self.validate()
         except ConfigError as exc:
-            log.error("configuration error: %s", exc, extra={"state": "failed"})
+            log.error("configuration error: %s", exc, extra={"state": UnsealerState.FAILED})
             return EXIT_CONFIG
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -435,8 +453,8 @@ class Unsealer:
             verdict = self.license_verdict(datetime.now(UTC)) if self.models else None
             watcher: asyncio.Task[None] | None = None
             if verdict:
-                self.state, self.reason = "revoked", verdict
-                log.error("not unsealing: %s", verdict, extra={"state": "revoked"})
+                self.state, self.reason = UnsealerState.REVOKED, verdict
+                log.error("not unsealing: %s", verdict, extra={"state": self.state})
             else:
                 code = await self._unseal(pinned, trusted)
                 if code:
@@ -450,16 +468,16 @@ class Unsealer:
                     await watcher
             return 0
         finally:
-            if self.state == "ready":
+            if self.state is UnsealerState.READY:
                 log.info("stopping: wiping the published model")
-                self.state = "stopping"
+                self.state = UnsealerState.STOPPING
                 self.marker.unlink(missing_ok=True)
                 await asyncio.to_thread(self._wipe)
             await self.stop_http()
 
     async def _unseal(self, pinned: bytes, trusted: list[Any] | None) -> int:
-        self.state = "unsealing"
-        log.info("unsealing %s", _source_name(self.s.bundle_uri), extra={"state": "unsealing"})
+        self.state = UnsealerState.UNSEALING
+        log.info("unsealing %s", _source_name(self.s.bundle_uri), extra={"state": self.state})
         task = asyncio.ensure_future(asyncio.to_thread(self.unseal_blocking, pinned, trusted))
         stopper = asyncio.ensure_future(self._stop.wait())
         done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -475,8 +493,8 @@ class Unsealer:
         try:
             self.report = task.result()
         except Exception as exc:
-            self.state, self.reason = "failed", str(exc)
-            log.error("unseal failed: %s", exc, extra={"state": "failed"})
+            self.state, self.reason = UnsealerState.FAILED, str(exc)
+            log.error("unseal failed: %s", exc, extra={"state": self.state})
             return (
                 exit_code_for(exc)
                 if isinstance(exc, (BundleError, VaultError, SourceError, UnsealError, OSError))
@@ -485,7 +503,7 @@ class Unsealer:
         if not self.models:
             self.models = self.report.result.manifest.top_level_dirs
         self.write_marker()
-        self.state, self.ready_at = "ready", time.time()
+        self.state, self.ready_at = UnsealerState.READY, time.time()
         core = self.report.header.core
         log.info(
             "model published: %d files, %d bytes in %.2fs (%s); peak RSS %s KiB",
@@ -494,7 +512,7 @@ class Unsealer:
             self.report.seconds,
             self.report.fstype,
             peak_rss_kib(),
-            extra={"state": "ready", "digest": self.report.digest},
+            extra={"state": self.state, "digest": self.report.digest},
         )
         return 0
 

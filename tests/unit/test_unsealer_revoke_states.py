@@ -38,11 +38,12 @@ def _published(tmp_path: Path) -> Unsealer:
 def test_state_is_revoking_until_the_files_are_wiped(tmp_path: Path) -> None:
     unsealer = _published(tmp_path)
     seen_during_wipe: list[tuple[UnsealerState, bool]] = []
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     real_wipe = unsealer._wipe
 
     def slow_wipe() -> None:
         seen_during_wipe.append((unsealer.state, unsealer.repository.exists()))
+        entered.set()
         release.wait(5)
         real_wipe()
 
@@ -50,8 +51,7 @@ def test_state_is_revoking_until_the_files_are_wiped(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         task = asyncio.create_task(unsealer.revoke("revoked by the test"))
-        while not seen_during_wipe:
-            await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(entered.wait, 5)
         assert unsealer.state is UnsealerState.REVOKING
         release.set()
         await task

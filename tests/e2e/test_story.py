@@ -48,6 +48,15 @@ def _serves(story: Stack) -> bool:
     return reply.status == 200
 
 
+def _assert_serves(story: Stack) -> None:
+    """One request answers 200; otherwise say what came back and what the gateway logged."""
+    reply, _, _ = _classify(story, 1)
+    if reply.status != 200:
+        pod = story.runner.current()
+        tail = pod.logs("gateway", 30) if pod is not None else "(no pod)"
+        raise AssertionError(f"HTTP {reply.status}: {reply.body!r}\ngateway log:\n{tail}")
+
+
 def _log_count(path: Path, needle: str) -> int:
     try:
         return path.read_text(errors="replace").count(needle)
@@ -116,7 +125,7 @@ def test_operator_restart_keeps_serving_and_rewrites_nothing(story: Stack) -> No
     apps = k8s.AppsV1Api(story.api)
     dep_before = apps.read_namespaced_deployment(MODEL, story.namespace).metadata.resource_version
     story.restart_operator()
-    assert _serves(story)
+    _assert_serves(story)
     time.sleep(5)  # let the restarted operator resume every object
     assert story.runner.current() is pod  # same pod, no restart, no rollout
     dep_after = apps.read_namespaced_deployment(MODEL, story.namespace).metadata.resource_version
@@ -125,7 +134,7 @@ def test_operator_restart_keeps_serving_and_rewrites_nothing(story: Stack) -> No
     assert cond is not None and cond["status"] == "True", cond
     after = story.get_custom("protectedmodels", MODEL)["metadata"]["resourceVersion"]
     assert after == before, "the restarted operator rewrote an unchanged ProtectedModel"
-    assert _serves(story)
+    _assert_serves(story)
 
 
 def test_triton_crash_is_restarted_and_serves_again(story: Stack) -> None:

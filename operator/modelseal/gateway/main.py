@@ -46,30 +46,13 @@ from modelseal.gateway.http_front import (
 )
 from modelseal.gateway.listen import GuardedSite, listening_socket
 from modelseal.gateway.usage_export import check_usage_export, usage_shipper
+from modelseal.logging import setup_logging as json_logging
 
 log = logging.getLogger("modelseal.gateway")
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
 def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    json_logging(level, quiet=("aiohttp.access",))
 
 
 class Servers:

@@ -25,20 +25,16 @@ from modelseal.handlers.operator import build_registry
 from modelseal.handlers.reconciler import Reconciler
 from modelseal.handlers.vaultio import VaultSession
 from modelseal.k8s.api import Kube, load_api_client
+from modelseal.logging import setup_logging as json_logging
 
 log = logging.getLogger("modelseal.operator")
 
 
 def setup_logging(settings: Settings) -> None:
-    kopf.configure(
-        verbose=settings.log_level == "DEBUG",
-        log_format=kopf.LogFormat.JSON,
-        log_refkey="object",
-    )
-    logging.getLogger().setLevel(settings.log_level)
-    # Chatty libraries: their warnings only.
-    for name in ("urllib3", "kubernetes", "aiohttp.access"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    kopf.configure(verbose=settings.log_level == "DEBUG")
+    # kopf.configure sets its loggers up; the lines are ours (modelseal.logging), the
+    # same fields as the gateway's and the unsealer's. Chatty libraries: their warnings only.
+    json_logging(settings.log_level, quiet=("urllib3", "kubernetes", "aiohttp.access"))
     if settings.log_level != "DEBUG":
         # kopf logs every handler call at INFO; our own lines say what was decided.
         logging.getLogger("kopf").setLevel(logging.WARNING)

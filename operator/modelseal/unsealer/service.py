@@ -42,6 +42,7 @@ from modelseal.config import TRITON_CONTROL_HEADER, Settings
 from modelseal.crypto import BundleError, sign
 from modelseal.crypto import format as fmt
 from modelseal.crypto.stream import SecretBytes
+from modelseal.logging import setup_logging as json_logging
 from modelseal.sources import SourceError, open_source
 from modelseal.vault import auth, transit
 from modelseal.vault.auth import VaultError
@@ -82,32 +83,14 @@ class UnsealerState(StrEnum):
     STOPPING = "stopping"
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key in ("state", "digest", "reason"):
-            if hasattr(record, key):
-                out[key] = getattr(record, key)
-        if record.exc_info and record.exc_info[0] is not None:
-            out["error_type"] = record.exc_info[0].__name__
-        return json.dumps(out)
-
-
 def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # request libraries never log bodies, but keep their debug chatter out regardless
-    for noisy in ("urllib3", "botocore", "boto3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # No tracebacks: an exception's text could quote what the unsealer worked on.
+    # Request libraries never log bodies; their debug chatter stays out regardless.
+    json_logging(
+        level,
+        quiet=("aiohttp.access", "urllib3", "botocore", "boto3", "s3transfer"),
+        tracebacks=False,
+    )
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -14,8 +14,9 @@ from modelseal.audit.chain import Chain, json_safe
 from modelseal.audit.log import AuditLog, AuditWriterDead
 from modelseal.audit.sinks import FileSink, Sink
 from modelseal.audit.verify import verify_file, verify_lines
-from modelseal.gateway.core import Gateway, settings_for_tests
+from modelseal.gateway.core import Gateway
 from modelseal.gateway.main import Servers
+from modelseal.testing import settings_for_tests
 
 KEY = b"secret-key-for-checkpoints"
 SURROGATE = json.loads('"\\ud800"')  # what a client's JSON "id":"\ud800" parses to

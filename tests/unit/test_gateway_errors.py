@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc  # type: ignore[import-untyped]
 import pytest
 
-from modelseal.gateway.core import Ctx, Gateway, settings_for_tests
+from modelseal.gateway.core import Ctx, Gateway
 from modelseal.gateway.errors import (
     ERROR_RULES,
     GRPC_CODE_OF,
@@ -32,6 +32,7 @@ from modelseal.gateway.kserve import BadRequest
 from modelseal.gateway.pipeline import DataPlane
 from modelseal.gateway.upstream import UnknownModel, UpstreamError, UpstreamTimeout
 from modelseal.quota.output import OutputPolicyError
+from modelseal.testing import settings_for_tests
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelseal.gateway.core import Gateway, settings_for_tests
+from modelseal.gateway.core import Gateway
 from modelseal.gateway.keys import (
     KEY_RE,
     Consumer,
@@ -26,6 +26,7 @@ from modelseal.gateway.keys import (
 from modelseal.gateway.kserve import BadRequest, check_unicode, parse_json
 from modelseal.gateway.wiring import redis_credentials
 from modelseal.store.redis import gateway_acl_rule
+from modelseal.testing import settings_for_tests
 
 
 @pytest.mark.parametrize(

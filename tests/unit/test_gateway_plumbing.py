@@ -10,7 +10,6 @@ import pytest
 from aiohttp import web
 from tritonclient.grpc import service_pb2 as pb
 
-from modelseal.gateway.core import settings_for_tests
 from modelseal.gateway.grpc_front import (
     check_grpc_request,
     decode_bytes_tensor,
@@ -24,6 +23,7 @@ from modelseal.gateway.upstream import HttpPool
 from modelseal.quota.license import OutputPolicy
 from modelseal.quota.output import PlannedOutput
 from modelseal.store.resp import RespError, RespUnavailable, _Incomplete, _parse, encode
+from modelseal.testing import settings_for_tests
 
 
 def test_watched_file(tmp_path: Path) -> None:

@@ -29,7 +29,6 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from modelseal.audit.chain import now_iso
@@ -481,16 +480,3 @@ class Gateway:
         finally:
             if lease is not None:
                 self.store.release_soon(lease)
-
-
-def settings_for_tests(tmp: Path, **over: Any) -> Settings:
-    """Settings with every path under ``tmp`` (for tests and the benchmark)."""
-    base: dict[str, Any] = {
-        "license_file": tmp / "license.json",
-        "api_keys_file": tmp / "keys.json",
-        "quota_state_dir": tmp / "quota",
-        "audit_sink": "file",
-        "audit_file": tmp / "audit.jsonl",
-    }
-    base.update(over)
-    return Settings(**base)

@@ -1,7 +1,8 @@
 # Helm chart targets (charts/modelseal). Included by the top-level Makefile.
-#   make chart-crds   copy crds/*.yaml into the chart (files/crds/); never edit those by hand
-#   make helm-lint    helm lint, default values and every optional block on
-#   make helm         build (or reuse) the helm binary from its Go module
+#   make chart-crds        copy crds/*.yaml into the chart (files/crds/); never edit those by hand
+#   make chart-crds-check  fail when the copies differ from crds/ (what `make test` runs)
+#   make helm-lint         helm lint, default values and every optional block on
+#   make helm              build (or reuse) the helm binary from its Go module
 CHART_DIR := charts/modelseal
 CHART_CRDS_DIR := $(CHART_DIR)/files/crds
 HELM_BIN = $(shell bash devenv/build-helm.sh --print)
@@ -28,6 +29,7 @@ helm-lint: helm chart-crds-check ## helm lint, default values and every optional
 	$(HELM_BIN) lint $(CHART_DIR)
 	$(HELM_BIN) lint $(CHART_DIR) -f $(CHART_DIR)/ci/all-on-values.yaml
 
-# `make test` refreshes the chart's CRD copies first, so a change in crds/ reaches the
-# chart (and its tests) in the same run; commit the copies together with the CRDs.
-test: chart-crds
+# `make test` and `make attack` check the copies and never write into the tree (generate
+# with `make chart-crds`, verify with `make chart-crds-check`): a change in crds/ without
+# its copies fails the run; commit the copies together with the CRDs.
+test: chart-crds-check

@@ -62,6 +62,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from modelseal.models.quantity import parse_quantity
 from modelseal_devenv.common import LOOPBACK, ManagedProcess, free_port
 
 Json = dict[str, Any]
@@ -102,20 +103,6 @@ def _expand_vars(text: str, env: Mapping[str, str]) -> str:
         return env.get(name, match.group(0))
 
     return _VAR_RE.sub(repl, text)
-
-
-def _parse_quantity(value: str | int | float) -> float:
-    """A Kubernetes resource quantity as a float (base units)."""
-    text = str(value).strip()
-    suffixes = {
-        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-        "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-        "P": 1e15, "E": 1e18,
-    }  # fmt: skip
-    for suffix in sorted(suffixes, key=len, reverse=True):
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * suffixes[suffix]
-    return float(text)
 
 
 def _json(response: Any) -> Json:
@@ -746,8 +733,8 @@ class PodInstance:
                 value = os.cpu_count() or 1
             else:
                 value = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        divisor = _parse_quantity(ref.get("divisor", "1"))
-        return str(math.ceil(_parse_quantity(value) / divisor))
+        divisor = parse_quantity(ref.get("divisor", "1"))
+        return str(math.ceil(parse_quantity(value) / divisor))
 
     def _write_downward(self, root: Path, source: Json) -> None:
         mode = int(source.get("defaultMode", 0o644))

@@ -156,6 +156,7 @@ async def test_leases_are_shared_released_and_expire(redis_server: RedisServer) 
 
 async def test_unreachable_redis_fails_closed() -> None:
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
+    await store.start()  # warns, does not raise: the gateway starts and fails closed
     scopes = (Scope("lic|*", "acme", EngineLimits()),)
     with pytest.raises(StoreUnavailable, match="redis"):
         await store.admit(scopes, T0, "x")
@@ -163,6 +164,19 @@ async def test_unreachable_redis_fails_closed() -> None:
     with pytest.raises(StoreUnavailable):
         await store.usage(scopes[0], T0)
     await store.close()
+
+
+async def test_start_opens_the_connection_before_the_first_request(
+    redis_server: RedisServer,
+) -> None:
+    """A burst that arrives at a fresh gateway finds the connection open (the exactness
+    test saw a whole gateway's share refused with 503 when the connect ran inside it)."""
+    store = RedisStore(redis_server.url)
+    await store.start()
+    try:
+        assert store._client._proto is not None and store._client._proto.lost is None
+    finally:
+        await store.close()
 
 
 async def test_script_reloads_after_redis_restart(tmp_path: object) -> None:

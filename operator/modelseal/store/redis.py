@@ -124,6 +124,17 @@ class RedisStore(CounterStore):
         self._client = RespClient(url, timeout_s=timeout_s, username=username, password=password)
         self._parts: dict[tuple[tuple[Scope, ...], int, int], tuple[bytes, bytes]] = {}
 
+    async def start(self) -> None:
+        """Open the connection before the first request. Not fatal when Redis is down (it
+        is reopened on demand, and requests fail closed meanwhile), but a gateway that
+        starts under a burst would otherwise open it inside the first requests, where a
+        busy event loop can make the connect miss its timeout and refuse the whole burst
+        with 503."""
+        if not await self.ping():
+            log.warning(
+                "quota store %s not reachable at start; requests fail closed until it is", self.kind
+            )
+
     def _keys(self, scope: Scope, now_ms: int) -> list[str]:
         base = f"{self.prefix}:{{{scope.tenant}}}:{scope.key}"
         return [

@@ -54,8 +54,8 @@ from modelseal.models.spec import (
     parse_license,
     parse_model,
 )
-from modelseal.quota.policy import EngineLimits
-from modelseal.store.base import Scope, StoreUnavailable
+from modelseal.quota.license import Limits
+from modelseal.store.base import StoreUnavailable, license_scope, model_scope
 from modelseal.store.redis import RedisStore
 
 log = logging.getLogger("modelseal.operator.usage")
@@ -308,12 +308,11 @@ class UsageWriter:
         try:
             store = await self._store(oldest.gateway.redis_url)
             now_ms = int(now.timestamp() * 1000)
-            total = await store.usage(Scope(f"{lic.key}|*", lic.tenant, EngineLimits()), now_ms)
+            total = await store.usage(license_scope(lic.key, lic.tenant), now_ms)
             per_model: dict[str, usage.Counts] = {}
             for m in sharing:
-                got = await store.usage(
-                    Scope(f"{lic.key}|m:{m.model_name}", lic.tenant, EngineLimits()), now_ms
-                )
+                # keyed by the ProtectedModel (license_config: model_counters), not modelName
+                got = await store.usage(model_scope(lic.key, lic.tenant, m.key, Limits()), now_ms)
                 per_model[m.name] = usage.Counts(got.day, got.month, got.total)
         except (StoreUnavailable, ApiError, ValueError) as exc:
             self.metrics.read_errors.inc()

@@ -22,6 +22,10 @@ several tenants). One license::
         "concurrent": 8                     # in-flight requests
       },
       "model_quotas": {"digits": {"per_day": 500}},   # optional, same fields, per model
+      "model_counters": {"digits": "team-a/digits-v2"},  # optional: the key of a model's
+                                            # own counters (default its name); the operator
+                                            # sets the ProtectedModel, so that two models
+                                            # with one Triton name count apart
       "output_policy": {"mode": "top-k", "k": 3}      # full | top-k | labels-only
     }
 
@@ -107,6 +111,7 @@ class LicenseSpec(_Strict):
     revoked: bool = False
     quotas: QuotasSpec = QuotasSpec()
     model_quotas: dict[str, QuotasSpec] = Field(default_factory=dict)
+    model_counters: dict[str, str] = Field(default_factory=dict)
     output_policy: OutputPolicySpec = OutputPolicySpec()
 
     @model_validator(mode="after")
@@ -121,6 +126,12 @@ class LicenseSpec(_Strict):
         stray = set(self.model_quotas) - set(self.models)
         if stray:
             raise ValueError(f"model_quotas names models not in models: {sorted(stray)}")
+        stray = set(self.model_counters) - set(self.models)
+        if stray:
+            raise ValueError(f"model_counters names models not in models: {sorted(stray)}")
+        for key in self.model_counters.values():
+            if not LICENSE_ID_RE.match(key):
+                raise ValueError(f"model_counters key {key!r} is not valid")
         return self
 
 
@@ -189,9 +200,16 @@ class License:
     quotas: Limits
     model_quotas: dict[str, Limits] = field(default_factory=dict)
     output_policy: OutputPolicy = FULL_OUTPUT
+    model_counters: dict[str, str] = field(default_factory=dict)
 
     def limits_for(self, model: str) -> Limits:
         return self.model_quotas.get(model, UNLIMITED)
+
+    def counter_key(self, model: str) -> str:
+        """What the model's own counters are keyed by: ``model_counters`` names it (the
+        operator: ``<namespace>/<ProtectedModel>``), else the model's name. A name never
+        holds ``/``, so the two forms never meet."""
+        return self.model_counters.get(model, model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +249,7 @@ def _to_license(spec: LicenseSpec) -> License:
         quotas=Limits.from_spec(spec.quotas),
         model_quotas={m: Limits.from_spec(q) for m, q in spec.model_quotas.items()},
         output_policy=OutputPolicy(policy.mode, policy.k or 1),
+        model_counters=dict(spec.model_counters),
     )
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modelseal.models.spec import LicenseSpec, ModelSpec, OutputPolicy, Quotas
+from modelseal.models.license_spec import LicenseSpec, Quotas
+from modelseal.models.resource import OutputPolicy
+from modelseal.models.spec import ModelSpec
 
 LICENSE_KEY = "license.json"
 
@@ -79,6 +81,9 @@ def license_document(model: ModelSpec, lic: LicenseSpec | None, granted: bool) -
     per_model = lic.model_quotas.get(model.name)
     if per_model is not None and _quotas(per_model):
         doc["model_quotas"] = {model.model_name: _quotas(per_model)}
+    # The model's own counters are the ProtectedModel's, not its Triton name's: two models
+    # with one modelName under one license must not count (and be limited) as one.
+    doc["model_counters"] = {model.model_name: model.key}
     doc["output_policy"] = _policy(model.output_policy)
     return doc
 

@@ -6,7 +6,7 @@ import abc
 import asyncio
 from dataclasses import dataclass, field
 
-from modelseal.quota.license import License
+from modelseal.quota.license import License, Limits
 from modelseal.quota.policy import Decision, EngineLimits
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
@@ -32,11 +32,23 @@ class Scope:
 
 def scopes_for(lic: License, model: str) -> tuple[Scope, Scope]:
     """A request is counted for the tenant (license-wide quotas) and for the tenant's use
-    of the model (per-model quotas, unlimited unless the license sets some)."""
+    of the model (per-model quotas, unlimited unless the license sets some), keyed by
+    ``License.counter_key``: the ProtectedModel where the operator rendered the license, so
+    that two models with one Triton name under one license count apart."""
     return (
         Scope(f"{lic.id}|*", lic.tenant, EngineLimits.from_limits(lic.quotas)),
-        Scope(f"{lic.id}|m:{model}", lic.tenant, EngineLimits.from_limits(lic.limits_for(model))),
+        model_scope(lic.id, lic.tenant, lic.counter_key(model), lic.limits_for(model)),
     )
+
+
+def model_scope(license_id: str, tenant: str, counter_key: str, limits: Limits) -> Scope:
+    """The scope of one model's own counters (also what the operator reads for status)."""
+    return Scope(f"{license_id}|m:{counter_key}", tenant, EngineLimits.from_limits(limits))
+
+
+def license_scope(license_id: str, tenant: str) -> Scope:
+    """The license-wide scope, for reading (its limits are not needed to read it)."""
+    return Scope(f"{license_id}|*", tenant, EngineLimits())
 
 
 @dataclass(frozen=True, slots=True)

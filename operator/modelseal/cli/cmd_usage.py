@@ -78,7 +78,7 @@ def _from_cluster(args: argparse.Namespace) -> list[Mapping[str, Any]]:
     from kubernetes import config as k8s_config
 
     from modelseal.k8s.api import ApiError, Kube, custom_kind, load_api_client
-    from modelseal.models.spec import GROUP, LICENSE_KIND, LICENSE_PLURAL, VERSION
+    from modelseal.models.resource import GROUP, LICENSE_KIND, LICENSE_PLURAL, VERSION
 
     kind = custom_kind(LICENSE_KIND, GROUP, VERSION, LICENSE_PLURAL)
     namespace = args.namespace

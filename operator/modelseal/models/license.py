@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from modelseal.models.license_spec import LicenseSpec
 from modelseal.models.quota_budget import budget_problem
-from modelseal.models.spec import LicenseSpec, ModelSpec
+from modelseal.models.spec import ModelSpec
 
 
 class Reason:

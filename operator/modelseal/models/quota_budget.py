@@ -28,7 +28,8 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from modelseal.models.spec import LicenseSpec, ModelSpec, Quotas
+from modelseal.models.license_spec import LicenseSpec, Quotas
+from modelseal.models.spec import ModelSpec
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

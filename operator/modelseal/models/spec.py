@@ -5,6 +5,10 @@ what the operator relies on (an old CRD, a schema-less apply or a future field m
 crash it) and turns raw bodies into frozen dataclasses. A problem raises `SpecError` with a
 message meant for a person; the operator reports it as ``Ready=False, reason=InvalidSpec``.
 Pure: no I/O.
+
+This module parses ProtectedModel and is the one import path for both resources: the
+ModelLicense view lives in `modelseal.models.license_spec`, the shared readers, API names
+and output policy in `modelseal.models.resource`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,25 +16,67 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
+from modelseal.models.license_spec import LicenseSpec, Quotas, parse_license
 from modelseal.models.quantity import QuantityError, parse_bytes, parse_quantity
+from modelseal.models.resource import (
+    API_VERSION,
+    DNS1035_RE,
+    DNS1123_LABEL_RE,
+    GROUP,
+    LICENSE_KIND,
+    LICENSE_PLURAL,
+    MODEL_KIND,
+    MODEL_PLURAL,
+    OUTPUT_MODES,
+    VERSION,
+    ObjectMeta,
+    OutputMode,
+    OutputPolicy,
+    SpecError,
+    as_object,
+    int_field,
+    must_match,
+    opt_str,
+    parse_meta,
+    parse_output_policy,
+    parse_time,
+    req_str,
+)
 
-GROUP = "modelseal.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-MODEL_KIND = "ProtectedModel"
-MODEL_PLURAL = "protectedmodels"
-LICENSE_KIND = "ModelLicense"
-LICENSE_PLURAL = "modellicenses"
+#: The names callers import from here (this module's own and the two it re-exports).
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "LICENSE_KIND",
+    "LICENSE_PLURAL",
+    "MODEL_KIND",
+    "MODEL_PLURAL",
+    "OUTPUT_MODES",
+    "VERSION",
+    "Gateway",
+    "LicenseSpec",
+    "ModelSpec",
+    "ObjectMeta",
+    "OutputMode",
+    "OutputPolicy",
+    "Quotas",
+    "Rollout",
+    "Serving",
+    "Source",
+    "SpecError",
+    "Toleration",
+    "parse_license",
+    "parse_meta",
+    "parse_model",
+    "parse_output_policy",
+    "parse_time",
+]
 
-OutputMode = Literal["full", "topK", "labels"]
-OUTPUT_MODES: tuple[OutputMode, ...] = ("labels", "topK", "full")  # least to most revealing
 QuotaStore = Literal["embedded", "redis"]
 
-DNS1035_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-DNS1123_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 TRITON_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -43,90 +89,6 @@ PUBLISHER_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{43}=$")
 PERCENT_RE = re.compile(r"^[0-9]+%$")
 MAX_MODEL_NAME = 50
 SCHEMES = ("s3", "https", "pvc")
-
-
-class SpecError(ValueError):
-    """A custom resource the operator cannot act on; the message names the field."""
-
-
-# --- small readers with useful messages ---------------------------------------------------
-
-
-def _obj(data: Any, where: str) -> Mapping[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise SpecError(f"{where} must be an object")
-    return data
-
-
-def _req_str(data: Mapping[str, Any], key: str, where: str) -> str:
-    value = data.get(key)
-    if value is None or value == "":
-        raise SpecError(f"{where}.{key} is required")
-    if not isinstance(value, str):
-        raise SpecError(f"{where}.{key} must be a string")
-    return value
-
-
-def _opt_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
-    value = data.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise SpecError(f"{where}.{key} must be a string")
-    return value
-
-
-def _int(
-    data: Mapping[str, Any], key: str, where: str, default: int | None, lo: int, hi: int
-) -> int | None:
-    value = data.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{where}.{key} must be a whole number")
-    if not lo <= value <= hi:
-        raise SpecError(f"{where}.{key} must be between {lo} and {hi} (got {value})")
-    return value
-
-
-def _number(data: Mapping[str, Any], key: str, where: str) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{where}.{key} must be a number")
-    if value <= 0:
-        raise SpecError(f"{where}.{key} must be more than zero (got {value})")
-    return float(value)
-
-
-def _match(value: str, pattern: re.Pattern[str], what: str) -> str:
-    if not pattern.match(value):
-        raise SpecError(what)
-    return value
-
-
-def parse_time(value: Any, where: str) -> datetime | None:
-    """An RFC 3339 timestamp (with a zone) as an aware UTC datetime."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise SpecError(
-                f"{where} must be an RFC 3339 time such as 2030-01-31T00:00:00Z"
-            ) from None
-    else:
-        raise SpecError(f"{where} must be an RFC 3339 time string")
-    if parsed.tzinfo is None:
-        raise SpecError(f"{where} needs a time zone (for example a trailing Z)")
-    return parsed.astimezone(UTC)
-
 
 # --- ProtectedModel ----------------------------------------------------------------------
 
@@ -194,19 +156,6 @@ class Gateway:
 
 
 @dataclass(frozen=True)
-class OutputPolicy:
-    mode: OutputMode = "full"
-    top_k: int | None = None
-
-    @property
-    def rank(self) -> int:
-        return OUTPUT_MODES.index(self.mode)
-
-    def describe(self) -> str:
-        return f"topK (k={self.top_k})" if self.mode == "topK" else self.mode
-
-
-@dataclass(frozen=True)
 class Rollout:
     max_surge: int | str = 0
     max_unavailable: int | str = 1
@@ -236,40 +185,6 @@ class ModelSpec:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True)
-class ObjectMeta:
-    """The identity of a custom resource, readable even when its spec is not."""
-
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    created: datetime | None
-    deleting: bool
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-def parse_meta(body: Mapping[str, Any]) -> ObjectMeta:
-    meta = _obj(body.get("metadata"), "metadata")
-    created: datetime | None
-    try:
-        created = parse_time(meta.get("creationTimestamp"), "metadata.creationTimestamp")
-    except SpecError:
-        created = None
-    generation = meta.get("generation")
-    return ObjectMeta(
-        namespace=str(meta.get("namespace") or ""),
-        name=str(meta.get("name") or ""),
-        uid=str(meta.get("uid") or ""),
-        generation=generation if isinstance(generation, int) else 0,
-        created=created,
-        deleting=bool(meta.get("deletionTimestamp")),
-    )
-
-
 def _parse_uri(uri: str) -> str:
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
     if scheme not in SCHEMES:
@@ -294,10 +209,10 @@ def _parse_uri(uri: str) -> str:
 
 def _parse_source(data: Mapping[str, Any]) -> Source:
     where = "spec.source"
-    uri = _req_str(data, "uri", where)
+    uri = req_str(data, "uri", where)
     scheme = _parse_uri(uri)
-    digest = _match(
-        _req_str(data, "digest", where),
+    digest = must_match(
+        req_str(data, "digest", where),
         DIGEST_RE,
         "spec.source.digest must be sha256tree: followed by 64 lower-case hex digits "
         "(as modelseal seal prints it)",
@@ -311,21 +226,21 @@ def _parse_source(data: Mapping[str, Any]) -> Source:
         size = parse_bytes(raw_size)
     except QuantityError as exc:
         raise SpecError(f"spec.source.plaintextSize: {exc}") from None
-    endpoint = _opt_str(data, "endpoint", where)
-    region = _opt_str(data, "region", where)
+    endpoint = opt_str(data, "endpoint", where)
+    region = opt_str(data, "region", where)
     if (endpoint or region) and scheme != "s3":
         raise SpecError("spec.source.endpoint and region are only meaningful for s3:// URIs")
     if endpoint and not re.match(r"^https?://\S+$", endpoint):
         raise SpecError("spec.source.endpoint must be an http(s) URL")
-    creds = _obj(data.get("credentialsSecretRef"), f"{where}.credentialsSecretRef")
-    cred_name = _opt_str(creds, "name", f"{where}.credentialsSecretRef") if creds else None
+    creds = as_object(data.get("credentialsSecretRef"), f"{where}.credentialsSecretRef")
+    cred_name = opt_str(creds, "name", f"{where}.credentialsSecretRef") if creds else None
     if cred_name and scheme == "pvc":
         raise SpecError("spec.source.credentialsSecretRef is not used for pvc:// URIs")
     raw_keys = data.get("publisherKeys") or []
     if not isinstance(raw_keys, Sequence) or isinstance(raw_keys, str):
         raise SpecError("spec.source.publisherKeys must be a list of base64 Ed25519 keys")
     keys = tuple(
-        _match(
+        must_match(
             k if isinstance(k, str) else "",
             PUBLISHER_KEY_RE,
             "spec.source.publisherKeys must hold base64 Ed25519 public keys (32 bytes)",
@@ -345,7 +260,7 @@ def _parse_source(data: Mapping[str, Any]) -> Source:
 
 
 def _quantity_map(data: Any, where: str) -> dict[str, str | int]:
-    values = _obj(data, where)
+    values = as_object(data, where)
     out: dict[str, str | int] = {}
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -362,11 +277,11 @@ def _quantity_map(data: Any, where: str) -> dict[str, str | int]:
 
 def _parse_serving(data: Mapping[str, Any]) -> Serving:
     where = "spec.serving"
-    replicas = _int(data, "replicas", where, 1, 0, 64)
-    gpus = _int(data, "gpusPerReplica", where, 0, 0, 16)
+    replicas = int_field(data, "replicas", where, 1, 0, 64)
+    gpus = int_field(data, "gpusPerReplica", where, 0, 0, 16)
     assert replicas is not None and gpus is not None
-    resources = _obj(data.get("resources"), f"{where}.resources")
-    selector = _obj(data.get("nodeSelector"), f"{where}.nodeSelector")
+    resources = as_object(data.get("resources"), f"{where}.resources")
+    selector = as_object(data.get("nodeSelector"), f"{where}.nodeSelector")
     for k, v in selector.items():
         if not isinstance(v, str):
             raise SpecError(f"{where}.nodeSelector.{k} must be a string")
@@ -375,20 +290,22 @@ def _parse_serving(data: Mapping[str, Any]) -> Serving:
     if not isinstance(raw_tols, Sequence) or isinstance(raw_tols, str):
         raise SpecError(f"{where}.tolerations must be a list")
     for i, raw in enumerate(raw_tols):
-        tol = _obj(raw, f"{where}.tolerations[{i}]")
-        op = _opt_str(tol, "operator", f"{where}.tolerations[{i}]")
+        tol = as_object(raw, f"{where}.tolerations[{i}]")
+        op = opt_str(tol, "operator", f"{where}.tolerations[{i}]")
         if op not in (None, "Exists", "Equal"):
             raise SpecError(f"{where}.tolerations[{i}].operator must be Exists or Equal")
-        effect = _opt_str(tol, "effect", f"{where}.tolerations[{i}]")
+        effect = opt_str(tol, "effect", f"{where}.tolerations[{i}]")
         if effect not in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"):
             raise SpecError(f"{where}.tolerations[{i}].effect is not a taint effect")
         tolerations.append(
             Toleration(
-                key=_opt_str(tol, "key", where),
+                key=opt_str(tol, "key", where),
                 operator=op,
-                value=_opt_str(tol, "value", where),
+                value=opt_str(tol, "value", where),
                 effect=effect,
-                toleration_seconds=_int(tol, "tolerationSeconds", where, None, -(2**62), 2**62),
+                toleration_seconds=int_field(
+                    tol, "tolerationSeconds", where, None, -(2**62), 2**62
+                ),
             )
         )
     affinity = data.get("affinity")
@@ -397,28 +314,14 @@ def _parse_serving(data: Mapping[str, Any]) -> Serving:
     return Serving(
         replicas=replicas,
         gpus_per_replica=gpus,
-        triton_image=_opt_str(data, "tritonImage", where),
+        triton_image=opt_str(data, "tritonImage", where),
         requests=_quantity_map(resources.get("requests"), f"{where}.resources.requests"),
         limits=_quantity_map(resources.get("limits"), f"{where}.resources.limits"),
         node_selector={str(k): str(v) for k, v in selector.items()},
         tolerations=tuple(tolerations),
         affinity=dict(affinity) if affinity else None,
-        priority_class_name=_opt_str(data, "priorityClassName", where),
+        priority_class_name=opt_str(data, "priorityClassName", where),
     )
-
-
-def parse_output_policy(
-    data: Mapping[str, Any], where: str, mode_key: str, k_key: str
-) -> OutputPolicy:
-    mode = data.get(mode_key, "full")
-    if mode not in OUTPUT_MODES:
-        raise SpecError(f"{where}.{mode_key} must be one of full, topK or labels (got {mode!r})")
-    top_k = _int(data, k_key, where, None, 1, 1000)
-    if mode == "topK" and top_k is None and k_key == "topK":
-        raise SpecError(f"{where}.{mode_key} topK needs {where}.{k_key}")
-    if mode != "topK" and top_k is not None:
-        raise SpecError(f"{where}.{k_key} is only used with {mode_key} topK")
-    return OutputPolicy(mode=mode, top_k=top_k)
 
 
 def _int_or_percent(data: Mapping[str, Any], key: str, default: int) -> int | str:
@@ -444,47 +347,47 @@ def parse_model(body: Mapping[str, Any]) -> ModelSpec:
             "metadata.name must be a DNS-1035 label of at most 50 characters "
             "(it names the model's Service and Vault role)"
         )
-    spec = _obj(body.get("spec"), "spec")
+    spec = as_object(body.get("spec"), "spec")
     if not spec:
         raise SpecError("spec is required")
-    tenant = _match(
-        _req_str(spec, "tenant", "spec"),
+    tenant = must_match(
+        req_str(spec, "tenant", "spec"),
         DNS1123_LABEL_RE,
         "spec.tenant must be a DNS label (lower-case letters, digits and '-')",
     )
-    lic_ref = _obj(spec.get("licenseRef"), "spec.licenseRef")
+    lic_ref = as_object(spec.get("licenseRef"), "spec.licenseRef")
     if not lic_ref:
         raise SpecError("spec.licenseRef.name is required")
-    license_name = _match(
-        _req_str(lic_ref, "name", "spec.licenseRef"),
+    license_name = must_match(
+        req_str(lic_ref, "name", "spec.licenseRef"),
         DNS1123_SUBDOMAIN_RE,
         "spec.licenseRef.name is not a valid object name",
     )
-    version = _match(
-        _req_str(spec, "version", "spec"),
+    version = must_match(
+        req_str(spec, "version", "spec"),
         VERSION_RE,
         "spec.version must be letters, digits, '.', '_' or '-' (at most 63)",
     )
     if len(version) > 63:
         raise SpecError("spec.version must be at most 63 characters")
-    model_name = _opt_str(spec, "modelName", "spec") or meta.name
-    _match(model_name, TRITON_NAME_RE, "spec.modelName is not a valid Triton model name")
-    source_data = _obj(spec.get("source"), "spec.source")
+    model_name = opt_str(spec, "modelName", "spec") or meta.name
+    must_match(model_name, TRITON_NAME_RE, "spec.modelName is not a valid Triton model name")
+    source_data = as_object(spec.get("source"), "spec.source")
     if not source_data:
         raise SpecError("spec.source is required")
     source = _parse_source(source_data)
-    vault = _obj(spec.get("vault"), "spec.vault")
-    transit_key = _match(
-        _req_str(vault, "transitKey", "spec.vault"),
+    vault = as_object(spec.get("vault"), "spec.vault")
+    transit_key = must_match(
+        req_str(vault, "transitKey", "spec.vault"),
         TRITON_NAME_RE,
         "spec.vault.transitKey is not a valid Transit key name",
     )
-    serving = _parse_serving(_obj(spec.get("serving"), "spec.serving"))
-    gw = _obj(spec.get("gateway"), "spec.gateway")
+    serving = _parse_serving(as_object(spec.get("serving"), "spec.serving"))
+    gw = as_object(spec.get("gateway"), "spec.gateway")
     store = gw.get("quotaStore", "embedded")
     if store not in ("embedded", "redis"):
         raise SpecError(f"spec.gateway.quotaStore must be embedded or redis (got {store!r})")
-    redis_url = _opt_str(gw, "redisUrl", "spec.gateway")
+    redis_url = opt_str(gw, "redisUrl", "spec.gateway")
     if store == "redis" and not redis_url:
         raise SpecError("spec.gateway.quotaStore: redis needs spec.gateway.redisUrl")
     if serving.replicas > 1 and store != "redis":
@@ -492,7 +395,7 @@ def parse_model(body: Mapping[str, Any]) -> ModelSpec:
             "spec.serving.replicas above 1 needs spec.gateway.quotaStore: redis, so that "
             "every replica counts against the same quotas"
         )
-    state_claim = _opt_str(gw, "quotaStateClaimName", "spec.gateway")
+    state_claim = opt_str(gw, "quotaStateClaimName", "spec.gateway")
     if state_claim is not None:
         if store != "embedded":
             raise SpecError(
@@ -501,16 +404,18 @@ def parse_model(body: Mapping[str, Any]) -> ModelSpec:
         if not DNS1123_SUBDOMAIN_RE.match(state_claim) or len(state_claim) > 253:
             raise SpecError("spec.gateway.quotaStateClaimName is not a valid claim name")
     gateway = Gateway(
-        api_keys_secret=_opt_str(gw, "apiKeysSecretName", "spec.gateway")
-        or f"{meta.name}-api-keys",
+        api_keys_secret=opt_str(gw, "apiKeysSecretName", "spec.gateway") or f"{meta.name}-api-keys",
         quota_store=store,
         redis_url=redis_url,
         quota_state_claim=state_claim,
     )
     policy = parse_output_policy(
-        _obj(spec.get("outputPolicy"), "spec.outputPolicy"), "spec.outputPolicy", "mode", "topK"
+        as_object(spec.get("outputPolicy"), "spec.outputPolicy"),
+        "spec.outputPolicy",
+        "mode",
+        "topK",
     )
-    rollout_data = _obj(spec.get("rollout"), "spec.rollout")
+    rollout_data = as_object(spec.get("rollout"), "spec.rollout")
     rollout = Rollout(
         max_surge=_int_or_percent(rollout_data, "maxSurge", 0),
         max_unavailable=_int_or_percent(rollout_data, "maxUnavailable", 1),
@@ -522,11 +427,11 @@ def parse_model(body: Mapping[str, Any]) -> ModelSpec:
             "spec.gateway.quotaStateClaimName needs spec.rollout.maxSurge 0: the embedded "
             "store's counters are held by one Pod at a time"
         )
-    netpol = _obj(spec.get("networkPolicy"), "spec.networkPolicy")
+    netpol = as_object(spec.get("networkPolicy"), "spec.networkPolicy")
     peers = netpol.get("ingressFrom") or []
     if not isinstance(peers, Sequence) or isinstance(peers, str):
         raise SpecError("spec.networkPolicy.ingressFrom must be a list")
-    ingress = tuple(dict(_obj(p, "spec.networkPolicy.ingressFrom[]")) for p in peers)
+    ingress = tuple(dict(as_object(p, "spec.networkPolicy.ingressFrom[]")) for p in peers)
     return ModelSpec(
         namespace=meta.namespace,
         name=meta.name,
@@ -544,121 +449,4 @@ def parse_model(body: Mapping[str, Any]) -> ModelSpec:
         output_policy=policy,
         rollout=rollout,
         ingress_from=ingress,
-    )
-
-
-# --- ModelLicense ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Quotas:
-    rate_per_second: float | None = None
-    burst: int | None = None
-    per_day: int | None = None
-    per_month: int | None = None
-    total: int | None = None
-    max_concurrent: int | None = None
-
-
-@dataclass(frozen=True)
-class LicenseSpec:
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    tenant: str
-    not_before: datetime | None
-    not_after: datetime | None
-    allowed_models: frozenset[str]
-    max_replicas: int
-    max_gpus: int
-    quotas: Quotas
-    model_quotas: Mapping[str, Quotas]
-    output_ceiling: OutputPolicy
-    revoked: bool
-    revocation_reason: str | None
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    def allows(self, model_name: str) -> bool:
-        return "*" in self.allowed_models or model_name in self.allowed_models
-
-
-def _parse_quotas(data: Mapping[str, Any], where: str) -> Quotas:
-    big = 2**50
-    quotas = Quotas(
-        rate_per_second=_number(data, "ratePerSecond", where),
-        burst=_int(data, "burst", where, None, 1, 1_000_000),
-        per_day=_int(data, "perDay", where, None, 0, big),
-        per_month=_int(data, "perMonth", where, None, 0, big),
-        total=_int(data, "total", where, None, 0, big),
-        max_concurrent=_int(data, "maxConcurrent", where, None, 1, 100_000),
-    )
-    if quotas.burst is not None and quotas.rate_per_second is None:
-        raise SpecError(f"{where}.burst needs {where}.ratePerSecond")
-    return quotas
-
-
-def parse_license(body: Mapping[str, Any]) -> LicenseSpec:
-    """Parse a ModelLicense body; raises SpecError naming the first problem."""
-    meta = parse_meta(body)
-    spec = _obj(body.get("spec"), "spec")
-    if not spec:
-        raise SpecError("spec is required")
-    tenant = _match(
-        _req_str(spec, "tenant", "spec"),
-        DNS1123_LABEL_RE,
-        "spec.tenant must be a DNS label (lower-case letters, digits and '-')",
-    )
-    not_before = parse_time(spec.get("notBefore"), "spec.notBefore")
-    not_after = parse_time(spec.get("notAfter"), "spec.notAfter")
-    if not_before and not_after and not_after <= not_before:
-        raise SpecError("spec.notAfter must be later than spec.notBefore")
-    allowed = spec.get("allowedModels")
-    if not isinstance(allowed, Sequence) or isinstance(allowed, str) or not allowed:
-        raise SpecError("spec.allowedModels must be a non-empty list of model names or '*'")
-    for item in allowed:
-        if not isinstance(item, str) or not (item == "*" or DNS1035_RE.match(item)):
-            raise SpecError(f"spec.allowedModels has an invalid entry {item!r}")
-    seats = _obj(spec.get("seats"), "spec.seats")
-    if not seats:
-        raise SpecError("spec.seats is required (maxReplicas and maxGPUs)")
-    max_replicas = _int(seats, "maxReplicas", "spec.seats", None, 0, 10_000)
-    max_gpus = _int(seats, "maxGPUs", "spec.seats", None, 0, 10_000)
-    if max_replicas is None or max_gpus is None:
-        raise SpecError("spec.seats needs maxReplicas and maxGPUs")
-    quotas = _parse_quotas(_obj(spec.get("quotas"), "spec.quotas"), "spec.quotas")
-    model_quotas: dict[str, Quotas] = {}
-    for model, raw in _obj(spec.get("modelQuotas"), "spec.modelQuotas").items():
-        where = f"spec.modelQuotas.{model}"
-        if "*" not in allowed and model not in allowed:
-            raise SpecError(f"{where} names a model not in spec.allowedModels")
-        model_quotas[str(model)] = _parse_quotas(_obj(raw, where), where)
-    ceiling = parse_output_policy(
-        _obj(spec.get("outputPolicy"), "spec.outputPolicy"),
-        "spec.outputPolicy",
-        "maxMode",
-        "maxTopK",
-    )
-    revoked = spec.get("revoked", False)
-    if not isinstance(revoked, bool):
-        raise SpecError("spec.revoked must be true or false")
-    return LicenseSpec(
-        namespace=meta.namespace,
-        name=meta.name,
-        uid=meta.uid,
-        generation=meta.generation,
-        tenant=tenant,
-        not_before=not_before,
-        not_after=not_after,
-        allowed_models=frozenset(str(a) for a in allowed),
-        max_replicas=max_replicas,
-        max_gpus=max_gpus,
-        quotas=quotas,
-        model_quotas=model_quotas,
-        output_ceiling=ceiling,
-        revoked=revoked,
-        revocation_reason=_opt_str(spec, "revocationReason", "spec"),
     )

@@ -15,7 +15,9 @@ from typing import Any
 from modelseal.models import usage as usage_conditions
 from modelseal.models.conditions import Condition, Status, merge
 from modelseal.models.license import LicenseDecision, Reason, SeatUsage, license_state
-from modelseal.models.spec import LicenseSpec, ModelSpec, ObjectMeta
+from modelseal.models.license_spec import LicenseSpec
+from modelseal.models.resource import ObjectMeta
+from modelseal.models.spec import ModelSpec
 
 # Condition types of a ProtectedModel.
 READY = "Ready"

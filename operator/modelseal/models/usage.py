@@ -27,7 +27,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from modelseal.models.conditions import Condition, fmt_time
-from modelseal.models.spec import LicenseSpec, Quotas
+from modelseal.models.license_spec import LicenseSpec, Quotas
 
 QUOTA_EXHAUSTED = "QuotaExhausted"
 #: Share of a limit whose crossing posts an Event (once per window period).

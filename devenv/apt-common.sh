@@ -1,5 +1,5 @@
-# Shared by install-system-deps.sh and install-image-deps.sh (sourced, not run): the
-# Debian checks, the installed-package test, sudo, and the check after installing.
+# Shared by the install-*-deps.sh scripts (sourced, not run): the Debian checks, the
+# installed-package test, sudo, the check after installing, and a whole simple installer.
 # Each function takes the calling script's name first, for its messages.
 
 # Exit 1 unless dpkg-query and apt-get are here; $2: the packages to name for a manual install.
@@ -40,4 +40,29 @@ apt_check_installed() {
             exit 1
         fi
     done
+}
+
+# The whole job of a simple installer: $1 the script's name, then the packages. Installs
+# those that are missing (one apt-get update, one install), checks them, says what it did;
+# does nothing (no apt-get, no sudo) when all are present.
+apt_install_missing() {
+    local name="$1" pkg
+    shift
+    apt_require_debian "$name" "$*"
+    local missing=()
+    for pkg in "$@"; do
+        installed "$pkg" || missing+=("$pkg")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        echo "$name: all present ($*)"
+        return 0
+    fi
+    apt_set_sudo "$name" "${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "$name: apt-get update (missing: ${missing[*]})"
+    "${SUDO[@]}" apt-get update -qq
+    echo "$name: installing ${missing[*]}"
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    apt_check_installed "$name" "$@"
+    echo "$name: done"
 }

@@ -14,23 +14,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/apt-common.sh"
 
 REQUIRED=(mmdebstrap buildah skopeo tar python3)
 
-apt_require_debian install-image-deps "${REQUIRED[*]}"
-
-missing=()
-for pkg in "${REQUIRED[@]}"; do
-    installed "$pkg" || missing+=("$pkg")
-done
-if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "install-image-deps: all present (${REQUIRED[*]})"
-    exit 0
-fi
-
-apt_set_sudo install-image-deps "${missing[*]}"
-
-export DEBIAN_FRONTEND=noninteractive
-echo "install-image-deps: apt-get update (missing: ${missing[*]})"
-"${SUDO[@]}" apt-get update -qq
-echo "install-image-deps: installing ${missing[*]}"
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-apt_check_installed install-image-deps "${REQUIRED[@]}"
-echo "install-image-deps: done"
+apt_install_missing install-image-deps "${REQUIRED[@]}"

@@ -17,25 +17,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/apt-common.sh"
 REQUIRED=(runc containernetworking-plugins iptables conntrack docker-registry iproute2 util-linux
           buildah skopeo curl)
 
-apt_require_debian install-node-deps "${REQUIRED[*]}"
-
-missing=()
-for pkg in "${REQUIRED[@]}"; do
-    installed "$pkg" || missing+=("$pkg")
-done
-if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "install-node-deps: all present (${REQUIRED[*]})"
-    exit 0
-fi
-
-apt_set_sudo install-node-deps "${missing[*]}"
-
-export DEBIAN_FRONTEND=noninteractive
-echo "install-node-deps: apt-get update (missing: ${missing[*]})"
-"${SUDO[@]}" apt-get update -qq
-echo "install-node-deps: installing ${missing[*]}"
-
-
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-apt_check_installed install-node-deps "${REQUIRED[@]}"
-echo "install-node-deps: done"
+apt_install_missing install-node-deps "${REQUIRED[@]}"

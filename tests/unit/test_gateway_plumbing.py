@@ -20,7 +20,7 @@ from modelseal.gateway.grpc_front import (
 from modelseal.gateway.kserve import BadRequest, ModelMeta
 from modelseal.gateway.reload import WatchedFile
 from modelseal.gateway.upstream import HttpPool
-from modelseal.quota.license import OutputPolicy
+from modelseal.quota.license import OutputFilter
 from modelseal.quota.output import PlannedOutput
 from modelseal.store.resp import RespError, RespUnavailable, _Incomplete, _parse, encode
 from modelseal.testing import settings_for_tests
@@ -217,14 +217,14 @@ def test_grpc_output_policy() -> None:
     resp.outputs.add(name="RAW", datatype="FP32", shape=[1, 5])
     resp.raw_output_contents.append(b"\0" * 20)
     raw, dropped = restrict_grpc_response(
-        resp.SerializeToString(), OutputPolicy("labels-only", 2), [PlannedOutput("P", 2)]
+        resp.SerializeToString(), OutputFilter("labels-only", 2), [PlannedOutput("P", 2)]
     )
     out = pb.ModelInferResponse.FromString(raw)
     assert dropped == ["RAW"]
     assert [o.name for o in out.outputs] == ["P"] and out.id == "r"
     assert decode_bytes_tensor(out.raw_output_contents[0]) == [b"three", b"one"]
     raw, dropped = restrict_grpc_response(
-        resp.SerializeToString(), OutputPolicy("top-k", 1), [PlannedOutput("P", 1)]
+        resp.SerializeToString(), OutputFilter("top-k", 1), [PlannedOutput("P", 1)]
     )
     assert dropped == ["P", "RAW"]  # two classes where one was allowed: withheld
 

@@ -11,7 +11,7 @@ from modelseal.quota.license import (
     License,
     LicenseError,
     Limits,
-    OutputPolicy,
+    OutputFilter,
     check_license,
     parse_licenses,
 )
@@ -42,7 +42,7 @@ def test_full_license_parses() -> None:
     assert lic.quotas == Limits(rate_per_second=5, burst=10, per_day=100, total=1000)
     assert lic.limits_for("digits") == Limits(per_day=7, concurrent=2)
     assert lic.limits_for("identity") == Limits()
-    assert lic.output_policy == OutputPolicy("top-k", 3)
+    assert lic.output_policy == OutputFilter("top-k", 3)
     assert lic.not_before == datetime(2025, 1, 1, tzinfo=UTC)
 
 
@@ -52,7 +52,7 @@ def test_list_form_and_defaults() -> None:
     assert set(lics) == {"a", "b"}
     assert lics["a"].id == "a"
     assert lics["a"].quotas == Limits()
-    assert lics["a"].output_policy == OutputPolicy("full", 1)
+    assert lics["a"].output_policy == OutputFilter("full", 1)
     assert lics["a"].not_after is None
 
 

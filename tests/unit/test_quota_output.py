@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelseal.quota.license import OutputPolicy
+from modelseal.quota.license import OutputFilter
 from modelseal.quota.output import (
     OutputPolicyError,
     PlannedOutput,
@@ -16,8 +16,8 @@ from modelseal.quota.output import (
 )
 
 MODEL_OUTPUTS = [("probs", "FP32"), ("logits", "FP16"), ("note", "BYTES")]
-TOP3 = OutputPolicy("top-k", 3)
-LABELS = OutputPolicy("labels-only", 1)
+TOP3 = OutputFilter("top-k", 3)
+LABELS = OutputFilter("labels-only", 1)
 
 
 def test_plan_all_numeric_outputs_when_none_requested() -> None:

@@ -32,7 +32,7 @@ from modelseal.gateway.errors import HTTP_OF_TRITON_CODE, GatewayError, grpc_cod
 from modelseal.gateway.kserve import DTYPE_SIZES, BadRequest, ModelMeta, check_shape
 from modelseal.gateway.pipeline import DataPlane
 from modelseal.gateway.upstream import GRPC_SERVICE, Upstream
-from modelseal.quota.license import OutputPolicy
+from modelseal.quota.license import OutputFilter
 from modelseal.quota.output import PlannedOutput, restrict_values
 
 _NOT_CONNECTED = "failed to connect to all addresses"
@@ -170,7 +170,7 @@ def restrict_grpc_request(req: Any, plan: list[PlannedOutput]) -> bytes:
 
 
 def restrict_grpc_response(
-    raw: bytes, policy: OutputPolicy, plan: list[PlannedOutput]
+    raw: bytes, policy: OutputFilter, plan: list[PlannedOutput]
 ) -> tuple[bytes, list[str]]:
     resp = pb.ModelInferResponse.FromString(raw)
     out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version)
@@ -267,7 +267,7 @@ class GrpcInference:
         return await _triton_call(self.upstream, "ModelInfer", payload, hold_s)
 
     def answer(
-        self, ctx: Ctx, reply: bytes, policy: OutputPolicy, plan: list[PlannedOutput] | None
+        self, ctx: Ctx, reply: bytes, policy: OutputFilter, plan: list[PlannedOutput] | None
     ) -> tuple[bytes, list[str]]:
         if plan is None:
             return reply, []

@@ -45,7 +45,7 @@ from modelseal.gateway.kserve import (
 )
 from modelseal.gateway.pipeline import DataPlane
 from modelseal.gateway.upstream import UpstreamError, UpstreamResponse
-from modelseal.quota.license import OutputPolicy
+from modelseal.quota.license import OutputFilter
 from modelseal.quota.output import (
     PlannedOutput,
     restrict_http_request,
@@ -148,7 +148,7 @@ class HttpInference:
         self,
         ctx: Ctx,
         reply: UpstreamResponse,
-        policy: OutputPolicy,
+        policy: OutputFilter,
         plan: list[PlannedOutput] | None,
     ) -> tuple[UpstreamResponse, list[str]]:
         if reply.status != 200:

@@ -23,7 +23,7 @@ from modelseal.gateway.core import Ctx, Gateway
 from modelseal.gateway.errors import MAPPED, GatewayError, refusal
 from modelseal.gateway.kserve import ModelMeta, check_names
 from modelseal.gateway.upstream import UpstreamError
-from modelseal.quota.license import OutputPolicy
+from modelseal.quota.license import OutputFilter
 from modelseal.quota.output import PlannedOutput, plan_outputs
 
 log = logging.getLogger("modelseal.gateway")
@@ -65,7 +65,7 @@ class Inference(Protocol[R]):
         ...
 
     def answer(
-        self, ctx: Ctx, reply: R, policy: OutputPolicy, plan: list[PlannedOutput] | None
+        self, ctx: Ctx, reply: R, policy: OutputFilter, plan: list[PlannedOutput] | None
     ) -> tuple[R, list[str]]:
         """The answer for the client, cut to the policy; the outputs withheld."""
         ...

@@ -58,11 +58,23 @@ class LicenseError(ValueError):
     """The license file is missing, not JSON, or does not match the format."""
 
 
+# --- the file's schema (pydantic) ------------------------------------------------------
+#
+# Names: ``*Schema`` are this file's JSON shapes, `License`/`Limits`/`OutputFilter` the
+# parsed view. The ModelLicense custom resource the operator reads is another format with
+# its own names (`modelseal.models.license_spec`: `LicenseSpec`, `Quotas`, and
+# `modelseal.models.resource.OutputPolicy`); `modelseal.render.license_config` holds the one
+# mapping from its fields onto this file.
+
+#: Output modes as the file spells them (the CRD says ``topK`` and ``labels``).
+FileOutputMode = Literal["full", "top-k", "labels-only"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class QuotasSpec(_Strict):
+class QuotasSchema(_Strict):
     rate_per_second: Annotated[float, Field(gt=0, le=MAX_RATE)] | None = None
     burst: Annotated[int, Field(ge=1, le=MAX_BURST)] | None = None
     per_day: Count | None = None
@@ -71,29 +83,29 @@ class QuotasSpec(_Strict):
     concurrent: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
 
     @model_validator(mode="after")
-    def _burst_needs_rate(self) -> QuotasSpec:
+    def _burst_needs_rate(self) -> QuotasSchema:
         if self.burst is not None and self.rate_per_second is None:
             raise ValueError("burst is set but rate_per_second is not")
         return self
 
 
-class OutputPolicySpec(_Strict):
-    mode: Literal["full", "top-k", "labels-only"] = "full"
+class OutputPolicySchema(_Strict):
+    mode: FileOutputMode = "full"
     k: Annotated[int, Field(ge=1, le=1000)] | None = None
 
     @model_validator(mode="after")
-    def _k_for_top_k(self) -> OutputPolicySpec:
+    def _k_for_top_k(self) -> OutputPolicySchema:
         if self.mode == "top-k" and self.k is None:
             raise ValueError("output_policy mode 'top-k' needs k")
         return self
 
 
-class ValiditySpec(_Strict):
+class ValiditySchema(_Strict):
     not_before: datetime | None = None
     not_after: datetime | None = None
 
     @model_validator(mode="after")
-    def _ordered(self) -> ValiditySpec:
+    def _ordered(self) -> ValiditySchema:
         for name in ("not_before", "not_after"):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
@@ -103,19 +115,19 @@ class ValiditySpec(_Strict):
         return self
 
 
-class LicenseSpec(_Strict):
+class LicenseSchema(_Strict):
     id: str | None = None
     tenant: str
     models: list[str] = Field(min_length=1)
-    valid: ValiditySpec = ValiditySpec()
+    valid: ValiditySchema = ValiditySchema()
     revoked: bool = False
-    quotas: QuotasSpec = QuotasSpec()
-    model_quotas: dict[str, QuotasSpec] = Field(default_factory=dict)
+    quotas: QuotasSchema = QuotasSchema()
+    model_quotas: dict[str, QuotasSchema] = Field(default_factory=dict)
     model_counters: dict[str, str] = Field(default_factory=dict)
-    output_policy: OutputPolicySpec = OutputPolicySpec()
+    output_policy: OutputPolicySchema = OutputPolicySchema()
 
     @model_validator(mode="after")
-    def _names(self) -> LicenseSpec:
+    def _names(self) -> LicenseSchema:
         if not NAME_RE.match(self.tenant):
             raise ValueError(f"tenant {self.tenant!r} is not a valid name")
         if self.id is not None and not LICENSE_ID_RE.match(self.id):
@@ -135,8 +147,8 @@ class LicenseSpec(_Strict):
         return self
 
 
-class LicenseFileSpec(_Strict):
-    licenses: list[LicenseSpec]
+class LicenseFileSchema(_Strict):
+    licenses: list[LicenseSchema]
 
 
 # --- the parsed, immutable view the gateway works with ----------------------------------
@@ -162,7 +174,7 @@ class Limits:
         return max(1, math.ceil(self.rate_per_second))
 
     @classmethod
-    def from_spec(cls, spec: QuotasSpec) -> Limits:
+    def from_spec(cls, spec: QuotasSchema) -> Limits:
         return cls(
             rate_per_second=spec.rate_per_second,
             burst=spec.burst,
@@ -177,8 +189,10 @@ UNLIMITED = Limits()
 
 
 @dataclass(frozen=True, slots=True)
-class OutputPolicy:
-    mode: Literal["full", "top-k", "labels-only"] = "full"
+class OutputFilter:
+    """How much of a model's output the gateway lets through (`modelseal.quota.output`)."""
+
+    mode: FileOutputMode = "full"
     k: int = 1
 
     @property
@@ -186,7 +200,7 @@ class OutputPolicy:
         return self.mode != "full"
 
 
-FULL_OUTPUT = OutputPolicy()
+FULL_OUTPUT = OutputFilter()
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +213,7 @@ class License:
     revoked: bool
     quotas: Limits
     model_quotas: dict[str, Limits] = field(default_factory=dict)
-    output_policy: OutputPolicy = FULL_OUTPUT
+    output_policy: OutputFilter = FULL_OUTPUT
     model_counters: dict[str, str] = field(default_factory=dict)
 
     def limits_for(self, model: str) -> Limits:
@@ -237,7 +251,7 @@ def check_license(lic: License, model: str, now: datetime) -> LicenseRefusal | N
     return None
 
 
-def _to_license(spec: LicenseSpec) -> License:
+def _to_license(spec: LicenseSchema) -> License:
     policy = spec.output_policy
     return License(
         id=spec.id or spec.tenant,
@@ -248,7 +262,7 @@ def _to_license(spec: LicenseSpec) -> License:
         revoked=spec.revoked,
         quotas=Limits.from_spec(spec.quotas),
         model_quotas={m: Limits.from_spec(q) for m, q in spec.model_quotas.items()},
-        output_policy=OutputPolicy(policy.mode, policy.k or 1),
+        output_policy=OutputFilter(policy.mode, policy.k or 1),
         model_counters=dict(spec.model_counters),
     )
 
@@ -262,7 +276,7 @@ def parse_licenses(data: bytes | str) -> dict[str, License]:
     if isinstance(raw, dict) and "licenses" not in raw:
         raw = {"licenses": [raw]}
     try:
-        spec = LicenseFileSpec.model_validate_json(json.dumps(raw))
+        spec = LicenseFileSchema.model_validate_json(json.dumps(raw))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"

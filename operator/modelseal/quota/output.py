@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelseal.quota.license import OutputPolicy
+from modelseal.quota.license import OutputFilter
 
 NUMERIC_DATATYPES = frozenset(
     {
@@ -55,7 +55,7 @@ class PlannedOutput:
 
 
 def plan_outputs(
-    policy: OutputPolicy,
+    policy: OutputFilter,
     model_outputs: Sequence[tuple[str, str]],
     requested: Sequence[tuple[str, int | None]] | None,
 ) -> list[PlannedOutput]:
@@ -114,7 +114,7 @@ def parse_class_entry(entry: str) -> tuple[float, int, str | None] | None:
     return score, index, parts[2] if len(parts) == 3 else None
 
 
-def restrict_entry(entry: str, policy: OutputPolicy) -> str | None:
+def restrict_entry(entry: str, policy: OutputFilter) -> str | None:
     """One classification entry as the policy lets it out; None if malformed."""
     parsed = parse_class_entry(entry)
     if parsed is None:
@@ -140,7 +140,7 @@ def _flatten(data: Any) -> list[Any] | None:
 
 
 def restrict_values(
-    values: Iterable[str], shape: Sequence[int], plan: PlannedOutput, policy: OutputPolicy
+    values: Iterable[str], shape: Sequence[int], plan: PlannedOutput, policy: OutputFilter
 ) -> list[str] | None:
     """Check and restrict one output's entries; None if the output does not conform."""
     if not shape or shape[-1] > plan.classification or shape[-1] < 0:
@@ -157,7 +157,7 @@ def restrict_values(
 
 
 def restrict_http_response(
-    response: dict[str, Any], policy: OutputPolicy, plan: Sequence[PlannedOutput]
+    response: dict[str, Any], policy: OutputFilter, plan: Sequence[PlannedOutput]
 ) -> tuple[dict[str, Any], list[str]]:
     """The KServe v2 JSON response as the policy lets it out, and the dropped outputs."""
     by_name = {p.name: p for p in plan}

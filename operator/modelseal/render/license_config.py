@@ -5,6 +5,36 @@ snake_case fields. This is the only place that maps the CRD's camelCase fields o
 A model whose license is withdrawn (expired, revoked, not granted) gets a file that says
 so (``revoked: true`` or the real window), so the gateway refuses calls even before the
 Pods are gone.
+
+The mapping (CRD side parsed by `modelseal.models.license_spec` / `modelseal.models.spec`,
+file side by `modelseal.quota.license`):
+
+=====================================  ==========================================
+ModelLicense / ProtectedModel field    license file field
+=====================================  ==========================================
+``<license namespace>/<license name>`` ``id`` (counters are keyed by it)
+``ModelLicense.spec.tenant``           ``tenant``
+ProtectedModel ``spec.modelName``      ``models`` (this one model only)
+``spec.notBefore`` / ``spec.notAfter`` ``valid.not_before`` / ``valid.not_after``
+                                       (UTC, whole seconds, ``Z``)
+``spec.revoked``, or not granted       ``revoked``
+``spec.quotas.ratePerSecond``          ``quotas.rate_per_second``
+``spec.quotas.burst``                  ``quotas.burst``
+``spec.quotas.perDay``                 ``quotas.per_day``
+``spec.quotas.perMonth``               ``quotas.per_month``
+``spec.quotas.total``                  ``quotas.total``
+``spec.quotas.maxConcurrent``          ``quotas.concurrent``
+``spec.modelQuotas.<ProtectedModel>``  ``model_quotas.<modelName>`` (same fields)
+ProtectedModel ``<namespace>/<name>``  ``model_counters.<modelName>``
+ProtectedModel ``spec.outputPolicy``:  ``output_policy``:
+``mode`` full / topK / labels          ``mode`` full / top-k / labels-only
+``topK``                               ``k`` (only with top-k)
+=====================================  ==========================================
+
+Absent CRD fields are left out of the file (unlimited, open window). The license's
+``spec.outputPolicy.maxMode``/``maxTopK`` is a ceiling the operator checks the model
+against (`modelseal.models.license`); it is not written to the file, and neither are
+``spec.seats`` (the operator counts seats) and ``spec.revocationReason``.
 """
 
 from __future__ import annotations
@@ -13,12 +43,18 @@ import json
 from typing import Any
 
 from modelseal.models.license_spec import LicenseSpec, Quotas
-from modelseal.models.resource import OutputPolicy
+from modelseal.models.resource import OutputMode, OutputPolicy
 from modelseal.models.spec import ModelSpec
+from modelseal.quota.license import FileOutputMode
 
 LICENSE_KEY = "license.json"
 
-_MODES = {"full": "full", "topK": "top-k", "labels": "labels-only"}
+#: The output modes as the CRD spells them -> as the license file spells them.
+MODE_IN_FILE: dict[OutputMode, FileOutputMode] = {
+    "full": "full",
+    "topK": "top-k",
+    "labels": "labels-only",
+}
 
 
 def _quotas(q: Quotas) -> dict[str, Any]:
@@ -39,7 +75,7 @@ def _quotas(q: Quotas) -> dict[str, Any]:
 
 
 def _policy(p: OutputPolicy) -> dict[str, Any]:
-    out: dict[str, Any] = {"mode": _MODES[p.mode]}
+    out: dict[str, Any] = {"mode": MODE_IN_FILE[p.mode]}
     if p.mode == "topK" and p.top_k is not None:
         out["k"] = p.top_k
     return out

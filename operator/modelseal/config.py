@@ -71,6 +71,36 @@ class Settings(BaseSettings):
         300.0,
         description="How often the operator re-checks owned objects for drift (seconds).",
     )
+    # Concurrency bounds (issue 13 §3, `make bench-operator`): the operator never floods
+    # the API server or Vault, however many objects change at once.
+    operator_workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Reconciles that run at once (the work queue's workers); more objects "
+        "wait in the queue, one entry each.",
+    )
+    operator_api_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Kubernetes and Vault calls the reconciler has in flight at once (its "
+        "thread pool; the Kubernetes client keeps up to 10 connections).",
+    )
+    operator_coalesce_s: float = Field(
+        0.5,
+        ge=0.0,
+        le=30.0,
+        description="Events about one object within this many seconds fold into one "
+        "reconcile (a new model's finalizer, Deployment, ReplicaSet and Pod events come in "
+        "a burst); the delay a change waits before it is acted on.",
+    )
+    operator_kopf_worker_limit: int = Field(
+        32,
+        ge=1,
+        description="kopf's per-object event workers at once, per watched resource "
+        "(kopf's own default is unbounded: one task per object that has events).",
+    )
     quota_require_durable_state: bool = Field(
         False,
         description="Refuse a model with quotaStore embedded and no "

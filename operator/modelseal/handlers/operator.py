@@ -14,6 +14,12 @@
 
 kopf's own persistence uses our prefix (annotations ``<api_group>/…``), posts no Events
 of its own (we post ours), and runs standalone (no peering objects to write).
+
+Bounds (issue 13 §3): kopf runs at most ``operator_kopf_worker_limit`` per-object workers
+per watched resource (its default is one task per object with pending events, unbounded);
+the reconciler runs ``operator_workers`` reconciles at once, with at most
+``operator_api_concurrency`` Kubernetes/Vault calls in flight (its thread pool), and folds
+the events of one object within ``operator_coalesce_s`` into one reconcile.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -45,7 +52,8 @@ OWNED = (
 )
 
 
-def configure_kopf(kopf_settings: kopf.OperatorSettings, api_group: str) -> None:
+def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
+    api_group = settings.api_group
     p = kopf_settings.persistence
     p.finalizer = f"{api_group}/finalizer"
     p.progress_storage = kopf.AnnotationsProgressStorage(prefix=api_group)
@@ -57,6 +65,28 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, api_group: str) -> None
     kopf_settings.watching.server_timeout = 300
     kopf_settings.watching.client_timeout = 330
     kopf_settings.networking.request_timeout = 60
+    # Our event handlers only enqueue (the model's delete handler is the one that calls
+    # out), so a worker is busy for microseconds; a bounded pool whose idle workers leave
+    # after 1 s (kopf's default 5 s would hold a slot per object that long) keeps up with
+    # any event rate while a burst of new objects no longer becomes one task (and one
+    # finalizer PATCH in flight) per object at once.
+    kopf_settings.queueing.worker_limit = settings.operator_kopf_worker_limit
+    kopf_settings.queueing.idle_timeout = 1.0
+    # kopf's thread pool runs only our synchronous login and probe handlers.
+    kopf_settings.execution.max_workers = 2
+
+
+def bound_reconciler(reconciler: Reconciler, settings: Settings) -> None:
+    """The reconciler's bounds: its queue's workers and coalescing, and (in the running
+    event loop) the thread pool its blocking Kubernetes and Vault clients run in."""
+    reconciler.queue.configure(
+        concurrency=settings.operator_workers, coalesce_s=settings.operator_coalesce_s
+    )
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(
+            max_workers=settings.operator_api_concurrency, thread_name_prefix="modelseal-io"
+        )
+    )
 
 
 def build_registry(
@@ -72,12 +102,13 @@ def build_registry(
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure_kopf(settings, _api_group)
+        configure_kopf(settings, _settings)
+        bound_reconciler(reconciler, _settings)
         await reconciler.auditor.start()
         background.append(asyncio.create_task(_periodic(reconciler, _resync_s), name="resync"))
         background.append(asyncio.create_task(usage_writer.run(), name="license-usage"))
 
-    _api_group = settings.api_group
+    _settings = settings
     usage_writer = UsageWriter(
         settings, reconciler.kube, reconciler.metrics.registry, reconciler.event, reconciler.now
     )

@@ -4,6 +4,13 @@
 `add(key, delay)` keeps the earliest due time. The worker returns the delay after which
 it wants the key again (a license window opening or closing), or None. A failing worker
 is retried with exponential back-off (0.5 s doubling up to 60 s).
+
+Bounds (issue 13 §3): at most `concurrency` workers run at once, and `coalesce_s` holds
+an immediate `add` back that long, so that the burst of watch events one change causes
+(a new model: its finalizer, Deployment, ReplicaSet, Pod, Pod scheduled, Pod ready) folds
+into one run instead of one run each. A key that was added again while it ran goes back
+through the queue (and the semaphore) rather than running again at once, so a busy key
+cannot hold a worker while others wait.
 """
 
 from __future__ import annotations
@@ -40,13 +47,26 @@ class WorkQueue:
         concurrency: int = 4,
         on_depth: Callable[[int], None] | None = None,
         max_backoff_s: float = 60.0,
+        coalesce_s: float = 0.0,
     ) -> None:
         self.worker = worker
+        self.concurrency = concurrency
         self._sem = asyncio.Semaphore(concurrency)
         self._entries: dict[str, _Entry] = {}
         self._on_depth = on_depth
         self._closed = False
         self.max_backoff_s = max_backoff_s
+        self.coalesce_s = coalesce_s
+
+    def configure(self, *, concurrency: int, coalesce_s: float) -> None:
+        """Set the bounds (the operator's settings) before the first `add`."""
+        if any(e.running for e in self._entries.values()):
+            raise RuntimeError("configure the work queue before it runs anything")
+        if concurrency < 1 or coalesce_s < 0:
+            raise ValueError(f"bad bounds: concurrency={concurrency} coalesce_s={coalesce_s}")
+        self.concurrency = concurrency
+        self._sem = asyncio.Semaphore(concurrency)
+        self.coalesce_s = coalesce_s
 
     def _depth(self) -> None:
         if self._on_depth is not None:
@@ -60,7 +80,7 @@ class WorkQueue:
         if entry.running and delay <= 0:
             entry.dirty = True
             return
-        due = loop.time() + max(0.0, delay)
+        due = loop.time() + (delay if delay > 0 else self.coalesce_s)
         if entry.due is not None and entry.due <= due:
             return
         if entry.handle is not None:
@@ -84,31 +104,29 @@ class WorkQueue:
     async def _run(self, key: str, entry: _Entry) -> None:
         again: float | None = None
         try:
-            while True:
-                entry.dirty = False
-                async with self._sem:
-                    try:
-                        again = await self.worker(key)
-                        entry.failures = 0
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        entry.failures += 1
-                        again = min(self.max_backoff_s, 0.5 * 2 ** (entry.failures - 1))
-                        if isinstance(exc, RetryLater):
-                            log.warning("%s: %s; retrying in %.1fs", key, exc, again)
-                        else:
-                            log.exception("reconcile of %s failed; retrying in %.1fs", key, again)
-                if not entry.dirty:
-                    break
+            entry.dirty = False
+            async with self._sem:
+                try:
+                    again = await self.worker(key)
+                    entry.failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    entry.failures += 1
+                    again = min(self.max_backoff_s, 0.5 * 2 ** (entry.failures - 1))
+                    if isinstance(exc, RetryLater):
+                        log.warning("%s: %s; retrying in %.1fs", key, exc, again)
+                    else:
+                        log.exception("reconcile of %s failed; retrying in %.1fs", key, again)
         finally:
             entry.running = False
             entry.task = None
             if entry.handle is None and not self._closed:
-                if again is not None:
-                    self.add(key, again)
-                elif entry.dirty:
+                if entry.dirty:
+                    # Changed while it ran: once more, after the coalescing delay.
                     self.add(key)
+                elif again is not None:
+                    self.add(key, again)
                 else:
                     self._entries.pop(key, None)
             self._depth()

@@ -1,0 +1,87 @@
+"""What the controllers share: clients, settings, the clock, and the in-memory state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from modelseal.config import Settings
+from modelseal.handlers.auditing import Auditor
+from modelseal.handlers.metrics import Metrics
+from modelseal.handlers.vaultio import VaultSession
+from modelseal.k8s import api as k8s
+from modelseal.k8s.api import Kube
+from modelseal.models.spec import (
+    GROUP,
+    LICENSE_KIND,
+    LICENSE_PLURAL,
+    MODEL_KIND,
+    MODEL_PLURAL,
+    VERSION,
+)
+from modelseal.render.names import Names, names_for
+
+MODELS = k8s.custom_kind(MODEL_KIND, GROUP, VERSION, MODEL_PLURAL)
+LICENSES = k8s.custom_kind(LICENSE_KIND, GROUP, VERSION, LICENSE_PLURAL)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Context:
+    """The clients and settings every controller uses."""
+
+    settings: Settings
+    kube: Kube
+    vault: VaultSession
+    metrics: Metrics
+    auditor: Auditor
+    now: Callable[[], datetime] = utc_now
+
+    def names(self, namespace: str, name: str, uid: str) -> Names:
+        """The names of the objects and Vault entries of the model `namespace/name`."""
+        return names_for(namespace, name, uid, self.settings.vault_policy_prefix)
+
+
+@dataclass
+class Memory:
+    """What the operator remembers between reconciles (lost on restart, rebuilt by the
+    first resync; nothing in it is needed for a correct decision, only for prompt ones)."""
+
+    #: One reconcile (or deletion, or collection) of a model at a time.
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    #: model key -> what it last claimed of its license's seats.
+    claims: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    #: license key -> what its models were last evaluated against.
+    license_seen: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    #: (namespace, ServiceAccount) -> model name: which model an account belongs to, so
+    #: that a Pod or workload appearing with it wakes that model's check at once.
+    accounts: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def lock(self, key: str) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def forget_model(self, key: str) -> None:
+        namespace, _, name = key.partition("/")
+        for account in [a for a, m in self.accounts.items() if a[0] == namespace and m == name]:
+            del self.accounts[account]
+        self.claims.pop(key, None)
+        self.locks.pop(key, None)
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """How a controller asks for another reconcile (the work queue's keys)."""
+
+    add: Callable[[str, float], None]
+
+    def model(self, namespace: str, name: str, delay: float = 0.0) -> None:
+        self.add(f"pm/{namespace}/{name}", delay)
+
+    def license(self, namespace: str, name: str, delay: float = 0.0) -> None:
+        self.add(f"ml/{namespace}/{name}", delay)

@@ -31,7 +31,7 @@ LOCAL_ENVELOPE = fmt.Envelope(
 def seal_with_local_key(root: Path, output: Path, key: SecretBytes, chunk_size: int) -> str:
     """Seal `root` into `output` with `key`; return the pin (`sha256tree:...`)."""
     from modelseal.cli.sealing import scan_model_dir
-    from modelseal.crypto.pipeline import new_core, seal_payload
+    from modelseal.crypto.seal import new_core, seal_payload
 
     manifest = scan_model_dir(root)
     core = new_core(manifest, key, chunk_size=chunk_size, model_name="bench")

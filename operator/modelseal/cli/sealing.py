@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from modelseal.crypto import ManifestError
 from modelseal.crypto import format as fmt
 from modelseal.crypto import manifest as mf
-from modelseal.crypto.pipeline import Progress, new_core, seal_payload
+from modelseal.crypto.seal import new_core, seal_payload
+from modelseal.crypto.workers import Progress
 from modelseal.vault import transit
 
 from .common import EXIT_IO, CommandError

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import format as fmt
 from . import manifest as mf
-from . import pipeline
+from . import pipeline, seal
 from .digest import TreeDigest, leaf_hash
 from .stream import ChunkCipher, SecretBytes, key_commitment
 
@@ -63,9 +63,9 @@ def make_bundle(
     workers: int = 2,
 ) -> Bundle:
     manifest = files_manifest(files)
-    core = pipeline.new_core(manifest, key, chunk_size=chunk_size, model_name="test")
+    core = seal.new_core(manifest, key, chunk_size=chunk_size, model_name="test")
     out = io.BytesIO()
-    digest = pipeline.seal_payload(
+    digest = seal.seal_payload(
         out,
         manifest,
         core,

@@ -43,8 +43,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from modelseal.crypto import BundleError
 from modelseal.crypto import format as fmt
 from modelseal.crypto.manifest import Manifest
-from modelseal.crypto.pipeline import OpenResult, Progress, open_payload
+from modelseal.crypto.pipeline import OpenResult, open_payload
 from modelseal.crypto.stream import ChunkCipher, SecretBytes
+from modelseal.crypto.workers import Progress
 
 from . import limits
 

@@ -1,0 +1,643 @@
+"""``make bench-operator``: the operator at scale on the kwok cluster, real Vault (issue 13 §3).
+
+One run, one control plane (etcd, kube-apiserver with an audit log, controller-manager,
+scheduler, kwok with enough fake nodes), one in-memory Vault (Transit + Kubernetes auth),
+and the operator as a child process (``python -m modelseal operator``) logged in as a user
+of its own (``modelseal-bench-operator``) so that the audit log tells its calls apart.
+The models are "CPU models" (gpusPerReplica 0) with one replica, ten under each
+ModelLicense, twenty in each namespace, one shared Transit key. Phases:
+
+1. reference: ``N/10`` models (at least 10) rolled out first; their time to all-Ready
+   times 10 is the linear reference (``ready_vs_linear_ratio``).
+2. rollout: ``N`` models (``MODELSEAL_BENCH_MODELS``, default 1000) under ``N/10``
+   licenses in ``N/20`` namespaces, created at once; time from the first create until
+   every model of the phase has condition Ready=True (``operator_ready_s``); the
+   operator's peak RSS (VmHWM, ``operator_rss_mb``); the operator's API requests per
+   second during it from the audit log (``api_rps``); where the time goes: when each
+   stage (operator's Deployment create, ReplicaSet's Pod create, scheduler's binding,
+   kwok's Pod status, model Ready) was reached for 10/50/90/100 % of the models, the
+   requests by client, and the operator's own metrics (reconciles per model, API calls
+   per reconcile, reconcile time).
+3. resync: the operator is restarted (kopf lists everything, every object is reconciled)
+   and runs until its first periodic resync (30 s after start) has drained; every write
+   it made meanwhile is counted (``resync_writes``; nothing changed, so 0 is right).
+4. kill: another ``N/10`` models; once a quarter of them are Ready (or half the reference
+   time passed) the operator is killed (SIGKILL) and started again at once;
+   ``converge_after_kill_s`` is the time from the kill until every model is Ready.
+
+Last line: ``operator_ready_s=<s> operator_rss_mb=<MB> resync_writes=<n> api_rps=<r>
+converge_after_kill_s=<s> ready_vs_linear_ratio=<x>``.
+
+Knobs (environment): ``MODELSEAL_BENCH_MODELS`` (1000), ``MODELSEAL_BENCH_TIMEOUT_S``
+(per phase, 1800), ``MODELSEAL_BENCH_KEEP`` (keep the work folder: audit log, logs),
+and any ``MODELSEAL_OPERATOR_*`` setting, passed to the operator as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelseal_devenv.common import ManagedProcess, free_port, repo_root, wait_until
+from modelseal_devenv.kube import KubeCluster, ensure_binaries
+from modelseal_devenv.vault import VaultServer, create_token_reviewer
+
+GROUP = "modelseal.io"
+VERSION = "v1alpha1"
+OPERATOR_USER = "modelseal-bench-operator"
+MODELS_PER_LICENSE = 10
+MODELS_PER_NAMESPACE = 20
+PODS_PER_NODE = 100  # kwok's fake nodes take 110 Pods each
+TRANSIT_KEY = "bench-key"
+DIGEST = "sha256tree:" + "c3" * 32
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [
+        {"level": "None", "resources": [{"group": "coordination.k8s.io"}]},
+        {"level": "None", "nonResourceURLs": ["/healthz*", "/readyz*", "/livez*", "/metrics"]},
+        {"level": "Metadata"},
+    ],
+}
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# objects
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One phase's namespaces, licenses and models."""
+
+    label: str
+    namespaces: list[str]
+    licenses: list[tuple[str, str]]  # (namespace, name)
+    models: list[tuple[str, str, str]]  # (namespace, name, license)
+
+    @property
+    def keys(self) -> set[tuple[str, str]]:
+        return {(ns, name) for ns, name, _ in self.models}
+
+
+def make_batch(label: str, count: int) -> Batch:
+    namespaces = [
+        f"{label}-{i:03d}" for i in range(max(1, math.ceil(count / MODELS_PER_NAMESPACE)))
+    ]
+    licenses: list[tuple[str, str]] = []
+    models: list[tuple[str, str, str]] = []
+    for i in range(count):
+        ns = namespaces[i // MODELS_PER_NAMESPACE]
+        lic = f"lic-{(i % MODELS_PER_NAMESPACE) // MODELS_PER_LICENSE}"
+        if (ns, lic) not in licenses:
+            licenses.append((ns, lic))
+        models.append((ns, f"m-{i:04d}", lic))
+    return Batch(label, namespaces, licenses, models)
+
+
+def license_doc(ns: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelLicense",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "tenant": "acme",
+            "allowedModels": ["*"],
+            "seats": {"maxReplicas": MODELS_PER_LICENSE, "maxGPUs": MODELS_PER_LICENSE},
+        },
+    }
+
+
+def model_doc(ns: str, name: str, lic: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ProtectedModel",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "tenant": "acme",
+            "licenseRef": {"name": lic},
+            "version": "1.0.0",
+            "source": {
+                "uri": f"s3://sealed-models/{name}-1.0.0.msb",
+                "digest": DIGEST,
+                "plaintextSize": "64Mi",
+            },
+            "vault": {"transitKey": TRANSIT_KEY},
+            "serving": {"replicas": 1, "gpusPerReplica": 0},
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------
+# the environment
+# --------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, workdir: Path, total_pods: int) -> None:
+        self.workdir = workdir
+        self.audit_log = workdir / "audit.log"
+        policy = workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        self.cluster = KubeCluster(
+            nodes=math.ceil(total_pods / PODS_PER_NODE) + 1,
+            bin_dir=ensure_binaries(),
+            extra_apiserver_args=[
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
+                "--audit-log-maxsize=0",
+            ],
+        )
+        self.vault: VaultServer | None = None
+        self.api: Any = None
+        self.operator: ManagedProcess | None = None
+        self.metrics_port = 0
+        self.health_port = 0
+        self.peak_rss_kb = 0
+        self.operator_runs = 0
+
+    def start(self) -> None:
+        say("starting the control plane and Vault")
+        self.cluster.start()
+        self.api = self.cluster.api_client()
+        for path in sorted((repo_root() / "crds").glob("*.yaml")):
+            self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        for path in sorted((repo_root() / "crds").glob("*.yaml")):
+            self.cluster.wait_crd_established(
+                str(yaml.safe_load(path.read_text())["metadata"]["name"])
+            )
+        self.vault = VaultServer(workdir=self.workdir / "vault").start()
+        self.vault.configure_kubernetes_auth(
+            kubernetes_host=self.cluster.server,
+            ca_pem=self.cluster.ca_pem,
+            token_reviewer_jwt=create_token_reviewer(self.api),
+        )
+        self.vault.create_transit_key(TRANSIT_KEY)
+        token = self.workdir / "operator-vault-token"
+        token.write_text(self.vault.root_token)
+        token.chmod(0o600)
+        self.operator_kubeconfig = self.cluster.client_kubeconfig(
+            "bench-operator", OPERATOR_USER, ["system:masters"]
+        )
+        say(
+            f"Kubernetes {self.cluster.version}, {len(self.cluster.node_names)} kwok nodes; "
+            f"Vault {self.vault.version}; work folder {self.workdir}"
+        )
+
+    def stop(self) -> None:
+        if self.operator is not None:
+            with contextlib.suppress(Exception):
+                self.operator.stop(timeout=15)
+        if self.api is not None:
+            with contextlib.suppress(Exception):
+                self.api.close()
+        if self.vault is not None:
+            with contextlib.suppress(Exception):
+                self.vault.stop()
+        with contextlib.suppress(Exception):
+            self.cluster.stop()
+
+    # --- the operator -----------------------------------------------------------------
+    def start_operator(self) -> None:
+        assert self.vault is not None
+        self.operator_runs += 1
+        self.health_port, self.metrics_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELSEAL_")}
+        env.update({k: v for k, v in os.environ.items() if k.startswith("MODELSEAL_OPERATOR_")})
+        env.update(
+            {
+                "KUBECONFIG": str(self.operator_kubeconfig),
+                "PYTHONUNBUFFERED": "1",
+                "MODELSEAL_VAULT_ADDR": self.vault.addr,
+                "MODELSEAL_VAULT_TOKEN_FILE": str(self.workdir / "operator-vault-token"),
+                "MODELSEAL_OPERATOR_HEALTH_PORT": str(self.health_port),
+                "MODELSEAL_OPERATOR_METRICS_PORT": str(self.metrics_port),
+                "MODELSEAL_AUDIT_SINK": "file",
+                "MODELSEAL_AUDIT_FILE": str(self.workdir / "operator-audit.jsonl"),
+                "MODELSEAL_LOG_LEVEL": "WARNING",
+            }
+        )
+        self.operator = ManagedProcess(
+            "operator",
+            [sys.executable, "-m", "modelseal", "operator"],
+            self.workdir / f"operator-{self.operator_runs}.log",
+            env=env,
+            cwd=repo_root(),
+        ).start()
+        wait_until(self._healthy, "operator /healthz", timeout=120, process=self.operator)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def sample_rss(self) -> None:
+        """Peak resident memory of the running operator (the kernel's high-water mark)."""
+        if self.operator is None or not self.operator.running:
+            return
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.operator.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_rss_kb = max(self.peak_rss_kb, int(line.split()[1]))
+
+    def operator_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+            ) as resp:
+                text = resp.read().decode()
+            for line in text.splitlines():
+                if line and not line.startswith("#"):
+                    key, _, value = line.rpartition(" ")
+                    with contextlib.suppress(ValueError):
+                        out[key] = float(value)
+        return out
+
+    # --- objects ----------------------------------------------------------------------
+    def create(self, batch: Batch) -> None:
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api)
+        custom = client.CustomObjectsApi(self.api)
+        for ns in batch.namespaces:
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+        docs = [("modellicenses", license_doc(ns, name)) for ns, name in batch.licenses]
+        docs += [("protectedmodels", model_doc(*m)) for m in batch.models]
+
+        def create_one(item: tuple[str, dict[str, Any]]) -> None:
+            plural, doc = item
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, doc["metadata"]["namespace"], plural, doc
+            )
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(create_one, docs))
+
+    def ready_models(self) -> dict[tuple[str, str], float]:
+        """(namespace, name) -> when its Ready condition became True (epoch seconds)."""
+        resp = self.api.call_api(
+            f"/apis/{GROUP}/{VERSION}/protectedmodels",
+            "GET",
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _return_http_data_only=True,
+        )
+        out: dict[tuple[str, str], float] = {}
+        for item in json.loads(resp.data).get("items") or []:
+            meta = item.get("metadata") or {}
+            for c in (item.get("status") or {}).get("conditions") or []:
+                if c.get("type") == "Ready" and c.get("status") == "True":
+                    when = _epoch(str(c.get("lastTransitionTime") or "")) or time.time()
+                    out[(str(meta.get("namespace")), str(meta.get("name")))] = when
+        return out
+
+    def wait_ready(
+        self, keys: set[tuple[str, str]], timeout: float, until: Any = None
+    ) -> dict[tuple[str, str], float]:
+        """Poll until every model of `keys` is Ready (or `until(ready)` says stop)."""
+        deadline = time.monotonic() + timeout
+        last_report = 0.0
+        ready: dict[tuple[str, str], float] = {}
+        while time.monotonic() < deadline:
+            self.sample_rss()
+            if self.operator is not None and not self.operator.running:
+                raise RuntimeError(f"operator exited:\n{self.operator.log_tail()}")
+            all_ready = self.ready_models()
+            ready = {k: v for k, v in all_ready.items() if k in keys}
+            if until is not None and until(ready):
+                return ready
+            if len(ready) == len(keys):
+                return ready
+            if time.monotonic() - last_report > 30:
+                last_report = time.monotonic()
+                say(f"  {len(ready)}/{len(keys)} Ready")
+            time.sleep(2.0)
+        raise TimeoutError(f"only {len(ready)}/{len(keys)} models Ready after {timeout:.0f}s")
+
+
+def _epoch(stamp: str) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# the audit log
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditWindow:
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path, since: int, until: int | None = None) -> AuditWindow:
+        out = cls()
+        with path.open("rb") as fh:
+            fh.seek(since)
+            data = fh.read() if until is None else fh.read(max(0, until - since))
+        for line in data.splitlines():
+            with contextlib.suppress(ValueError):
+                ev = json.loads(line)
+                if ev.get("stage") == "ResponseComplete":
+                    out.events.append(ev)
+        return out
+
+    def by(self, user: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if (e.get("user") or {}).get("username") == user]
+
+    @staticmethod
+    def writes(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in events if e.get("verb") in WRITE_VERBS]
+
+
+def _when(ev: dict[str, Any]) -> float:
+    return _epoch(str(ev.get("requestReceivedTimestamp") or "")) or 0.0
+
+
+def _what(ev: dict[str, Any]) -> str:
+    ref = ev.get("objectRef") or {}
+    sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+    return f"{ev.get('verb')} {ref.get('resource')}{sub}"
+
+
+def _short_user(name: str) -> str:
+    for prefix in ("system:serviceaccount:kube-system:", "system:"):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def stage_table(
+    window: AuditWindow, batch: Batch, ready: dict[tuple[str, str], float], t0: float
+) -> list[str]:
+    """When each stage of a model's rollout was reached, for 10/50/90/100 % of the models."""
+    keys = batch.keys
+    first: dict[str, dict[tuple[str, str], float]] = {
+        "operator: Deployment created": {},
+        "controller: Pod created": {},
+        "scheduler: Pod bound": {},
+        "kwok: Pod status written": {},
+        "operator: model status written": {},
+    }
+    for ev in window.events:
+        ref = ev.get("objectRef") or {}
+        ns, name = str(ref.get("namespace") or ""), str(ref.get("name") or "")
+        res, sub, verb = ref.get("resource"), ref.get("subresource"), ev.get("verb")
+        code = int((ev.get("responseStatus") or {}).get("code") or 0)
+        if code >= 400:
+            continue
+        user = (ev.get("user") or {}).get("username") or ""
+        stage = None
+        key = (ns, name)
+        if res == "deployments" and verb == "create" and user == OPERATOR_USER:
+            stage = "operator: Deployment created"
+        elif res == "pods" and not sub and verb == "create":
+            # the Pod's name is only in the response; the generateName is <rs>-
+            stage = "controller: Pod created"
+            key = (ns, name.rsplit("-", 2)[0] if name else "")
+        elif res == "pods" and sub == "binding":
+            stage, key = "scheduler: Pod bound", (ns, name.rsplit("-", 2)[0])
+        elif res == "pods" and sub == "status" and user.startswith("kwok"):
+            stage, key = "kwok: Pod status written", (ns, name.rsplit("-", 2)[0])
+        elif res == "protectedmodels" and sub == "status" and user == OPERATOR_USER:
+            stage = "operator: model status written"
+        if stage is None or key not in keys:
+            continue
+        first[stage].setdefault(key, _when(ev) - t0)
+    first["model Ready=True"] = {k: v - t0 for k, v in ready.items() if k in keys}
+    lines = [f"  {'stage (seconds after the first create)':<42} {'10%':>7} {'50%':>7} "
+             f"{'90%':>7} {'100%':>7}   n"]  # fmt: skip
+    for stage, seen in first.items():
+        vals = list(seen.values())
+        cells = " ".join(f"{_pct(vals, q):7.1f}" for q in (0.1, 0.5, 0.9, 1.0))
+        lines.append(f"  {stage:<42} {cells}   {len(vals)}")
+    return lines
+
+
+def rate_lines(window: AuditWindow, t0: float, t1: float) -> tuple[float, float, list[str]]:
+    """The operator's requests per second (mean, busiest second) and requests by client."""
+    span = max(1e-3, t1 - t0)
+    ops = [e for e in window.by(OPERATOR_USER) if t0 <= _when(e) <= t1]
+    per_second = Counter(int(_when(e)) for e in ops)
+    peak = max(per_second.values(), default=0)
+    clients = Counter(
+        _short_user(str((e.get("user") or {}).get("username"))) for e in window.events
+    )
+    lines = [f"  requests by client during the rollout ({span:.0f} s; all verbs, watches once):"]
+    for user, n in clients.most_common(10):
+        lines.append(f"    {user:<48} {n:7d}  {n / span:6.1f}/s")
+    verbs = Counter(_what(e) for e in ops)
+    lines.append("  the operator's requests by verb and resource:")
+    for what, n in verbs.most_common(14):
+        lines.append(f"    {what:<48} {n:7d}")
+    return len(ops) / span, float(peak), lines
+
+
+def metric_lines(before: dict[str, float], after: dict[str, float], models: int) -> list[str]:
+    def delta(prefix: str) -> float:
+        return sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix))
+
+    pm = 'kind="ProtectedModel"'
+    reconciles = delta(f"modelseal_operator_reconciles_total{{{pm}")
+    seconds = delta(f"modelseal_operator_reconcile_duration_seconds_sum{{{pm}")
+    lic = delta('modelseal_operator_reconciles_total{kind="ModelLicense"')
+    calls = delta("modelseal_operator_api_calls_total")
+    lists = sum(
+        v - before.get(k, 0.0)
+        for k, v in after.items()
+        if k.startswith("modelseal_operator_api_calls_total") and 'verb="GET"' in k
+    )
+    vault = delta("modelseal_operator_vault_call_duration_seconds_count")
+    vault_s = delta("modelseal_operator_vault_call_duration_seconds_sum")
+    return [
+        "  the operator's own metrics over the rollout:",
+        f"    model reconciles {reconciles:.0f} ({reconciles / max(1, models):.1f} per model), "
+        f"mean {1000 * seconds / max(1.0, reconciles):.0f} ms each; license reconciles {lic:.0f}",
+        f"    Kubernetes calls from the reconciler {calls:.0f} "
+        f"({calls / max(1.0, reconciles + lic):.1f} per reconcile, {lists:.0f} GET/LIST)",
+        f"    Vault operations {vault:.0f}, mean {1000 * vault_s / max(1.0, vault):.0f} ms",
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    del argv
+    n = int(os.environ.get("MODELSEAL_BENCH_MODELS", "1000"))
+    timeout = float(os.environ.get("MODELSEAL_BENCH_TIMEOUT_S", "1800"))
+    ref_n = max(MODELS_PER_LICENSE, n // 10)
+    ref, main_b, late = make_batch("ref", ref_n), make_batch("big", n), make_batch("kill", ref_n)
+    workdir = Path(tempfile.mkdtemp(prefix="modelseal-bench-operator-"))
+    bench = Bench(workdir, ref_n + n + ref_n)
+    keep = bool(os.environ.get("MODELSEAL_BENCH_KEEP"))
+    try:
+        bench.start()
+        bench.start_operator()
+        say(f"operator up (pid {bench.operator.pid if bench.operator else '?'})")
+
+        # 1. the reference
+        say(f"reference: {ref_n} models, {len(ref.licenses)} licenses, "
+            f"{len(ref.namespaces)} namespaces")  # fmt: skip
+        t0 = time.time()
+        bench.create(ref)
+        ready = bench.wait_ready(ref.keys, timeout)
+        ref_s = max(ready.values()) - t0
+        say(f"reference: all {ref_n} Ready after {ref_s:.1f} s")
+
+        # 2. the rollout
+        say(f"rollout: {n} models, {len(main_b.licenses)} licenses, "
+            f"{len(main_b.namespaces)} namespaces")  # fmt: skip
+        m_before = bench.operator_metrics()
+        offset = bench.audit_log.stat().st_size
+        t0 = time.time()
+        bench.create(main_b)
+        created_s = time.time() - t0
+        ready = bench.wait_ready(main_b.keys, timeout)
+        t1 = max(ready.values())
+        ready_s = t1 - t0
+        m_after = bench.operator_metrics()
+        bench.sample_rss()
+        rss_mb = bench.peak_rss_kb / 1024
+        time.sleep(2)
+        window = AuditWindow.read(bench.audit_log, offset)
+        window.events = [e for e in window.events if _when(e) <= t1]
+        api_rps, peak_rps, rates = rate_lines(window, t0, t1)
+        say(f"rollout: all {n} Ready after {ready_s:.1f} s (created in {created_s:.1f} s); "
+            f"operator peak RSS {rss_mb:.0f} MB")  # fmt: skip
+        for line in stage_table(window, main_b, ready, t0):
+            print(line)
+        print(
+            f"  operator: {api_rps:.1f} requests/s on average, {peak_rps:.0f} in its busiest second"
+        )
+        for line in rates + metric_lines(m_before, m_after, n):
+            print(line)
+        del window
+
+        # 3. a resync with nothing changed: restart, then the first periodic resync
+        say("resync: restart the operator (every object reconciled), then its first "
+            "periodic resync (30 s after start)")  # fmt: skip
+        assert bench.operator is not None
+        bench.operator.stop(timeout=30)
+        offset = bench.audit_log.stat().st_size
+        t_restart = time.time()
+        bench.start_operator()
+        total = ref_n + n
+        quiet_since = None
+        while True:
+            bench.sample_rss()
+            m = bench.operator_metrics()
+            done = sum(
+                v for k, v in m.items()
+                if k.startswith('modelseal_operator_reconciles_total{kind="ProtectedModel"')
+            )  # fmt: skip
+            depth = m.get("modelseal_operator_queue_depth", 1.0)
+            elapsed = time.time() - t_restart
+            if elapsed > 35 and done >= total and depth == 0:
+                quiet_since = quiet_since or time.time()
+                if time.time() - quiet_since >= 5:
+                    break
+            else:
+                quiet_since = None
+            if elapsed > timeout:
+                raise TimeoutError("the resync did not drain")
+            time.sleep(1.0)
+        time.sleep(2)
+        writes = AuditWindow.writes(AuditWindow.read(bench.audit_log, offset).by(OPERATOR_USER))
+        resync_writes = len(writes)
+        say(f"resync: {done:.0f} model reconciles in {time.time() - t_restart:.0f} s, "
+            f"{resync_writes} writes")  # fmt: skip
+        for what, count in Counter(_what(e) for e in writes).most_common(10):
+            print(f"    {what:<48} {count:7d}")
+
+        # 4. killed mid-rollout
+        say(f"kill: {ref_n} more models; SIGKILL the operator a quarter of the way")
+        t0 = time.time()
+        bench.create(late)
+        partial = bench.wait_ready(
+            late.keys,
+            timeout,
+            until=lambda r: len(r) >= ref_n // 4 or time.time() - t0 > ref_s / 2,
+        )
+        bench.sample_rss()
+        assert bench.operator is not None
+        bench.operator.kill()
+        t_kill = time.time()
+        say(f"kill: operator killed after {t_kill - t0:.1f} s with {len(partial)}/{ref_n} Ready")
+        bench.start_operator()
+        everyone = ref.keys | main_b.keys | late.keys
+        ready = bench.wait_ready(everyone, timeout)
+        converge_s = max(ready.values()) - t_kill
+        say(f"kill: every model ({len(everyone)}) Ready {converge_s:.1f} s after the kill")
+        bench.sample_rss()
+
+        ratio = ready_s / (ref_s * n / ref_n)
+        print(f"reference: {ref_n} models in {ref_s:.1f} s, x{n / ref_n:.0f} = "
+              f"{ref_s * n / ref_n:.1f} s (linear)")  # fmt: skip
+        print(
+            f"operator_ready_s={ready_s:.1f} operator_rss_mb={bench.peak_rss_kb / 1024:.0f} "
+            f"resync_writes={resync_writes} api_rps={api_rps:.1f} "
+            f"converge_after_kill_s={converge_s:.1f} ready_vs_linear_ratio={ratio:.2f}",
+            flush=True,
+        )
+        return 0
+    finally:
+        bench.stop()
+        if keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _on_term(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_term)
+    sys.exit(main())

@@ -19,7 +19,7 @@ from modelseal.crypto import BundleError, DigestMismatchError
 from modelseal.crypto import format as fmt
 from modelseal.crypto.stream import SecretBytes
 from modelseal.crypto.testing import Bundle, make_bundle
-from modelseal.unsealer import engine
+from modelseal.unsealer import engine, memfs, sink
 from modelseal.unsealer.engine import (
     NotTmpfsError,
     UnsealError,
@@ -80,7 +80,7 @@ def test_unseal_publishes_atomically(bundle: Bundle, shm_dir: Path) -> None:
 
 
 def test_many_small_files(shm_dir: Path) -> None:
-    files = {f"m/1/f{i:04d}": os.urandom(i % 50) for i in range(engine._OPEN_FDS_LIMIT + 20)}
+    files = {f"m/1/f{i:04d}": os.urandom(i % 50) for i in range(sink._OPEN_FDS_LIMIT + 20)}
     b = make_bundle(files, key())
     unseal(b.data, shm_dir / "r")
     for path, data in files.items():
@@ -185,7 +185,7 @@ def test_wipe_overwrites_before_unlinking(shm_dir: Path) -> None:
 
 
 def test_clean_stale_staging(shm_dir: Path) -> None:
-    stale = shm_dir / f"{engine.STAGING_PREFIX}repository-abc"
+    stale = shm_dir / f"{memfs.STAGING_PREFIX}repository-abc"
     stale.mkdir()
     (stale / "x").write_bytes(MARKER)
     (shm_dir / "keep").mkdir()
@@ -199,10 +199,10 @@ def test_mountinfo_parser() -> None:
         "23 22 0:22 / /models rw,nosuid - tmpfs tmpfs rw,size=100k\n"
         "24 22 0:23 / /models/sub\\040dir rw - ext4 /dev/vdb rw\n"
     )
-    assert engine._mountinfo_fstype(Path("/models/x"), info) == "tmpfs"
-    assert engine._mountinfo_fstype(Path("/models"), info) == "tmpfs"
-    assert engine._mountinfo_fstype(Path("/models/sub dir/y"), info) == "ext4"
-    assert engine._mountinfo_fstype(Path("/modelsx"), info) == "ext4"
+    assert memfs._mountinfo_fstype(Path("/models/x"), info) == "tmpfs"
+    assert memfs._mountinfo_fstype(Path("/models"), info) == "tmpfs"
+    assert memfs._mountinfo_fstype(Path("/models/sub dir/y"), info) == "ext4"
+    assert memfs._mountinfo_fstype(Path("/modelsx"), info) == "ext4"
 
 
 def test_key_never_in_errors_or_logs(
@@ -238,7 +238,7 @@ def test_wipe_zeroes_data_but_does_not_fill_holes(shm_dir: Path) -> None:
     fd = os.open(f, os.O_RDONLY)
     try:
         before = os.fstat(fd).st_blocks
-        engine._zero(f, 64 << 20)
+        memfs._zero(f, 64 << 20)
         st = os.fstat(fd)
         assert st.st_blocks <= before + 8  # the 64 MiB of holes were not filled in
         assert os.pread(fd, len(MARKER) * 100, 32 << 20) == bytes(len(MARKER) * 100)
@@ -282,13 +282,13 @@ def test_mmap_mode_decrypts_into_the_file(
     big_bundle: Bundle, shm_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    original = engine.DirectorySink.direct
+    original = sink.DirectorySink.direct
 
-    def spy(self: engine.DirectorySink, i: int, off: int, n: int) -> object:
+    def spy(self: sink.DirectorySink, i: int, off: int, n: int) -> object:
         calls.append(n)
         return original(self, i, off, n)
 
-    monkeypatch.setattr(engine.DirectorySink, "direct", spy)
+    monkeypatch.setattr(sink.DirectorySink, "direct", spy)
     unseal(big_bundle.data, shm_dir / "r", workers=4, write_mode="mmap")
     chunk = big_bundle.header.core.chunk_size
     assert sum(calls) >= 200_000 - 2 * chunk  # model.bin came in through the map
@@ -310,7 +310,7 @@ def test_mmap_mode_tampered_chunk_leaves_nothing(
 
 
 def test_mmap_mode_many_small_files(shm_dir: Path) -> None:
-    files = {f"m/1/f{i:04d}": os.urandom(i % 9000) for i in range(engine._OPEN_FDS_LIMIT + 20)}
+    files = {f"m/1/f{i:04d}": os.urandom(i % 9000) for i in range(sink._OPEN_FDS_LIMIT + 20)}
     b = make_bundle(files, key())
     unseal(b.data, shm_dir / "r", workers=4, write_mode="mmap")
     for path, data in files.items():
@@ -331,10 +331,10 @@ def test_unknown_write_mode_refused(bundle: Bundle, shm_dir: Path) -> None:
 
 
 def test_write_mode_env_override_for_benchmarks(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert engine.choose_write_mode("auto", 2) == "pwrite"
+    assert sink.choose_write_mode("auto", 2) == "pwrite"
     monkeypatch.setenv("MODELSEAL_UNSEAL_WRITE_MODE", "mmap")
-    assert engine.choose_write_mode("auto", 2) == "mmap"
-    assert engine.choose_write_mode("pwrite", 8) == "pwrite"  # an explicit option wins
+    assert sink.choose_write_mode("auto", 2) == "mmap"
+    assert sink.choose_write_mode("pwrite", 8) == "pwrite"  # an explicit option wins
     monkeypatch.setenv("MODELSEAL_UNSEAL_WRITE_MODE", "bogus")
     with pytest.raises(UnsealError, match="unknown write mode"):
-        engine.choose_write_mode("auto", 2)
+        sink.choose_write_mode("auto", 2)

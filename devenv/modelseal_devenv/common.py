@@ -165,7 +165,7 @@ class ManagedProcess:
 
 
 class ChildServer:
-    """Life cycle shared by the single-process servers (Redis, S3): a subclass sets
+    """Life cycle shared by the single-process servers (Redis, S3, Triton): a subclass sets
     `_process` in `start()`, and `workdir` / `_own_workdir` in its constructor."""
 
     workdir: Path

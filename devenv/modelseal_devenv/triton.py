@@ -42,11 +42,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Literal, Self, cast
 
 from modelseal_devenv.common import (
     LOOPBACK,
+    ChildServer,
     ManagedProcess,
     StartError,
     cache_dir,
@@ -187,7 +187,7 @@ def server_command(shm_prefix: str | None = None) -> tuple[Path, dict[str, str],
     return tritonserver_binary(), env_overrides(), cpu_args(root, shm_prefix)
 
 
-class TritonServer:
+class TritonServer(ChildServer):
     """tritonserver on 127.0.0.1 serving `model_repository` (a caller-given folder).
 
     `model_control_mode="explicit"` loads only `load_models` at start ("*" for all) and
@@ -231,10 +231,11 @@ class TritonServer:
         self.repository_poll_secs = repository_poll_secs
         self.restrict_model_control = restrict_model_control
         self.extra_args = list(extra_args)
-        self._own_log_dir = log_dir is None
+        self._own_workdir = log_dir is None
         self.log_dir = (
             Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="modelseal-triton-"))
         )
+        self.workdir = self.log_dir  # ChildServer.close removes it when this object made it
         self.log_path = self.log_dir / "tritonserver.log"
         self.http_port = free_port()
         self.grpc_port = free_port()
@@ -266,28 +267,7 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
-
-    @property
-    def pid(self) -> int:
-        if self._process is None:
-            raise RuntimeError("tritonserver is not started")
-        return self._process.pid
-
-    # -- life cycle --------------------------------------------------------------------
-    def __enter__(self) -> TritonServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
+    # -- life cycle (running, pid, with, restart, close, log_tail: ChildServer) ---------
     def argv(self, backends_root: Path) -> list[str]:
         args = [
             str(tritonserver_binary()),
@@ -316,7 +296,7 @@ class TritonServer:
         args += [f"--load-model={name}" for name in self.load_models]
         return args + self.extra_args
 
-    def start(self) -> TritonServer:
+    def start(self) -> Self:
         if self.running:
             return self
         if not self.model_repository.is_dir():
@@ -366,21 +346,6 @@ class TritonServer:
         if self._process is not None:
             self._process.kill()
         self._cleanup_shm()
-
-    def restart(self) -> TritonServer:
-        self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        """Stop and remove the log folder when this object made it."""
-        self.stop()
-        if self._own_log_dir:
-            shutil.rmtree(self.log_dir, ignore_errors=True)
-
-    def log_tail(self, lines: int = 40) -> str:
-        if self._process is None:
-            return ""
-        return self._process.log_tail(lines)
 
     def _log_since(self, offset: int) -> str:
         try:

@@ -28,9 +28,13 @@ ModelLicense, twenty in each namespace, one shared Transit key. Phases:
 Last line: ``operator_ready_s=<s> operator_rss_mb=<MB> resync_writes=<n> api_rps=<r>
 converge_after_kill_s=<s> ready_vs_linear_ratio=<x>``.
 
-Knobs (environment): ``MODELSEAL_BENCH_MODELS`` (1000), ``MODELSEAL_BENCH_TIMEOUT_S``
-(per phase, 1800), ``MODELSEAL_BENCH_KEEP`` (keep the work folder: audit log, logs),
-and any ``MODELSEAL_OPERATOR_*`` setting, passed to the operator as is.
+Knobs (environment): ``MODELSEAL_BENCH_MODELS`` (1000), ``MODELSEAL_BENCH_MODELS_PER_NAMESPACE``
+(20; 1000 puts them all in one namespace, as the first measurement did),
+``MODELSEAL_BENCH_KCM_QPS`` (100: kube-controller-manager's client rate, whose default of
+20 requests/s would make the test cluster's Deployment and ReplicaSet controllers, not the
+operator, the limit; 0 keeps the default), ``MODELSEAL_BENCH_TIMEOUT_S`` (per phase,
+1800), ``MODELSEAL_BENCH_KEEP`` (keep the work folder: audit log, logs), and any
+``MODELSEAL_OPERATOR_*`` setting, passed to the operator as is.
 """
 
 from __future__ import annotations
@@ -104,15 +108,13 @@ class Batch:
         return {(ns, name) for ns, name, _ in self.models}
 
 
-def make_batch(label: str, count: int) -> Batch:
-    namespaces = [
-        f"{label}-{i:03d}" for i in range(max(1, math.ceil(count / MODELS_PER_NAMESPACE)))
-    ]
+def make_batch(label: str, count: int, per_namespace: int = MODELS_PER_NAMESPACE) -> Batch:
+    namespaces = [f"{label}-{i:03d}" for i in range(max(1, math.ceil(count / per_namespace)))]
     licenses: list[tuple[str, str]] = []
     models: list[tuple[str, str, str]] = []
     for i in range(count):
-        ns = namespaces[i // MODELS_PER_NAMESPACE]
-        lic = f"lic-{(i % MODELS_PER_NAMESPACE) // MODELS_PER_LICENSE}"
+        ns = namespaces[i // per_namespace]
+        lic = f"lic-{(i % per_namespace) // MODELS_PER_LICENSE}"
         if (ns, lic) not in licenses:
             licenses.append((ns, lic))
         models.append((ns, f"m-{i:04d}", lic))
@@ -158,7 +160,7 @@ def model_doc(ns: str, name: str, lic: str) -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, workdir: Path, total_pods: int) -> None:
+    def __init__(self, workdir: Path, total_pods: int, kcm_qps: int) -> None:
         self.workdir = workdir
         self.audit_log = workdir / "audit.log"
         policy = workdir / "audit-policy.yaml"
@@ -173,6 +175,9 @@ class Bench:
                 "--audit-log-mode=blocking",
                 "--audit-log-maxsize=0",
             ],
+            extra_controller_manager_args=(
+                [f"--kube-api-qps={kcm_qps}", f"--kube-api-burst={2 * kcm_qps}"] if kcm_qps else []
+            ),
         )
         self.vault: VaultServer | None = None
         self.api: Any = None
@@ -309,6 +314,7 @@ class Bench:
         resp = self.api.call_api(
             f"/apis/{GROUP}/{VERSION}/protectedmodels",
             "GET",
+            query_params=[("resourceVersion", "0")],  # the watch cache: cheap for the server
             header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"],
             _preload_content=False,
@@ -343,7 +349,7 @@ class Bench:
             if time.monotonic() - last_report > 30:
                 last_report = time.monotonic()
                 say(f"  {len(ready)}/{len(keys)} Ready")
-            time.sleep(2.0)
+            time.sleep(3.0)
         raise TimeoutError(f"only {len(ready)}/{len(keys)} models Ready after {timeout:.0f}s")
 
 
@@ -512,9 +518,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = int(os.environ.get("MODELSEAL_BENCH_MODELS", "1000"))
     timeout = float(os.environ.get("MODELSEAL_BENCH_TIMEOUT_S", "1800"))
     ref_n = max(MODELS_PER_LICENSE, n // 10)
-    ref, main_b, late = make_batch("ref", ref_n), make_batch("big", n), make_batch("kill", ref_n)
+    per_ns = int(os.environ.get("MODELSEAL_BENCH_MODELS_PER_NAMESPACE", MODELS_PER_NAMESPACE))
+    kcm_qps = int(os.environ.get("MODELSEAL_BENCH_KCM_QPS", "100"))
+    ref = make_batch("ref", ref_n, per_ns)
+    main_b = make_batch("big", n, per_ns)
+    late = make_batch("kill", ref_n, per_ns)
     workdir = Path(tempfile.mkdtemp(prefix="modelseal-bench-operator-"))
-    bench = Bench(workdir, ref_n + n + ref_n)
+    bench = Bench(workdir, ref_n + n + ref_n, kcm_qps)
+    say(
+        f"{n} models ({per_ns} per namespace, {MODELS_PER_LICENSE} per license); "
+        f"kube-controller-manager --kube-api-qps={kcm_qps or 'default (20)'}; operator "
+        + " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MODELSEAL_OPERATOR_"))
+    )
     keep = bool(os.environ.get("MODELSEAL_BENCH_KEEP"))
     try:
         bench.start()
@@ -578,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )  # fmt: skip
             depth = m.get("modelseal_operator_queue_depth", 1.0)
             elapsed = time.time() - t_restart
-            if elapsed > 35 and done >= total and depth == 0:
+            if elapsed > 40 and done >= total and depth == 0:
                 quiet_since = quiet_since or time.time()
                 if time.time() - quiet_since >= 5:
                     break

@@ -315,6 +315,7 @@ class KubeCluster:
         start_timeout: float = 120.0,
         extra_apiserver_args: Sequence[str] = (),
         advertise_address: str | None = None,
+        extra_controller_manager_args: Sequence[str] = (),
     ) -> None:
         """``bin_dir``: the binaries (default: build them with devenv/build-kube.sh if missing).
 
@@ -327,6 +328,8 @@ class KubeCluster:
         address (pods reach it there through the ``kubernetes`` Service, the tests still on
         127.0.0.1), advertises that one, and talks to kubelets with its own client
         certificate (exec, logs, port-forward).
+        ``extra_controller_manager_args``: appended to kube-controller-manager's (say
+        ``--kube-api-qps=100`` for a benchmark that creates many Deployments at once).
         """
         self.nodes = nodes
         self.gpus_per_node = gpus_per_node
@@ -339,6 +342,7 @@ class KubeCluster:
         )
         self.start_timeout = start_timeout
         self.extra_apiserver_args = list(extra_apiserver_args)
+        self.extra_controller_manager_args = list(extra_controller_manager_args)
         self.advertise_address = advertise_address
 
         self._workdir: Path | None = None
@@ -650,6 +654,7 @@ class KubeCluster:
                 "--controllers=*",
                 "--cluster-name=modelseal-test",
                 *common,
+                *self.extra_controller_manager_args,
             ],
         )
         self._sched_port = free_port()

@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
+from typing import NamedTuple
 
 from modelseal.models.license_spec import LicenseSpec
 from modelseal.models.quota_budget import budget_problem
 from modelseal.models.spec import ModelSpec
 
 
-class Reason:
-    """Reasons of the LicenseValid (and Ready) condition."""
+class Reason(StrEnum):
+    """Reasons of a model's LicenseValid (and Ready) condition and of a license's Valid one."""
 
     GRANTED = "LicenseGranted"
     NOT_FOUND = "LicenseNotFound"
@@ -33,6 +35,7 @@ class Reason:
     SEATS = "SeatsExceeded"
     QUOTA_BUDGET = "QuotaBudgetNotShared"
     QUOTA_STATE = "QuotaStateNotDurable"
+    VALID = "Valid"  # the ModelLicense's own Valid condition: within its window, not revoked
 
 
 @dataclass(frozen=True)
@@ -226,14 +229,25 @@ def license_usage(
     return SeatUsage(models=len(named), replicas=usage.replicas, gpus=usage.gpus), grants
 
 
-def license_state(lic: LicenseSpec, now: datetime) -> tuple[str, str, datetime | None]:
-    """(reason, message, next change) of the license itself, without any model."""
+class LicenseState(NamedTuple):
+    """The license itself, without any model: the reason and message of its Valid
+    condition, and when that changes by itself (the window opens or closes; None: never)."""
+
+    reason: Reason
+    message: str
+    next_change: datetime | None
+
+
+def license_state(lic: LicenseSpec, now: datetime) -> LicenseState:
+    """The state of the license itself, without any model."""
     if lic.revoked:
         why = f": {lic.revocation_reason}" if lic.revocation_reason else ""
-        return Reason.REVOKED, f"revoked{why}", None
+        return LicenseState(Reason.REVOKED, f"revoked{why}", None)
     if lic.not_before is not None and now < lic.not_before:
-        return Reason.NOT_YET_VALID, f"valid from {_fmt(lic.not_before)}", lic.not_before
+        return LicenseState(
+            Reason.NOT_YET_VALID, f"valid from {_fmt(lic.not_before)}", lic.not_before
+        )
     if lic.not_after is not None and now >= lic.not_after:
-        return Reason.EXPIRED, f"expired at {_fmt(lic.not_after)}", None
+        return LicenseState(Reason.EXPIRED, f"expired at {_fmt(lic.not_after)}", None)
     until = f" until {_fmt(lic.not_after)}" if lic.not_after else " with no expiry"
-    return "Valid", f"valid{until}", lic.not_after
+    return LicenseState(Reason.VALID, f"valid{until}", lic.not_after)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from modelseal.models import usage as usage_conditions
@@ -33,6 +34,35 @@ VALID = "Valid"
 EXPIRED = "Expired"
 QUOTA_EXHAUSTED = "QuotaExhausted"
 REVOKED = "Revoked"
+
+
+class ConditionReason(StrEnum):
+    """Reasons this module sets on a ProtectedModel's and a ModelLicense's conditions.
+
+    Others come from where the decision is made: `modelseal.models.license.Reason` (license
+    decisions), `modelseal.models.usage.QuotaReason`, the key and artifact states, and
+    `modelseal.models.tenancy`. A StrEnum: each compares equal to its string, as stored.
+    """
+
+    INVALID_SPEC = "InvalidSpec"
+    OBJECT_CONFLICT = "ObjectConflict"
+    RECONCILING = "Reconciling"
+    SCALED_TO_ZERO = "ScaledToZero"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    ROLLING_OUT = "RollingOut"
+    SERVING = "Serving"
+    NOT_EVALUATED = "NotEvaluated"
+    SCALING_DOWN = "ScalingDown"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    IDLE = "Idle"
+    RECONCILE_ERROR = "ReconcileError"
+    REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    AS_EXPECTED = "AsExpected"
+    EXPIRED = "Expired"
+    WITHIN_WINDOW = "WithinWindow"
+    REVOKED = "Revoked"
+    NOT_REVOKED = "NotRevoked"
+    NOT_RUNNING = "NotRunning"
 
 
 @dataclass(frozen=True)
@@ -77,7 +107,7 @@ class WorkloadState:
 @dataclass(frozen=True)
 class ArtifactState:
     status: Status = "Unknown"
-    reason: str = "NotRunning"
+    reason: str = ConditionReason.NOT_RUNNING
     message: str = "no unsealer of the current version has run yet"
 
 
@@ -88,7 +118,7 @@ class ModelObservation:
     spec_error: str | None = None
     # Reason of the conditions when spec is None: InvalidSpec, or NotAllowedInNamespace
     # (a valid spec that its namespace may not use: modelseal.models.tenancy).
-    spec_reason: str = "InvalidSpec"
+    spec_reason: str = ConditionReason.INVALID_SPEC
     decision: LicenseDecision | None = None
     key: KeyState | None = None
     workload: WorkloadState = field(default_factory=WorkloadState)
@@ -105,7 +135,7 @@ def _ready(obs: ModelObservation) -> Condition:
     if spec is None:
         return Condition(READY, "False", obs.spec_reason, obs.spec_error or "invalid spec")
     if obs.conflict:
-        return Condition(READY, "False", "ObjectConflict", obs.conflict)
+        return Condition(READY, "False", ConditionReason.OBJECT_CONFLICT, obs.conflict)
     if obs.decision is not None and not obs.decision.granted:
         return Condition(READY, "False", obs.decision.reason, obs.decision.message)
     # Vault unreachable (Unknown) does not stop Pods that already serve their model.
@@ -113,9 +143,13 @@ def _ready(obs: ModelObservation) -> Condition:
     if obs.key is not None and not obs.key.ok and not (still_serving and wl.desired > 0):
         return Condition(READY, "False", obs.key.reason, obs.key.message)
     if obs.decision is None or obs.key is None:
-        return Condition(READY, "Unknown", "Reconciling", obs.error or "not evaluated yet")
+        return Condition(
+            READY, "Unknown", ConditionReason.RECONCILING, obs.error or "not evaluated yet"
+        )
     if spec.serving.replicas == 0:
-        return Condition(READY, "False", "ScaledToZero", "spec.serving.replicas is 0")
+        return Condition(
+            READY, "False", ConditionReason.SCALED_TO_ZERO, "spec.serving.replicas is 0"
+        )
     if obs.artifact.status == "False":
         return Condition(READY, "False", obs.artifact.reason, obs.artifact.message)
     if not wl.complete:
@@ -123,42 +157,46 @@ def _ready(obs: ModelObservation) -> Condition:
             return Condition(
                 READY,
                 "False",
-                "ProgressDeadlineExceeded",
+                ConditionReason.PROGRESS_DEADLINE_EXCEEDED,
                 f"version {spec.version}: {wl.ready}/{wl.desired} replicas ready and the "
                 "rollout is stuck",
             )
         return Condition(
             READY,
             "False",
-            "RollingOut",
+            ConditionReason.ROLLING_OUT,
             f"version {spec.version}: {wl.updated}/{wl.desired} replicas updated, {wl.ready} ready",
         )
     return Condition(
         READY,
         "True",
-        "Serving",
+        ConditionReason.SERVING,
         f"serving version {spec.version} on {wl.ready}/{wl.desired} replicas at {obs.endpoint}",
     )
 
 
 def _license(obs: ModelObservation) -> Condition:
     if obs.spec is None:
-        return Condition(LICENSE_VALID, "Unknown", "InvalidSpec", "the spec cannot be read")
+        return Condition(
+            LICENSE_VALID, "Unknown", ConditionReason.INVALID_SPEC, "the spec cannot be read"
+        )
     if obs.decision is None:
-        return Condition(LICENSE_VALID, "Unknown", "NotEvaluated", obs.error or "")
+        return Condition(LICENSE_VALID, "Unknown", ConditionReason.NOT_EVALUATED, obs.error or "")
     status: Status = "True" if obs.decision.granted else "False"
     return Condition(LICENSE_VALID, status, obs.decision.reason, obs.decision.message)
 
 
 def _key(obs: ModelObservation) -> Condition:
     if obs.spec is None:
-        if obs.spec_reason != "InvalidSpec" and obs.key is not None:
+        if obs.spec_reason != ConditionReason.INVALID_SPEC and obs.key is not None:
             # Withdrawn because of the reason; or Vault could not be asked (its own reason).
             why = obs.spec_reason if obs.key.status == "False" else obs.key.reason
             return Condition(KEY_ACCESSIBLE, obs.key.status, why, obs.key.message)
-        return Condition(KEY_ACCESSIBLE, "Unknown", "InvalidSpec", "the spec cannot be read")
+        return Condition(
+            KEY_ACCESSIBLE, "Unknown", ConditionReason.INVALID_SPEC, "the spec cannot be read"
+        )
     if obs.key is None:
-        return Condition(KEY_ACCESSIBLE, "Unknown", "NotEvaluated", obs.error or "")
+        return Condition(KEY_ACCESSIBLE, "Unknown", ConditionReason.NOT_EVALUATED, obs.error or "")
     return Condition(KEY_ACCESSIBLE, obs.key.status, obs.key.reason, obs.key.message)
 
 
@@ -171,31 +209,41 @@ def _progressing(obs: ModelObservation) -> Condition:
     wl = obs.workload
     if wl.deadline_exceeded:
         return Condition(
-            PROGRESSING, "False", "ProgressDeadlineExceeded", "the Deployment stopped progressing"
+            PROGRESSING,
+            "False",
+            ConditionReason.PROGRESS_DEADLINE_EXCEEDED,
+            "the Deployment stopped progressing",
         )
     if wl.exists and wl.desired == 0 and wl.replicas > 0:
-        return Condition(PROGRESSING, "True", "ScalingDown", f"{wl.replicas} Pod(s) still running")
+        return Condition(
+            PROGRESSING, "True", ConditionReason.SCALING_DOWN, f"{wl.replicas} Pod(s) still running"
+        )
     if wl.exists and wl.desired > 0 and not wl.complete:
         return Condition(
             PROGRESSING,
             "True",
-            "RollingOut",
+            ConditionReason.ROLLING_OUT,
             f"{wl.updated}/{wl.desired} replicas updated, {wl.available} available",
         )
     if wl.exists and wl.desired > 0:
-        return Condition(PROGRESSING, "False", "RolloutComplete", "all replicas are current")
-    return Condition(PROGRESSING, "False", "Idle", "no replicas are asked for")
+        return Condition(
+            PROGRESSING, "False", ConditionReason.ROLLOUT_COMPLETE, "all replicas are current"
+        )
+    return Condition(PROGRESSING, "False", ConditionReason.IDLE, "no replicas are asked for")
 
 
 def _degraded(obs: ModelObservation) -> Condition:
     wl = obs.workload
     if obs.error:
-        return Condition(DEGRADED, "True", "ReconcileError", obs.error)
+        return Condition(DEGRADED, "True", ConditionReason.RECONCILE_ERROR, obs.error)
     if obs.artifact.status == "False":
         return Condition(DEGRADED, "True", obs.artifact.reason, obs.artifact.message)
     if wl.deadline_exceeded:
         return Condition(
-            DEGRADED, "True", "ProgressDeadlineExceeded", "the rollout did not finish in time"
+            DEGRADED,
+            "True",
+            ConditionReason.PROGRESS_DEADLINE_EXCEEDED,
+            "the rollout did not finish in time",
         )
     if (
         wl.exists
@@ -208,10 +256,10 @@ def _degraded(obs: ModelObservation) -> Condition:
         return Condition(
             DEGRADED,
             "True",
-            "ReplicasUnavailable",
+            ConditionReason.REPLICAS_UNAVAILABLE,
             f"{wl.available}/{wl.desired} replicas available",
         )
-    return Condition(DEGRADED, "False", "AsExpected", "")
+    return Condition(DEGRADED, "False", ConditionReason.AS_EXPECTED, "")
 
 
 def model_conditions(obs: ModelObservation) -> list[Condition]:
@@ -290,13 +338,13 @@ def license_conditions(
     if lic is None:
         msg = error or "invalid spec"
         return [
-            Condition(VALID, "False", "InvalidSpec", msg),
-            Condition(EXPIRED, "Unknown", "InvalidSpec", msg),
-            Condition(REVOKED, "Unknown", "InvalidSpec", msg),
-            Condition(QUOTA_EXHAUSTED, "Unknown", "InvalidSpec", msg),
+            Condition(VALID, "False", ConditionReason.INVALID_SPEC, msg),
+            Condition(EXPIRED, "Unknown", ConditionReason.INVALID_SPEC, msg),
+            Condition(REVOKED, "Unknown", ConditionReason.INVALID_SPEC, msg),
+            Condition(QUOTA_EXHAUSTED, "Unknown", ConditionReason.INVALID_SPEC, msg),
         ]
     reason, message, _next = license_state(lic, now)
-    valid: Status = "True" if reason == "Valid" else "False"
+    valid: Status = "True" if reason == Reason.VALID else "False"
     expired: Status = "True" if reason == Reason.EXPIRED else "False"
     revoked: Status = "True" if lic.revoked else "False"
     return [
@@ -304,13 +352,13 @@ def license_conditions(
         Condition(
             EXPIRED,
             expired,
-            "Expired" if expired == "True" else "WithinWindow",
+            ConditionReason.EXPIRED if expired == "True" else ConditionReason.WITHIN_WINDOW,
             message if expired == "True" else "",
         ),
         Condition(
             REVOKED,
             revoked,
-            "Revoked" if lic.revoked else "NotRevoked",
+            ConditionReason.REVOKED if lic.revoked else ConditionReason.NOT_REVOKED,
             lic.revocation_reason or "" if lic.revoked else "",
         ),
         quota or usage_conditions.quota_condition(lic, None),

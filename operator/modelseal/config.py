@@ -179,6 +179,31 @@ class Settings(BaseSettings):
         description="Namespace of redis_auth_secret (the chart passes its release "
         "namespace, where the operator runs). Required when redis_auth_secret is set.",
     )
+    operator_pod_namespace: str = Field(
+        "",
+        description="Namespace of the operator's Pods (the chart passes its release "
+        "namespace). With operator_pod_labels, a model whose ingressFrom limits who reaches "
+        "it still admits the operator on its gateway's metrics port, where the operator "
+        "reads the embedded store's counters (GET /usage) for the license's status.",
+    )
+    operator_pod_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels of the operator's Pods (JSON object; the chart passes its "
+        "selector labels), for the NetworkPolicy rule described at operator_pod_namespace.",
+    )
+    usage_export_token_secret: str = Field(
+        "",
+        description="Secret (in usage_export_token_secret_namespace) holding the bearer "
+        "token for usage_export_url under the key 'token'. The operator copies it into a "
+        "Secret it owns in each model's namespace (<model>-usage-export) and mounts it into "
+        "the gateway container only, as the file usage_export_token_file; never an "
+        "environment value. Empty: the export sends no token.",
+    )
+    usage_export_token_secret_namespace: str = Field(
+        "",
+        description="Namespace of usage_export_token_secret (the chart passes its release "
+        "namespace).",
+    )
 
     # --- unsealer -----------------------------------------------------------------------
     model_dir: Path = Field(
@@ -416,6 +441,8 @@ class Settings(BaseSettings):
     def _redis_auth_namespaced(self) -> Settings:
         if self.redis_auth_secret and not self.redis_auth_secret_namespace:
             raise ValueError("redis_auth_secret needs redis_auth_secret_namespace")
+        if self.usage_export_token_secret and not self.usage_export_token_secret_namespace:
+            raise ValueError("usage_export_token_secret needs usage_export_token_secret_namespace")
         return self
 
 

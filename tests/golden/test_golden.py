@@ -71,6 +71,12 @@ def render_case(folder: Path, settings: Settings) -> dict[str, Any]:
         source = f"{settings.redis_auth_secret_namespace}/{settings.redis_auth_secret}"
         placeholders = {k: f"<{k} from {source}>" for k in manifests.REDIS_AUTH_KEYS}
         got["redis_auth_secret"] = manifests.redis_auth_secret(model, settings, placeholders)
+    if rendered.usage_export is not None:
+        source = (
+            f"{settings.usage_export_token_secret_namespace}/{settings.usage_export_token_secret}"
+        )
+        token = {manifests.USAGE_TOKEN_KEY: f"<{manifests.USAGE_TOKEN_KEY} from {source}>"}
+        got["usage_export_secret"] = manifests.usage_export_secret(model, settings, token)
     return got
 
 
@@ -194,6 +200,38 @@ def test_golden_invariants(case: str, settings: Settings) -> None:
         )
     else:
         assert redis_volumes == []
+    # The usage export's bearer token: a file in the gateway only, from the model's own
+    # Secret; never an environment value.
+    for c in pod["containers"] + pod["initContainers"]:
+        env = {e["name"]: e for e in c.get("env") or []}
+        mounts = {m["name"]: m for m in c.get("volumeMounts") or []}
+        assert "MODELSEAL_USAGE_EXPORT_TOKEN" not in env, c["name"]
+        if c["name"] == "gateway" and "usage_export_secret" in got:
+            mount = mounts[manifests.USAGE_EXPORT_VOLUME]
+            assert mount["readOnly"] is True
+            assert env["MODELSEAL_USAGE_EXPORT_TOKEN_FILE"] == {
+                "name": "MODELSEAL_USAGE_EXPORT_TOKEN_FILE",
+                "value": f"{mount['mountPath']}/{manifests.USAGE_TOKEN_KEY}",
+            }
+        else:
+            assert manifests.USAGE_EXPORT_VOLUME not in mounts, c["name"]
+            assert "MODELSEAL_USAGE_EXPORT_TOKEN_FILE" not in env, c["name"]
+    token_volumes = [v for v in pod["volumes"] if v["name"] == manifests.USAGE_EXPORT_VOLUME]
+    if "usage_export_secret" in got:
+        secret = got["usage_export_secret"]
+        assert token_volumes == [
+            {
+                "name": manifests.USAGE_EXPORT_VOLUME,
+                "secret": {
+                    "secretName": secret["metadata"]["name"],
+                    "defaultMode": 0o440,
+                    "items": [{"key": "token", "path": "token"}],
+                },
+            }
+        ]
+        assert list(secret["data"]) == ["token"]
+    else:
+        assert token_volumes == []
     # A rendering compares equal to itself (no false drift).
     for obj in got["objects"]:
         assert differences(obj, obj) == []

@@ -4,7 +4,9 @@ Ports (all from settings, 0 = any free port): ``gateway_http_port`` (KServe v2 H
 default 8000), ``gateway_grpc_port`` (KServe v2 gRPC, default 8001),
 ``gateway_metrics_port`` (default 8002: ``/metrics``, ``/healthz`` (alive: 503 once the
 audit writer or the file reload loop has stopped),
-``/readyz`` (license and keys loaded, Triton ready)). Logs are JSON lines on stderr;
+``/readyz`` (license and keys loaded, Triton ready), ``/usage`` (the counters, read-only,
+for the operator's license status; a bearer token derived from the audit key:
+``modelseal.store.usage_report``)). Logs are JSON lines on stderr;
 stdout carries only audit records when ``audit_sink=stdout``.
 
 Workers (``gateway_workers`` > 1, Redis store and a file or webhook audit sink only):
@@ -46,7 +48,9 @@ from modelseal.gateway.http_front import (
 )
 from modelseal.gateway.listen import GuardedSite, listening_socket
 from modelseal.gateway.usage_export import check_usage_export, usage_shipper
+from modelseal.gateway.usage_read import usage_handler
 from modelseal.logging import setup_logging as json_logging
+from modelseal.store.usage_report import USAGE_PATH
 
 log = logging.getLogger("modelseal.gateway")
 
@@ -93,6 +97,7 @@ class Servers:
         metrics.router.add_get("/metrics", self._metrics)
         metrics.router.add_get("/healthz", self._healthz)
         metrics.router.add_get("/readyz", self._readyz)
+        metrics.router.add_get(USAGE_PATH, usage_handler(self.gw))  # read-only, bearer
         mrunner = web.AppRunner(metrics, handle_signals=False, access_log=None)
         await mrunner.setup()
         await web.TCPSite(mrunner, s.gateway_host, s.gateway_metrics_port).start()

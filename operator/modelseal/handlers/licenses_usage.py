@@ -17,8 +17,11 @@ oldest model's; with one budget per license they all count there), then:
 The store is read with the gateway's own counter code (``modelseal.store.redis``, the key
 prefix ``redis_key_prefix``) as the chart's Redis user, whose password the operator reads
 from ``redis_auth_secret`` and keeps in memory only. The embedded store's counters live in
-the model's Pod, which the operator does not read: such a license shows QuotaExhausted
-Unknown (``UsageNotReadable``) and no figures.
+the model's Pod: the operator asks each model's gateway for them (``GET /usage``,
+authenticated, ``modelseal.handlers.usage_pods``) and sums the license-wide counts over the
+models' Pods (each gateway counts only its own requests). A license none of whose models
+has a running Pod shows QuotaExhausted Unknown (``UsageNotReadable``, saying so); a gateway
+that does not answer, Unknown (``QuotaStoreUnavailable``, naming the Pod and the error).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from modelseal.config import Settings
+from modelseal.handlers.usage_pods import GatewayUnreadable, GatewayUsageReader
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError, Kube
 from modelseal.models import conditions as cond
@@ -160,6 +164,7 @@ class UsageWriter:
         self._last_write: dict[str, float] = {}
         self._stores: dict[str, RedisStore] = {}
         self._credentials: tuple[str, str] | None = None
+        self.gateways = GatewayUsageReader(kube, settings)
 
     # --- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -178,6 +183,7 @@ class UsageWriter:
                 log.exception("license usage round failed")
 
     async def close(self) -> None:
+        await self.gateways.close()
         for store in self._stores.values():
             await store.close()
         self._stores.clear()
@@ -297,13 +303,8 @@ class UsageWriter:
         oldest = min(models, key=lambda m: (m.created or now, m.key))
         home = counter_home(oldest)
         if home.kind != "redis" or not oldest.gateway.redis_url:
-            return usage.Reading(
-                now,
-                "embedded",
-                unreadable=True,
-                error=f"model {oldest.name} counts in its embedded store, inside its Pod, which "
-                "the operator does not read; use quotaStore redis to see usage here",
-            )
+            embedded = [m for m in models if counter_home(m).kind == "embedded"]
+            return await self.read_gateways(lic, sorted(embedded, key=lambda m: m.key), now)
         sharing = [m for m in models if counter_home(m) == home]
         try:
             store = await self._store(oldest.gateway.redis_url)
@@ -319,6 +320,32 @@ class UsageWriter:
             return usage.Reading(now, home.where, error=f"quota Redis {home.where}: {exc}")
         return usage.Reading(
             now, home.where, usage.Counts(total.day, total.month, total.total), per_model
+        )
+
+    async def read_gateways(
+        self, lic: LicenseSpec, models: list[ModelSpec], now: datetime
+    ) -> usage.Reading:
+        """Embedded stores: each model's counters from its own gateway (``usage_pods``)."""
+        where = "embedded: " + ", ".join(m.name for m in models)
+        try:
+            got = await self.gateways.read(lic.key, models)
+        except (GatewayUnreadable, ApiError) as exc:
+            self.metrics.read_errors.inc()
+            return usage.Reading(now, where, error=str(exc))
+        if not got.pods:
+            return usage.Reading(
+                now,
+                where,
+                unreadable=True,
+                error="the counters live in the embedded store inside each model's Pod, and "
+                f"no Pod of {', '.join(got.not_running)} runs to be asked",
+            )
+        t = got.total
+        return usage.Reading(
+            now,
+            f"embedded (gateway {', '.join(got.pods)})",
+            usage.Counts(t.day, t.month, t.lifetime),
+            {name: usage.Counts(c.day, c.month, c.lifetime) for name, c in got.models.items()},
         )
 
     async def _store(self, url: str) -> RedisStore:

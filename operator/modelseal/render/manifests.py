@@ -72,6 +72,11 @@ REDIS_AUTH_MOUNT = "/var/run/modelseal/redis"
 REDIS_USERNAME_KEY = "username"
 REDIS_PASSWORD_KEY = "password"  # noqa: S105 - a Secret key name
 REDIS_AUTH_KEYS = (REDIS_USERNAME_KEY, REDIS_PASSWORD_KEY)
+#: The usage export's bearer token: the key in the chart's Secret and in the model's copy,
+#: mounted into the gateway only (``settings.usage_export_token_secret``).
+USAGE_TOKEN_KEY = "token"  # noqa: S105 - a Secret key name
+USAGE_EXPORT_VOLUME = "usage-export"
+USAGE_EXPORT_MOUNT = "/var/run/modelseal/usage-export"
 TRUSTED_KEYS_KEY = "trusted-keys"
 TMPFS_SLACK_BYTES = 32 * MIB
 SHM_BYTES = 256 * MIB
@@ -336,6 +341,11 @@ def needs_redis_auth(model: ModelSpec, settings: Settings) -> bool:
     return model.gateway.quota_store == "redis" and bool(settings.redis_auth_secret)
 
 
+def needs_usage_token(settings: Settings) -> bool:
+    """Whether the gateway gets the usage export's bearer token (as a file)."""
+    return bool(settings.usage_export_url and settings.usage_export_token_secret)
+
+
 def gateway_env(model: ModelSpec, settings: Settings, p: Ports) -> list[Json]:
     """The gateway's settings. The one place to adapt when the gateway's contract moves."""
     env = [
@@ -375,6 +385,11 @@ def gateway_env(model: ModelSpec, settings: Settings, p: Ports) -> list[Json]:
         # the model's claim when it has one, so that it outlives the Pod.
         env.append(_env("MODELSEAL_AUDIT_FILE", usage_spool_file(settings)))
         env.append(_env("MODELSEAL_USAGE_EXPORT_URL", settings.usage_export_url))
+        if needs_usage_token(settings):
+            # The file's name only: the token stays in the mounted Secret.
+            env.append(
+                _env("MODELSEAL_USAGE_EXPORT_TOKEN_FILE", f"{USAGE_EXPORT_MOUNT}/{USAGE_TOKEN_KEY}")
+            )
     return env
 
 
@@ -390,6 +405,10 @@ def _gateway(model: ModelSpec, settings: Settings, p: Ports) -> Json:
     ]
     if needs_redis_auth(model, settings):
         mounts.append({"name": REDIS_AUTH_VOLUME, "mountPath": REDIS_AUTH_MOUNT, "readOnly": True})
+    if needs_usage_token(settings):
+        mounts.append(
+            {"name": USAGE_EXPORT_VOLUME, "mountPath": USAGE_EXPORT_MOUNT, "readOnly": True}
+        )
     return {
         "name": "gateway",
         **_container_defaults(settings.image),
@@ -484,6 +503,17 @@ def _volumes(model: ModelSpec, settings: Settings, names: Names) -> list[Json]:
                     "secretName": names.redis_auth_secret,
                     "defaultMode": 0o440,
                     "items": [{"key": k, "path": k} for k in REDIS_AUTH_KEYS],
+                },
+            }
+        )
+    if needs_usage_token(settings):
+        volumes.append(
+            {
+                "name": USAGE_EXPORT_VOLUME,
+                "secret": {
+                    "secretName": names.usage_export_secret,
+                    "defaultMode": 0o440,
+                    "items": [{"key": USAGE_TOKEN_KEY, "path": USAGE_TOKEN_KEY}],
                 },
             }
         )
@@ -628,8 +658,20 @@ def network_policy(model: ModelSpec, settings: Settings) -> Json:
             {"port": p.gateway_metrics, "protocol": "TCP"},
         ]
     }
+    rules = [rule]
     if model.ingress_from:
         rule["from"] = [dict(peer) for peer in model.ingress_from]
+        if settings.operator_pod_namespace and settings.operator_pod_labels:
+            # The operator reads the embedded store's counters from the gateway (GET /usage
+            # on the metrics port, modelseal.handlers.usage_pods) for the license's status.
+            ns_label = {"kubernetes.io/metadata.name": settings.operator_pod_namespace}
+            peer = {
+                "namespaceSelector": {"matchLabels": ns_label},
+                "podSelector": {"matchLabels": dict(settings.operator_pod_labels)},
+            }
+            rules.append(
+                {"from": [peer], "ports": [{"port": p.gateway_metrics, "protocol": "TCP"}]}
+            )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -637,7 +679,7 @@ def network_policy(model: ModelSpec, settings: Settings) -> Json:
         "spec": {
             "podSelector": {"matchLabels": selector_labels(model.name)},
             "policyTypes": ["Ingress"],
-            "ingress": [rule],
+            "ingress": rules,
         },
     }
 
@@ -686,6 +728,19 @@ def redis_auth_secret(model: ModelSpec, settings: Settings, credentials: dict[st
         "metadata": _meta(model, names.redis_auth_secret),
         "type": "Opaque",
         "data": {key: credentials[key] for key in REDIS_AUTH_KEYS},
+    }
+
+
+def usage_export_secret(model: ModelSpec, settings: Settings, data: dict[str, str]) -> Json:
+    """The model's copy of the usage export's bearer token (``data``: the chart Secret's
+    ``data``, base64 as the API server returns it; only ``USAGE_TOKEN_KEY`` is kept)."""
+    names = names_for(model.namespace, model.name, model.uid, settings.vault_policy_prefix)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(model, names.usage_export_secret),
+        "type": "Opaque",
+        "data": {USAGE_TOKEN_KEY: data[USAGE_TOKEN_KEY]},
     }
 
 

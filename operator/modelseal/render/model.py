@@ -28,6 +28,9 @@ class Rendered:
     #: Name of the Secret with the quota Redis credentials the gateway mounts (the
     #: operator copies them from settings.redis_auth_secret), or None when it needs none.
     redis_auth: str | None = None
+    #: Name of the Secret with the usage export's bearer token the gateway mounts (the
+    #: operator copies it from settings.usage_export_token_secret), or None.
+    usage_export: str | None = None
 
     def objects(self) -> list[Json]:
         """Kubernetes objects in the order they are applied (the Deployment last)."""
@@ -57,4 +60,5 @@ def render_model(
         endpoint=endpoint(model, settings.gateway_http_port),
         replicas=replicas,
         redis_auth=names.redis_auth_secret if manifests.needs_redis_auth(model, settings) else None,
+        usage_export=names.usage_export_secret if manifests.needs_usage_token(settings) else None,
     )

@@ -23,6 +23,7 @@ class Names:
     network_policy: str
     control_secret: str
     redis_auth_secret: str
+    usage_export_secret: str
     vault_role: str
     vault_policy: str
 
@@ -71,6 +72,7 @@ def names_for(namespace: str, name: str, uid: str, prefix: str = "modelseal") ->
         network_policy=name,
         control_secret=f"{name}-triton-control",
         redis_auth_secret=f"{name}-redis-auth",
+        usage_export_secret=f"{name}-usage-export",
         vault_role=vault,
         vault_policy=vault,
     )

@@ -22,6 +22,9 @@ authenticated, ``modelseal.handlers.usage_pods``) and sums the license-wide coun
 models' Pods (each gateway counts only its own requests). A license none of whose models
 has a running Pod shows QuotaExhausted Unknown (``UsageNotReadable``, saying so); a gateway
 that does not answer, Unknown (``QuotaStoreUnavailable``, naming the Pod and the error).
+
+With a usage export token (``usage_export_token_secret``) each round also keeps every
+model's copy of it (``handlers/usage_export_secret.py``), which the model's gateway mounts.
 """
 
 from __future__ import annotations
@@ -31,13 +34,18 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from modelseal.config import Settings
+from modelseal.handlers.usage_export_secret import (
+    Source,
+    ensure_usage_export_secret,
+    read_source,
+)
 from modelseal.handlers.usage_pods import GatewayUnreadable, GatewayUsageReader
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError, Kube
@@ -59,6 +67,7 @@ from modelseal.models.spec import (
     parse_model,
 )
 from modelseal.quota.license import Limits
+from modelseal.render.manifests import needs_usage_token
 from modelseal.store.base import StoreUnavailable, license_scope, model_scope
 from modelseal.store.redis import RedisStore
 
@@ -165,6 +174,7 @@ class UsageWriter:
         self._stores: dict[str, RedisStore] = {}
         self._credentials: tuple[str, str] | None = None
         self.gateways = GatewayUsageReader(kube, settings)
+        self._token_problems: dict[str, str] = {}
 
     # --- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -194,9 +204,14 @@ class UsageWriter:
         seen: set[tuple[str, str, str]] = set()
         self._credentials = None  # read again each round: a new password is picked up
         scopes: list[str | None] = [*self.settings.namespaces] or [None]
+        token_source = None
+        if needs_usage_token(self.settings):
+            token_source = await read_source(self.kube, self.settings)
         for ns in scopes:
             licenses = await self.kube.list(LICENSES, ns)
             models = await self.kube.list(MODELS, ns)
+            if token_source is not None:
+                await self.copy_usage_token(models, token_source)
             by_license: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
             for m in models:
                 ref = (m.get("spec") or {}).get("licenseRef")
@@ -218,6 +233,39 @@ class UsageWriter:
         for gone in set(self._last_write) - live:
             del self._last_write[gone]
         return writes
+
+    # --- the usage export's token ------------------------------------------------------
+    async def copy_usage_token(self, bodies: Sequence[Mapping[str, Any]], source: Source) -> None:
+        """Each model's copy of the usage export token (``usage_export_secret``), which its
+        gateway mounts as a file. A problem (the platform's Secret missing) is logged once
+        until it changes; the Pods wait for the Secret meanwhile, and so does no request
+        go unbilled: the gateway starts only with its token file."""
+        for body in bodies:
+            try:
+                spec = parse_model(body)
+            except SpecError:
+                continue
+            if (body.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            ref = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": MODEL_KIND,
+                "name": spec.name,
+                "namespace": spec.namespace,
+                "uid": spec.uid,
+            }
+            try:
+                problem = await ensure_usage_export_secret(
+                    self.kube, self.settings, spec, ref, self.event, source
+                )
+            except ApiError as exc:
+                problem = f"usage export token copy: {exc}"
+            if problem and self._token_problems.get(spec.key) != problem:
+                log.warning("model %s: %s", spec.key, problem)
+            if problem:
+                self._token_problems[spec.key] = problem
+            else:
+                self._token_problems.pop(spec.key, None)
 
     # --- one license ---------------------------------------------------------------------
     async def update(

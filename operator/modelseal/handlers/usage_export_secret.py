@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from modelseal.config import Settings
 from modelseal.k8s import api as k8s
@@ -48,14 +48,29 @@ def source_problem(where: str, source: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+class Source(NamedTuple):
+    """The platform's token Secret as read once (for many models)."""
+
+    where: str
+    body: Mapping[str, Any] | None
+
+
+async def read_source(kube: Kube, settings: Settings) -> Source:
+    ns, secret = settings.usage_export_token_secret_namespace, settings.usage_export_token_secret
+    body = await kube.get(k8s.SECRET, ns, secret) if manifests.needs_usage_token(settings) else None
+    return Source(f"{ns}/{secret}", body)
+
+
 async def ensure_usage_export_secret(
     kube: Kube,
     settings: Settings,
     spec: ModelSpec,
     ref: Mapping[str, str],
     post_event: PostEvent,
+    source: Source | None = None,
 ) -> str | None:
-    """Create, put back or delete ``<model>-usage-export``; why it cannot be made, or None."""
+    """Create, put back or delete ``<model>-usage-export``; why it cannot be made, or None.
+    ``source``: the platform's Secret when already read (else it is read here)."""
     names = names_for(spec.namespace, spec.name, spec.uid, settings.vault_policy_prefix)
     name = names.usage_export_secret
     live = await kube.get(k8s.SECRET, spec.namespace, name)
@@ -76,13 +91,12 @@ async def ensure_usage_export_secret(
                 if not exc.conflict:
                     raise
         return None
-    ns, secret = settings.usage_export_token_secret_namespace, settings.usage_export_token_secret
-    where = f"{ns}/{secret}"
-    source = await kube.get(k8s.SECRET, ns, secret)
-    problem = source_problem(where, source)
-    if source is None or problem:
+    source = source or await read_source(kube, settings)
+    where = source.where
+    problem = source_problem(where, source.body)
+    if source.body is None or problem:
         return problem
-    desired = manifests.usage_export_secret(spec, settings, source.get("data") or {})
+    desired = manifests.usage_export_secret(spec, settings, source.body.get("data") or {})
     if live is None:
         try:
             await kube.create(k8s.SECRET, spec.namespace, desired)

@@ -203,6 +203,8 @@ class UsageWriter:
         writes = 0
         seen: set[tuple[str, str, str]] = set()
         self._credentials = None  # read again each round: a new password is picked up
+        self.gateways.new_round()
+        model_uids: set[str] = set()
         scopes: list[str | None] = [*self.settings.namespaces] or [None]
         token_source = None
         if needs_usage_token(self.settings):
@@ -210,6 +212,7 @@ class UsageWriter:
         for ns in scopes:
             licenses = await self.kube.list(LICENSES, ns)
             models = await self.kube.list(MODELS, ns)
+            model_uids |= {str((m.get("metadata") or {}).get("uid")) for m in models}
             if token_source is not None:
                 await self.copy_usage_token(models, token_source)
             by_license: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
@@ -229,6 +232,7 @@ class UsageWriter:
                 if await self.update(body, lic, by_license.get(key, [])):
                     writes += 1
         self.metrics.forget_except(seen)
+        self.gateways.forget_except(model_uids)
         live = {f"{n}/{name}" for n, name, _ in seen}
         for gone in set(self._last_write) - live:
             del self._last_write[gone]
@@ -389,9 +393,12 @@ class UsageWriter:
                 f"no Pod of {', '.join(got.not_running)} runs to be asked",
             )
         t = got.total
+        store = f"embedded (gateway {', '.join(got.pods)}"
+        if got.not_running:
+            store += f"; not running, not counted: {', '.join(got.not_running)}"
         return usage.Reading(
             now,
-            f"embedded (gateway {', '.join(got.pods)})",
+            store + ")",
             usage.Counts(t.day, t.month, t.lifetime),
             {name: usage.Counts(c.day, c.month, c.lifetime) for name, c in got.models.items()},
         )

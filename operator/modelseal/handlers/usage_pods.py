@@ -3,11 +3,13 @@ asks each model's gateway (``GET /usage`` on its metrics port, ``modelseal.store
 usage_report``) over the Pod network, with the read token derived from the model's audit
 key, which the operator keeps in the model's control Secret.
 
-Which Pod: a running one of the model's Deployment (its selector labels, its
-ServiceAccount, owned by a ReplicaSet), the newest when a rollout has two. The model's
-NetworkPolicy admits the operator's Pods on the metrics port (``render.manifests``). A
-model with no running Pod has no counters to read (an emptyDir went with its Pod; a claim
-is read again once the Pod runs) and is left out, named in ``not_running``.
+The Pods of a namespace are listed once per round, and each model's read token is kept
+until its gateway refuses it. Which Pod: a running one of the model's Deployment (its
+selector labels, its ServiceAccount, owned by a ReplicaSet), the newest when a rollout has
+two. The model's NetworkPolicy admits the operator's Pods on the metrics port
+(``render.manifests``). A model with no running Pod has no counters to read (an emptyDir
+went with its Pod; a claim is read again once the Pod runs) and is left out, named in
+``not_running`` (and in the status's ``store``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ from modelseal.k8s import api as k8s
 from modelseal.k8s.api import Kube
 from modelseal.models.spec import ModelSpec
 from modelseal.render.manifests import AUDIT_KEY_KEY, ports
-from modelseal.render.names import names_for, selector_labels
+from modelseal.render.names import LABEL_MODEL, names_for, selector_labels
 from modelseal.store.usage_report import USAGE_PATH, Counted, license_counts, usage_read_token
 
 log = logging.getLogger("modelseal.operator.usage")
+
+
+#: Every model Pod of a namespace (selector_labels less the model's own label).
+_MODEL_PODS = ",".join(f"{k}={v}" for k, v in selector_labels("").items() if k != LABEL_MODEL)
 
 
 class GatewayUnreadable(RuntimeError):
@@ -81,6 +87,33 @@ class GatewayUsageReader:
         self.settings = settings
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        # Per round: one Pod list per namespace (all model Pods), not one per model.
+        self._pods: dict[str, list[dict[str, Any]]] = {}
+        # Read tokens by model uid; dropped when a gateway refuses one (a new key).
+        self._tokens: dict[str, str] = {}
+
+    def new_round(self) -> None:
+        """Forget the Pods listed in the last round (and tokens of models now gone)."""
+        self._pods.clear()
+
+    def forget_except(self, uids: set[str]) -> None:
+        for uid in set(self._tokens) - uids:
+            del self._tokens[uid]
+
+    async def _model_pods(self, model: ModelSpec) -> list[dict[str, Any]]:
+        pods = self._pods.get(model.namespace)
+        if pods is None:
+            pods = await self.kube.list(k8s.POD, model.namespace, label_selector=_MODEL_PODS)
+            self._pods[model.namespace] = pods
+        wanted = selector_labels(model.name)
+        return [
+            p
+            for p in pods
+            if all(
+                ((p.get("metadata") or {}).get("labels") or {}).get(k) == v
+                for k, v in wanted.items()
+            )
+        ]
 
     async def close(self) -> None:
         if self._session is not None:
@@ -88,6 +121,9 @@ class GatewayUsageReader:
             self._session = None
 
     async def _token(self, model: ModelSpec) -> str:
+        cached = self._tokens.get(model.uid)
+        if cached is not None:
+            return cached
         names = names_for(model.namespace, model.name, model.uid, self.settings.vault_policy_prefix)
         secret = await self.kube.get(k8s.SECRET, model.namespace, names.control_secret)
         raw = ((secret or {}).get("data") or {}).get(AUDIT_KEY_KEY)
@@ -95,7 +131,9 @@ class GatewayUsageReader:
             raise GatewayUnreadable(
                 f"Secret {model.namespace}/{names.control_secret} holds no audit key"
             )
-        return usage_read_token(_strip_line_end(base64.b64decode(raw)))
+        token = usage_read_token(_strip_line_end(base64.b64decode(raw)))
+        self._tokens[model.uid] = token
+        return token
 
     async def _report(self, model: ModelSpec, pod: Mapping[str, Any]) -> Any:
         ip = str((pod.get("status") or {}).get("podIP"))
@@ -107,6 +145,8 @@ class GatewayUsageReader:
         pod_name = (pod.get("metadata") or {}).get("name")
         try:
             async with self._session.get(url, headers=headers) as resp:
+                if resp.status == 401:
+                    self._tokens.pop(model.uid, None)  # read the key again next round
                 if resp.status != 200:
                     text = (await resp.text())[:200].strip()
                     raise GatewayUnreadable(
@@ -125,8 +165,7 @@ class GatewayUsageReader:
         out = PodsReading()
         day = month = lifetime = 0
         for model in models:
-            selector = ",".join(f"{k}={v}" for k, v in selector_labels(model.name).items())
-            pods = await self.kube.list(k8s.POD, model.namespace, label_selector=selector)
+            pods = await self._model_pods(model)
             names = names_for(
                 model.namespace, model.name, model.uid, self.settings.vault_policy_prefix
             )

@@ -11,6 +11,8 @@
 * No running Pod: QuotaExhausted Unknown ``UsageNotReadable``, saying so. A control Secret
   with another key: the gateway answers 401 and the condition says which Pod refused; the
   right key then reads the counts.
+* Two ProtectedModels with one Triton model name under one license (Redis): counted,
+  limited and shown apart.
 * The usage export token: the writer copies the platform's Secret into
   ``<model>-usage-export`` (owned by the model), puts it back after an edit, and leaves a
   foreign Secret of that name alone, saying why.
@@ -44,9 +46,11 @@ from modelseal.render.license_config import license_document
 from modelseal.render.manifests import AUDIT_KEY_KEY
 from modelseal.render.names import names_for, selector_labels
 from modelseal.store.base import scopes_for
+from modelseal.store.redis import RedisStore
 from modelseal.store.usage_report import USAGE_PATH
 from modelseal.testing import settings_for_tests
 from modelseal_devenv.common import free_port
+from modelseal_devenv.redis import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +68,12 @@ def _seed(env: OpsEnv, ns: str) -> tuple[dict[str, Any], dict[str, Any]]:
     model = model_doc(ns, "digits", "k", gateway={"quotaStore": "embedded"}, modelName="mnist")
     lic = custom.create_namespaced_custom_object(GROUP, VERSION, ns, "modellicenses", lic)
     model = custom.create_namespaced_custom_object(GROUP, VERSION, ns, "protectedmodels", model)
+    _seed_status(env, ns)
+    return lic, model
+
+
+def _seed_status(env: OpsEnv, ns: str) -> None:
+    """License gold's first status, as the license reconcile writes it."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     valid = {
         "type": "Valid",
@@ -73,10 +83,9 @@ def _seed(env: OpsEnv, ns: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "lastTransitionTime": stamp,
         "observedGeneration": 1,
     }
-    custom.patch_namespaced_custom_object_status(
+    env.custom().patch_namespaced_custom_object_status(
         GROUP, VERSION, ns, "modellicenses", "gold", {"status": {"conditions": [valid]}}
     )
-    return lic, model
 
 
 def _control_secret(env: OpsEnv, ns: str, model: dict[str, Any], key: str) -> None:
@@ -290,5 +299,65 @@ def test_usage_export_token_is_copied_put_back_and_foreign_left(ops_cluster: Ops
         )
         asyncio.run(rounds(1))
         assert core.read_namespaced_secret(copy_name, ns).data == {"token": _b64("x")}
+    finally:
+        env.drop_namespaces()
+
+
+def test_two_models_with_one_model_name_count_apart(
+    ops_cluster: OpsEnv, redis_server: RedisServer
+) -> None:
+    """Two ProtectedModels serving the Triton model ``digits`` under one license, in one
+    Redis: each one's own counters and per-model quota are its own (model_counters), and
+    the status shows them apart; the license-wide count is their sum."""
+    env = ops_cluster
+    ns = env.namespace("usage-twins")
+    custom = env.custom()
+    try:
+        lic = license_doc(ns, quotas={"perDay": 100}, modelQuotas={"a": {"perDay": 3}})
+        redis = {"quotaStore": "redis", "redisUrl": redis_server.url}
+        bodies = [model_doc(ns, n, "k", gateway=redis, modelName="digits") for n in ("a", "b")]
+        lic = custom.create_namespaced_custom_object(GROUP, VERSION, ns, "modellicenses", lic)
+        models = [
+            custom.create_namespaced_custom_object(GROUP, VERSION, ns, "protectedmodels", b)
+            for b in bodies
+        ]
+        _seed_status(env, ns)
+
+        async def scenario() -> None:
+            store = RedisStore(redis_server.url)
+            kube = Kube(env.cluster.api_client())
+            writer = UsageWriter(
+                Settings(namespaces=[ns], usage_status_interval_s=0.01),
+                kube,
+                CollectorRegistry(),
+                _no_event,
+            )
+            try:
+                got: dict[str, list[bool]] = {}
+                for model, n in zip(models, (4, 5), strict=True):
+                    doc = license_document(parse_model(model), parse_license(lic), True)
+                    (parsed,) = parse_licenses(json.dumps(doc)).values()
+                    scopes = scopes_for(parsed, "digits")
+                    got[model["metadata"]["name"]] = [
+                        (
+                            await store.admit(scopes, int(time.time() * 1000), f"x{i}")
+                        ).decision.allowed
+                        for i in range(n)
+                    ]
+                assert got == {"a": [True, True, True, False], "b": [True] * 5}
+                assert await writer.round() == 1
+            finally:
+                await writer.close()
+                await store.close()
+                kube.close()
+
+        asyncio.run(scenario())
+        figs = _requests(env, ns, "gold")
+        assert figs["day"]["used"] == 8
+        assert figs["models"]["a"]["day"] == {**figs["models"]["a"]["day"], "used": 3, "limit": 3}
+        assert figs["models"]["b"]["day"]["used"] == 5
+        quota = condition(env.get_license(ns, "gold"), "QuotaExhausted")
+        assert quota["status"] == "True"
+        assert "model a's perDay quota is used up (3/3)" in quota["message"]
     finally:
         env.drop_namespaces()

@@ -7,7 +7,9 @@ records hash-chained to a file with signed checkpoints, metrics). A closed-loop 
 generator (``loadgen``) then drives (a) Triton's HTTP endpoint and (b) the gateway's, with
 the same request, at each concurrency, alternating the two.
 
-Prints p50/p99 latency and throughput for each, and last the line
+Prints p50/p99 latency and throughput for each (for the gateway also its CPU per answered
+request at that concurrency: it falls as concurrency rises, since batched writes to Redis and
+group-committed audit records share their system calls), and last the line
 ``gateway_vs_direct_throughput_ratio=<x> added_p50_ms=<y> gateway_cpu_us_per_request=<z>``:
 the ratio of the best throughput through the gateway to the best direct throughput (over
 all concurrencies), the difference of the p50 latencies at concurrency 1 (the gateway's
@@ -68,10 +70,11 @@ def _body(elements: int) -> bytes:
     ).encode()
 
 
-def _row(name: str, r: Result) -> str:
+def _row(name: str, r: Result, cpu_us: float | None) -> str:
+    cpu = f"{cpu_us:>10.0f}" if cpu_us is not None else f"{'-':>10}"
     return (
         f"{name:<8} {r.concurrency:>5} {r.count:>8} {r.throughput:>10.1f} "
-        f"{r.percentile(50) * 1000:>9.3f} {r.percentile(99) * 1000:>9.3f} {r.errors:>7}"
+        f"{r.percentile(50) * 1000:>9.3f} {r.percentile(99) * 1000:>9.3f} {r.errors:>7} {cpu}"
     )
 
 
@@ -99,7 +102,7 @@ async def _measure(
     rows: list[dict[str, Any]] = []
     print(
         f"{'target':<8} {'conc':>5} {'requests':>8} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
-        f"{'errors':>7}",
+        f"{'errors':>7} {'gw cpu us':>10}",
         flush=True,
     )
     for conc in args.concurrency:
@@ -107,7 +110,9 @@ async def _measure(
             cpu0 = _cpu_seconds(gw_pid)
             r = await run_load(url, body, headers, conc, args.duration)
             cpu_s = _cpu_seconds(gw_pid) - cpu0
-            print(_row(name, r), flush=True)
+            answered = r.count + r.warmup_count
+            per_request = cpu_s / max(1, answered) * 1e6 if name == "gateway" else None
+            print(_row(name, r, per_request), flush=True)
             rows.append(
                 {
                     "target": name,
@@ -119,7 +124,7 @@ async def _measure(
                     "errors": r.errors,
                     "statuses": r.statuses,
                     "gateway_cpu_s": cpu_s,
-                    "answered": r.count + r.warmup_count,  # warm-up included, as in cpu_s
+                    "answered": answered,  # warm-up included, as in cpu_s
                 }
             )
     return rows

@@ -96,6 +96,7 @@ class AuditLog:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start
         self._closing = False
         self.dead: str | None = None
         self.unwritable = 0  # records replaced by an audit_record_unwritable line
@@ -162,7 +163,7 @@ class AuditLog:
         ``durable``: a future, done once the sink holds the record durably (see above)."""
         fut: asyncio.Future[None] | None = None
         if durable:
-            fut = asyncio.get_running_loop().create_future()
+            fut = (self._loop or asyncio.get_running_loop()).create_future()
             if self.dead is not None:  # nothing will write it: answer at once, not never
                 fut.set_exception(AuditWriterDead(f"audit writer stopped: {self.dead}"))
         self._pending.append((record, fut))
@@ -181,6 +182,7 @@ class AuditLog:
 
     # -- writer ---------------------------------------------------------------------------
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if not self.chain.started:
             after = read_point(self.state_file) if self.state_file is not None else None
             await self.sink.write([self.chain.genesis(after=after.link() if after else None)])

@@ -46,9 +46,10 @@ class _Conn(asyncio.Protocol):
     """One keep-alive connection to Triton: the answer is parsed as it arrives and handed
     to one future per request (cheaper than stream reader calls)."""
 
-    __slots__ = ("buf", "fut", "lost", "transport", "used")
+    __slots__ = ("buf", "fut", "loop", "lost", "transport", "used")
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()  # created by loop.create_connection
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.fut: asyncio.Future[tuple[UpstreamResponse, bool]] | None = None
@@ -103,7 +104,7 @@ class _Conn(asyncio.Protocol):
         """Write a request on an open connection; the future of its answer."""
         assert self.transport is not None
         fut: asyncio.Future[tuple[UpstreamResponse, bool]]
-        fut = asyncio.get_running_loop().create_future()
+        fut = self.loop.create_future()
         self.fut = fut
         self.transport.write(payload)
         return fut

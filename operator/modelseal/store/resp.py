@@ -88,7 +88,9 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # one entry per command sent, in order: its future, or None for a command whose
+        # reply is read and dropped (``RespClient.send``: no future, no callback)
+        self.waiting: collections.deque[asyncio.Future[Any] | None] = collections.deque()
         self.buf = bytearray()
         self.lost: Exception | None = None
 
@@ -105,7 +107,7 @@ class _Protocol(asyncio.Protocol):
                 value, pos2 = _parse(buf, pos)
                 pos = pos2
                 fut = self.waiting.popleft()
-                if not fut.done():
+                if fut is not None and not fut.done():
                     if isinstance(value, RespError):
                         fut.set_exception(value)
                     else:
@@ -126,7 +128,7 @@ class _Protocol(asyncio.Protocol):
         self.lost = exc
         while self.waiting:
             fut = self.waiting.popleft()
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.set_exception(exc)
 
 
@@ -154,6 +156,7 @@ class RespClient:
         path = parts.path.lstrip("/")
         self.db = int(path) if path else 0
         self.timeout_s = timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one this client runs on
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self._out: list[bytes] = []
@@ -191,6 +194,7 @@ class RespClient:
         return proto
 
     async def _connection(self) -> _Protocol:
+        self._loop = asyncio.get_running_loop()
         proto = self._proto
         if proto is not None and proto.lost is None:
             return proto
@@ -218,18 +222,20 @@ class RespClient:
 
     async def call_raw(self, command: bytes) -> Any:
         """Send one already encoded command and wait for its reply."""
-        proto = await self._connection()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        proto = self._proto
+        loop = self._loop
+        if proto is None or proto.lost is not None or loop is None:
+            proto = await self._connection()
+            loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         proto.waiting.append(fut)
         self._out.append(command)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._sent_at.append((asyncio.get_running_loop().time(), fut))
+            loop.call_soon(self._flush)
+        self._sent_at.append((loop.time(), fut))
         if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().call_later(
-                self.timeout_s / 4, self._check_overdue
-            )
+            self._watchdog = loop.call_later(self.timeout_s / 4, self._check_overdue)
         return await fut
 
     def _check_overdue(self) -> None:
@@ -259,23 +265,17 @@ class RespClient:
     def send(self, *args: Any) -> None:
         """Fire and forget (the reply is read and dropped); for lease releases."""
         proto = self._proto
-        if proto is None or proto.lost is not None:
+        loop = self._loop
+        if proto is None or proto.lost is not None or loop is None:
             return
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_swallow)
-        proto.waiting.append(fut)
+        proto.waiting.append(None)  # its reply (or error) is read and dropped
         self._out.append(encode(args))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
 
     async def close(self) -> None:
         proto = self._proto
         self._proto = None
         if proto is not None and proto.transport is not None:
             proto.transport.close()
-
-
-def _swallow(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()

@@ -1,0 +1,64 @@
+"""The sealed side of `make bench-ready`: fetch + verify + decrypt + publish from a URI.
+
+`python -m bench.ready.unseal_remote URI --to DIR [--digest PIN] [--ca FILE] [--s3-endpoint
+URL]` reads the 32 bytes of a LOCALLY GENERATED data key from its stdin (a pipe) and runs
+the unsealer's own path: `open_source` (ranged parallel fetch for a big https/http/s3
+bundle) feeding `unseal_stream` (every chunk authenticated, digest pin checked, staging +
+atomic publish, wipe on failure). Left out, and said so by the bench: the Vault Transit
+unwrap (one round trip to a local Vault, tens of milliseconds). Plain http:// is allowed
+here (the sidecar's `unsealer_allow_http_source`), for nginx on loopback without TLS.
+S3 credentials come from the environment (AWS_*), as in the sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from modelseal.crypto import format as fmt
+from modelseal.crypto.stream import SecretBytes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("uri")
+    ap.add_argument("--to", type=Path, required=True)
+    ap.add_argument("--digest", default="")
+    ap.add_argument("--ca", type=Path, default=None)
+    ap.add_argument("--s3-endpoint", default=None)
+    ap.add_argument("--workers", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from modelseal.sources import open_source
+    from modelseal.unsealer.engine import UnsealOptions, unseal_stream
+
+    raw = sys.stdin.buffer.read(33)
+    if len(raw) != 32:
+        raise SystemExit("expected exactly 32 key bytes on stdin")
+    key = SecretBytes(raw)
+    del raw
+    pinned = fmt.parse_digest(args.digest) if args.digest else None
+    try:
+        with open_source(
+            args.uri,
+            timeout_s=60.0,
+            ca_file=args.ca,
+            s3_endpoint_url=args.s3_endpoint,
+            allow_http=True,
+        ) as stream:
+            unseal_stream(
+                stream,
+                args.to,
+                lambda env: SecretBytes(key.reveal()),
+                UnsealOptions(workers=args.workers, pinned_digest=pinned, compute_digest=False),
+            )
+            ranged_buffers = stream.buffer_bytes
+    finally:
+        key.wipe()
+    print(f"source buffers: {ranged_buffers} bytes", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

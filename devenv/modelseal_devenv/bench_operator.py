@@ -275,6 +275,26 @@ class Bench:
                 if line.startswith("VmHWM:"):
                     self.peak_rss_kb = max(self.peak_rss_kb, int(line.split()[1]))
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) so far of each server process and of this script."""
+        pids: dict[str, int] = {}
+        for name in ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok"):
+            with contextlib.suppress(Exception):
+                pids[name] = self.cluster.process(name).pid
+        vault_proc = self.vault.process if self.vault is not None else None
+        if vault_proc is not None:
+            pids["vault"] = vault_proc.pid
+        if self.operator is not None and self.operator.running:
+            pids[f"operator ({self.operator_runs})"] = self.operator.pid
+        pids["bench (this script)"] = os.getpid()
+        tick = os.sysconf("SC_CLK_TCK")
+        out: dict[str, float] = {}
+        for name, pid in pids.items():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / tick
+        return out
+
     def operator_metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
         with contextlib.suppress(OSError):
@@ -549,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"rollout: {n} models, {len(main_b.licenses)} licenses, "
             f"{len(main_b.namespaces)} namespaces")  # fmt: skip
         m_before = bench.operator_metrics()
+        cpu_before = bench.cpu_seconds()
         offset = bench.audit_log.stat().st_size
         t0 = time.time()
         bench.create(main_b)
@@ -557,6 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t1 = max(ready.values())
         ready_s = t1 - t0
         m_after = bench.operator_metrics()
+        cpu_after = bench.cpu_seconds()
         bench.sample_rss()
         rss_mb = bench.peak_rss_kb / 1024
         time.sleep(2)
@@ -572,6 +594,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for line in rates + metric_lines(m_before, m_after, n):
             print(line)
+        print(f"  CPU seconds during the rollout ({os.cpu_count()} cores x {ready_s:.0f} s):")
+        for name in sorted(cpu_after, key=lambda k: cpu_before.get(k, 0.0) - cpu_after[k]):
+            used = cpu_after[name] - cpu_before.get(name, 0.0)
+            print(
+                f"    {name:<30} {used:7.1f} s  {100 * used / max(1e-3, ready_s):5.0f} % of a core"
+            )
         del window
 
         # 3. a resync with nothing changed: restart, then the first periodic resync

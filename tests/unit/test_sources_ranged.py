@@ -233,3 +233,54 @@ def test_unseal_through_ranged_http(small_parts: None) -> None:
 
 def test_bytesio_has_no_source_buffers() -> None:
     assert getattr(io.BytesIO(b""), "buffer_bytes", 0) == 0
+
+
+# ------------------------------------------------------------------ kept-alive connections
+
+
+class KeepAliveHandler(RangeHandler):
+    """HTTP/1.1: the connection stays open between requests (unless `close_every` says)."""
+
+    protocol_version = "HTTP/1.1"
+    peers: list[tuple[str, int]] = []  # noqa: RUF012 - per test, reset there
+    close_every = 0  # close the connection after every n-th range (0: never)
+
+    def do_GET(self) -> None:
+        type(self).peers.append(self.client_address)
+        super().do_GET()
+        n = len(type(self).ranges)
+        if self.headers.get("Range") and self.close_every and n % self.close_every == 0:
+            self.close_connection = True
+
+
+def serve_keepalive(payload: bytes, close_every: int) -> Iterator[str]:
+    server = Server(("127.0.0.1", 0), KeepAliveHandler)
+    server.payload = payload  # type: ignore[attr-defined]
+    RangeHandler.ranges = []
+    KeepAliveHandler.peers = []
+    KeepAliveHandler.close_every = close_every
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_ranges_reuse_one_connection_per_thread(small_parts: None) -> None:
+    for base in serve_keepalive(PAYLOAD, close_every=0):
+        with open_source(f"{base}/b.mseal", allow_http=True) as stream:
+            assert read_all(stream) == PAYLOAD
+    parts = -(-len(PAYLOAD) // (256 * KiB))
+    assert len(RangeHandler.ranges) == parts
+    # the first (unranged) request, then at most one connection per fetch thread
+    assert len(set(KeepAliveHandler.peers)) <= 1 + ranged.DEFAULT_PARALLEL
+    assert len(KeepAliveHandler.peers) == 1 + parts
+
+
+def test_http_ranges_survive_the_server_closing_kept_connections(small_parts: None) -> None:
+    for base in serve_keepalive(PAYLOAD, close_every=3):
+        with open_source(f"{base}/b.mseal", allow_http=True) as stream:
+            assert read_all(stream) == PAYLOAD
+    assert len(set(KeepAliveHandler.peers)) > 1 + ranged.DEFAULT_PARALLEL

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import http.client
 import ssl
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -58,14 +60,12 @@ def _ranged_http(
     headers = {"User-Agent": "modelseal-unsealer"}
     if etag and not etag.startswith("W/"):
         headers["If-Match"] = etag
+    pool = _ConnectionPool(uri, timeout_s, context)
 
     def fetch(start: int, view: memoryview) -> None:
         end = start + len(view) - 1
-        req = urllib.request.Request(  # noqa: S310 - scheme checked by open_http
-            uri, headers={**headers, "Range": f"bytes={start}-{end}"}
-        )
         try:
-            resp = urllib.request.urlopen(req, timeout=timeout_s, context=context)  # noqa: S310 - scheme checked by open_http
+            resp = pool.get(start, end, {**headers, "Range": f"bytes={start}-{end}"})
         except urllib.error.HTTPError as exc:
             exc.close()
             raise SourceError(
@@ -92,4 +92,99 @@ def _ranged_http(
         fetch,
         errors=(OSError, http.client.HTTPException),
         timeout_s=timeout_s,
+        on_close=pool.close,
     )
+
+
+class _ConnectionPool:
+    """One kept-alive connection per fetch thread, for the range requests of one bundle.
+
+    A new TCP (and TLS) connection per part costs a handshake every `part_size` bytes; a
+    kept connection costs one per thread. A connection that failed, or that the server
+    closed, is dropped and the next request opens a new one (the ranged reader retries the
+    part). Through a proxy (the *_proxy variables name one for this host) every range goes
+    through urllib, as the first request did.
+    """
+
+    def __init__(self, uri: str, timeout_s: float, context: ssl.SSLContext) -> None:
+        parts = urllib.parse.urlsplit(uri)
+        self.uri = uri
+        self.https = parts.scheme.lower() == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port
+        self.target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        self.timeout_s = timeout_s
+        self.context = context
+        proxies = urllib.request.getproxies()
+        self.direct = not (
+            parts.scheme.lower() in proxies and not urllib.request.proxy_bypass(self.host)
+        )
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[http.client.HTTPConnection] = []
+        self._closed = False
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.https:
+                conn = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout_s, context=self.context
+                )
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+            with self._lock:
+                if self._closed:
+                    raise SourceError("stream closed")
+                self._all.append(conn)
+            self._local.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+            with self._lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+
+    def get(self, start: int, end: int, headers: dict[str, str]) -> http.client.HTTPResponse:
+        if not self.direct:
+            req = urllib.request.Request(self.uri, headers=headers)  # noqa: S310 - scheme checked by open_http
+            return urllib.request.urlopen(req, timeout=self.timeout_s, context=self.context)  # type: ignore[no-any-return]  # noqa: S310
+        for attempt in (1, 2):
+            reused = getattr(self._local, "conn", None) is not None
+            conn = self._connection()
+            try:
+                conn.request("GET", self.target, headers=headers)
+                resp = conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, ConnectionError):
+                self._drop()
+                if not reused or attempt == 2:
+                    raise
+                # a kept connection the server had closed meanwhile: once more on a new one
+            except BaseException:
+                self._drop()
+                raise
+        if resp.status >= 400:
+            resp.read(64 * 1024)
+            resp.close()
+            if resp.will_close:
+                self._drop()
+            raise urllib.error.HTTPError(self.uri, resp.status, resp.reason, resp.headers, None)
+        if resp.will_close:
+            # the server closes after this response: the next request reconnects
+            self._local.conn = None
+            with self._lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+        return resp
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()

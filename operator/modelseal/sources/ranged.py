@@ -156,7 +156,9 @@ def ranged_stream(
     timeout_s: float,
     parallel: int | None = None,
     part_size: int | None = None,
+    on_close: Callable[[], object] | None = None,
 ) -> SourceStream:
+    """A SourceStream over a RangedReader; `on_close` runs after the reader has stopped."""
     reader = RangedReader(
         name,
         size,
@@ -164,8 +166,16 @@ def ranged_stream(
         parallel=parallel or DEFAULT_PARALLEL,
         part_size=part_size or DEFAULT_PART_SIZE,
     )
+
+    def close() -> None:
+        try:
+            reader.close()
+        finally:
+            if on_close is not None:
+                on_close()
+
     stream = SourceStream(
-        name, reader.read_into, reader.close, size=size, errors=errors, timeout_s=timeout_s
+        name, reader.read_into, close, size=size, errors=errors, timeout_s=timeout_s
     )
     stream.buffer_bytes = reader.buffer_bytes
     return stream

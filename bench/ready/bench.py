@@ -19,6 +19,8 @@ fresh /dev/shm directory (removed, untimed, after each run), as child processes:
   plain-s3     boto3, 4 threads, one GET per object streamed into its file
                (bench/ready/fetch_s3.py)
   sealed-s3    the unsealer's path from s3://bench/sealed.mseal
+  sealed-s3-1stream, (with --compare-one-stream) sealed-http-1stream: the same with the
+               ranged fetch switched off (one GET read in order), for comparison only
 
 The data key is a LOCALLY GENERATED one (no Vault; the Transit unwrap, one round trip of
 tens of milliseconds, is not timed) and the output says so.
@@ -115,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curl-parallel", type=int, default=4)
     ap.add_argument("--https", action="store_true", help="nginx with TLS (a CA made here)")
     ap.add_argument("--skip-s3", action="store_true")
+    ap.add_argument(
+        "--compare-one-stream",
+        action="store_true",
+        help="also time sealed-http with one stream (sealed-s3-1stream always runs)",
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/modelseal-bench-ready"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -194,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
                 dict(os.environ),
             ),
         }
+        if args.compare_one_stream:
+            tools["sealed-http-1stream"] = sealed(
+                "sealed-http-1stream",
+                f"{nginx.base_url}/sealed-{args.size_mib}.mseal",
+                args.size_mib,
+                [*(["--ca", str(nginx.ca_file)] if nginx.ca_file else []), "--one-stream"],
+                dict(os.environ),
+            )
         if not args.skip_s3:
             from modelseal_devenv.s3 import S3Server
 
@@ -218,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
                 ["--s3-endpoint", s3.endpoint_url],
                 s3_env,
             )
+            tools["sealed-s3-1stream"] = sealed(
+                "sealed-s3-1stream",
+                f"s3://{BUCKET}/sealed.mseal",
+                s3_mib,
+                ["--s3-endpoint", s3.endpoint_url, "--one-stream"],
+                s3_env,
+            )
         check_plain_copy(plain_http, targets, model_bytes)
         all_samples, loads = run_rounds(tools, args.runs, targets)
     finally:
@@ -226,17 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(targets, ignore_errors=True)
 
     log("")
-    log(f"{'tool':<12} {'size MiB':>8} {'median s':>9} {'min s':>7} {'max s':>7} "
+    log(f"{'tool':<19} {'size MiB':>8} {'median s':>9} {'min s':>7} {'max s':>7} "
         f"{'GiB/s':>6} {'CPU s':>6} {'peak RSS MiB':>13}")  # fmt: skip
     med: dict[str, float] = {}
     for name, vals in all_samples.items():
-        size = s3_mib if name.endswith("-s3") else args.size_mib
+        size = s3_mib if "-s3" in name else args.size_mib
         walls = [w for w, _, _ in vals]
         med[name] = statistics.median(walls)
         cpu = statistics.median(c for _, _, c in vals)
         rss = max(r for _, r, _ in vals) / 1024
         log(
-            f"{name:<12} {size:>8} {med[name]:>9.3f} {min(walls):>7.3f} {max(walls):>7.3f} "
+            f"{name:<19} {size:>8} {med[name]:>9.3f} {min(walls):>7.3f} {max(walls):>7.3f} "
             f"{size / 1024 / med[name]:>6.2f} {cpu:>6.2f} {rss:>13.1f}"
         )
         results[name] = {"walls": walls, "median": med[name], "cpu_median": cpu, "size_mib": size}

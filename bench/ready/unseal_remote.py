@@ -28,10 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ca", type=Path, default=None)
     ap.add_argument("--s3-endpoint", default=None)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument(
+        "--one-stream",
+        action="store_true",
+        help="for comparison only: no ranged parallel fetch, one GET streamed in order",
+    )
     args = ap.parse_args(argv)
 
-    from modelseal.sources import open_source
+    from modelseal.sources import open_source, ranged
     from modelseal.unsealer.engine import UnsealOptions, unseal_stream
+
+    if args.one_stream:
+        ranged.MIN_RANGED_SIZE = 1 << 62  # every bundle is "small": one stream
 
     raw = sys.stdin.buffer.read(33)
     if len(raw) != 32:

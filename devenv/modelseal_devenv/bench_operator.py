@@ -631,12 +631,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise TimeoutError("the resync did not drain")
             time.sleep(1.0)
         time.sleep(2)
-        writes = AuditWindow.writes(AuditWindow.read(bench.audit_log, offset).by(OPERATOR_USER))
+        resync_window = AuditWindow.read(bench.audit_log, offset)
+        writes = AuditWindow.writes(resync_window.by(OPERATOR_USER))
         resync_writes = len(writes)
+        # What else changed meanwhile (on a loaded machine the node controller marks Pods
+        # not ready after a late kwok heartbeat; the operator then rightly writes status).
+        flips = Counter(
+            _short_user(str((e.get("user") or {}).get("username")))
+            for e in AuditWindow.writes(resync_window.events)
+            if (e.get("objectRef") or {}).get("resource") == "pods"
+            and (e.get("objectRef") or {}).get("subresource") == "status"
+        )
+        del resync_window
         say(f"resync: {done:.0f} model reconciles in {time.time() - t_restart:.0f} s, "
             f"{resync_writes} writes")  # fmt: skip
         for what, count in Counter(_what(e) for e in writes).most_common(10):
             print(f"    {what:<48} {count:7d}")
+        print("  Pod status writes meanwhile (changes the operator must follow): "
+              + (", ".join(f"{u} {c}" for u, c in flips.most_common()) or "none"))  # fmt: skip
 
         # 4. killed mid-rollout
         say(f"kill: {ref_n} more models; SIGKILL the operator a quarter of the way")

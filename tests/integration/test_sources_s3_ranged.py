@@ -1,5 +1,6 @@
-"""A big bundle from the real S3 test server comes in parallel ranged GETs, in order, and
-unseals; a small one stays one stream. (The threshold and part size are lowered so that a
+"""A big bundle from the real S3 test server comes in parallel ranged GETs, in order (from
+the first byte, or after a window of the first GET), and unseals; a small one stays one
+stream. (The threshold and part size are lowered so that a
 few MiB exercise the path.)"""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def test_s3_ranged_and_plain(
 ) -> None:
     monkeypatch.setattr(ranged, "MIN_RANGED_SIZE", 1024 * KiB)
     monkeypatch.setattr(ranged, "DEFAULT_PART_SIZE", 256 * KiB)
+    monkeypatch.setattr(ranged, "WAIT_FRACTION", 0.0)  # ranged from the first byte
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     big, small = os.urandom(3 * 1024 * KiB + 11), os.urandom(100 * KiB)
@@ -40,6 +42,16 @@ def test_s3_ranged_and_plain(
     ) as stream:
         assert stream.buffer_bytes == (ranged.DEFAULT_PARALLEL + 1) * 256 * KiB
         assert read_all(stream) == big
+        assert stream.reader.switched_at == 0
+    # one window from the first GET, then ranges from where it stopped
+    monkeypatch.setattr(ranged, "WAIT_FRACTION", 1e-12)
+    monkeypatch.setattr(ranged, "PROBE_BYTES", 300 * KiB)
+    with open_source(
+        f"s3://{s3_bucket}/big.mseal", s3_endpoint_url=s3_server.endpoint_url
+    ) as stream:
+        assert read_all(stream) == big
+        switched = stream.reader.switched_at
+        assert switched is not None and 300 * KiB <= switched < len(big)
     with open_source(
         f"s3://{s3_bucket}/small.mseal", s3_endpoint_url=s3_server.endpoint_url
     ) as stream:

@@ -51,6 +51,7 @@ class SourceStream(io.RawIOBase):
         self._timeout_s = timeout_s
         self.bytes_read = 0
         self.buffer_bytes = 0  # memory the source itself holds (ranged fetches)
+        self.reader: Any = None  # the ranged/adaptive reader behind it, if any (tests, benches)
 
     def readable(self) -> bool:
         return True

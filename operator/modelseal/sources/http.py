@@ -4,9 +4,11 @@ The timeout applies to connecting and to every read: a server that stops sending
 `timeout_s` seconds fails the unseal with a clear "stalled" error instead of hanging.
 
 A bundle of at least `ranged.MIN_RANGED_SIZE` bytes from a server that announces
-`Accept-Ranges: bytes` is fetched with parallel range requests (`ranged.RangedReader`),
-each checked for status 206 and the exact Content-Range, and pinned to the first
-response's strong ETag with If-Match (a bundle replaced mid-fetch fails with 412).
+`Accept-Ranges: bytes` is read from the first response until that one stream proves to be
+the bottleneck (`ranged.AdaptiveReader`), and the rest then with parallel range requests
+(`ranged.RangedReader`) over kept-alive connections, each checked for status 206 and the
+exact Content-Range, and pinned to the first response's strong ETag with If-Match (a
+bundle replaced mid-fetch fails with 412).
 """
 
 from __future__ import annotations
@@ -42,8 +44,7 @@ def open_http(uri: str, *, timeout_s: float, ca_file: Path | None = None) -> Sou
     accepts = str(response.headers.get("Accept-Ranges", "")).strip().lower() == "bytes"
     if size is not None and accepts and size >= ranged.MIN_RANGED_SIZE:
         etag = str(response.headers.get("ETag") or "")
-        response.close()
-        return _ranged_http(uri, name, size, etag, timeout_s, context)
+        return _ranged_http(uri, name, size, etag, timeout_s, context, response)
     return SourceStream(
         name,
         response.readinto,
@@ -55,7 +56,13 @@ def open_http(uri: str, *, timeout_s: float, ca_file: Path | None = None) -> Sou
 
 
 def _ranged_http(
-    uri: str, name: str, size: int, etag: str, timeout_s: float, context: ssl.SSLContext
+    uri: str,
+    name: str,
+    size: int,
+    etag: str,
+    timeout_s: float,
+    context: ssl.SSLContext,
+    first: http.client.HTTPResponse,
 ) -> SourceStream:
     headers = {"User-Agent": "modelseal-unsealer"}
     if etag and not etag.startswith("W/"):
@@ -93,6 +100,7 @@ def _ranged_http(
         errors=(OSError, http.client.HTTPException),
         timeout_s=timeout_s,
         on_close=pool.close,
+        first=(first.readinto, first.close),
     )
 
 

@@ -11,11 +11,18 @@ reader never waits behind a part that has not been asked for.
 raise; a short or failed fetch fails the stream with SourceError (after `retries` more
 tries of that part). Integrity does not depend on this layer: every chunk is
 authenticated and the digest pinned by the reader above.
+
+Ranges are not free (a thread and a request per part, one more copy of every byte, and
+some servers read the whole object for each range), so `ranged_stream` with `first` reads
+the first, unranged response in order and goes ranged only when that one stream is what
+the consumer waits on (`AdaptiveReader`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +32,8 @@ MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MiB
 DEFAULT_PARALLEL = 4
 MIN_RANGED_SIZE = 64 * MiB  # below this one stream is as fast
+PROBE_BYTES = 32 * MiB  # AdaptiveReader: window of the first stream between two looks
+WAIT_FRACTION = 0.5  # ... and the share of it spent waiting on that stream that goes ranged
 
 Fetch = Callable[[int, memoryview], None]
 
@@ -41,7 +50,7 @@ class _Part:
 
 
 class RangedReader:
-    """Reads [0, size) through `fetch` with `parallel` threads; `read_into` is sequential."""
+    """Reads [start, size) through `fetch` with `parallel` threads; `read_into` is sequential."""
 
     def __init__(
         self,
@@ -52,13 +61,15 @@ class RangedReader:
         parallel: int = DEFAULT_PARALLEL,
         part_size: int = DEFAULT_PART_SIZE,
         retries: int = 2,
+        start: int = 0,
     ) -> None:
-        if size < 0 or part_size <= 0 or parallel <= 0:
+        if size < 0 or part_size <= 0 or parallel <= 0 or not 0 <= start <= size:
             raise ValueError("bad ranged-reader parameters")
         self.name = name
         self.size = size
+        self.start = start
         self.part_size = part_size
-        self.parts = -(-size // part_size)
+        self.parts = -(-(size - start) // part_size)
         self.buffer_bytes = (parallel + 1) * part_size
         self._fetch = fetch
         self._retries = retries
@@ -89,12 +100,14 @@ class RangedReader:
                 index = self._next_to_fetch
                 self._next_to_fetch += 1
                 part.index, part.ready, part.error = index, False, None
-                part.length = min(self.part_size, self.size - index * self.part_size)
+                part.length = min(self.part_size, self.size - self.start - index * self.part_size)
                 self._by_index[index] = part
             error: BaseException | None = None
             for _attempt in range(self._retries + 1):
                 try:
-                    self._fetch(index * self.part_size, memoryview(part.buf)[: part.length])
+                    self._fetch(
+                        self.start + index * self.part_size, memoryview(part.buf)[: part.length]
+                    )
                     error = None
                     break
                 except BaseException as exc:
@@ -147,6 +160,87 @@ class RangedReader:
             t.join(timeout=1.0)
 
 
+class AdaptiveReader:
+    """The first response read in order; parallel ranges for the rest once it is the limit.
+
+    Ranged fetching only pays where one stream is slower than the reader: it costs threads,
+    requests and a copy per byte, and a server such as moto reads the whole object for every
+    range. So the body of the first (unranged) response is read as it comes, and every
+    `probe_bytes` the reader looks at how much of that window's wall time it spent waiting
+    inside that stream's reads. Above `wait_fraction` the stream, not the consumer
+    (decryption, writes), is the bottleneck: the first response is closed and the rest,
+    [offset, size), comes from a RangedReader. Below it, one stream keeps up, and stays.
+    `wait_fraction <= 0` goes ranged at once. Memory is bounded either way by the ranged
+    reader's buffers (`buffer_bytes`, announced up front).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        first_read_into: Callable[[memoryview], int],
+        first_close: Callable[[], object],
+        start_ranged: Callable[[int], RangedReader],
+        *,
+        probe_bytes: int,
+        wait_fraction: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.size = size
+        self.offset = 0
+        self.switched_at: int | None = None
+        self._first: Callable[[memoryview], int] | None = first_read_into
+        self._first_close = first_close
+        self._start_ranged = start_ranged
+        self._probe = max(1, probe_bytes)
+        self._fraction = wait_fraction
+        self._clock = clock
+        self._ranged: RangedReader | None = None
+        self._window_start = clock()
+        self._window_bytes = 0
+        self._window_wait = 0.0
+        if wait_fraction <= 0:
+            self._switch()
+
+    def _switch(self) -> None:
+        self._close_first()
+        self.switched_at = self.offset
+        self._ranged = self._start_ranged(self.offset)
+
+    def _close_first(self) -> None:
+        if self._first is not None:
+            self._first = None
+            with contextlib.suppress(Exception):
+                self._first_close()
+
+    def read_into(self, view: memoryview) -> int:
+        if self._ranged is not None:
+            n = self._ranged.read_into(view)
+            self.offset += n
+            return n
+        if self._first is None:
+            raise SourceError(f"{self.name}: stream closed")
+        t0 = self._clock()
+        n = self._first(view[: self.size - self.offset])
+        t1 = self._clock()
+        self.offset += n
+        self._window_wait += t1 - t0
+        self._window_bytes += n
+        if n and self._window_bytes >= self._probe and self.offset < self.size:
+            elapsed = t1 - self._window_start
+            if elapsed > 0 and self._window_wait > self._fraction * elapsed:
+                self._switch()
+            else:
+                self._window_start, self._window_bytes, self._window_wait = t1, 0, 0.0
+        return n
+
+    def close(self) -> None:
+        self._close_first()
+        if self._ranged is not None:
+            self._ranged.close()
+
+
 def ranged_stream(
     name: str,
     size: int,
@@ -157,15 +251,33 @@ def ranged_stream(
     parallel: int | None = None,
     part_size: int | None = None,
     on_close: Callable[[], object] | None = None,
+    first: tuple[Callable[[memoryview], int], Callable[[], object]] | None = None,
 ) -> SourceStream:
-    """A SourceStream over a RangedReader; `on_close` runs after the reader has stopped."""
-    reader = RangedReader(
-        name,
-        size,
-        fetch,
-        parallel=parallel or DEFAULT_PARALLEL,
-        part_size=part_size or DEFAULT_PART_SIZE,
-    )
+    """A SourceStream over [0, size): parallel ranges through `fetch`.
+
+    With `first` (the read_into and close of the first, unranged response) that response is
+    read in order until it proves to be the bottleneck (AdaptiveReader). `on_close` runs
+    after the readers have stopped.
+    """
+    par = parallel or DEFAULT_PARALLEL
+    psize = part_size or DEFAULT_PART_SIZE
+
+    def start_ranged(offset: int) -> RangedReader:
+        return RangedReader(name, size, fetch, parallel=par, part_size=psize, start=offset)
+
+    reader: RangedReader | AdaptiveReader
+    if first is None:
+        reader = start_ranged(0)
+    else:
+        reader = AdaptiveReader(
+            name,
+            size,
+            first[0],
+            first[1],
+            start_ranged,
+            probe_bytes=PROBE_BYTES,
+            wait_fraction=WAIT_FRACTION,
+        )
 
     def close() -> None:
         try:
@@ -177,7 +289,8 @@ def ranged_stream(
     stream = SourceStream(
         name, reader.read_into, close, size=size, errors=errors, timeout_s=timeout_s
     )
-    stream.buffer_bytes = reader.buffer_bytes
+    stream.buffer_bytes = (par + 1) * psize
+    stream.reader = reader
     return stream
 
 

@@ -4,8 +4,10 @@ Credentials come from boto3's usual chain (env, web identity / IRSA, config file
 endpoint from `endpoint_url` or AWS_ENDPOINT_URL. Connect and read timeouts are
 `timeout_s`, so a stalled object stream fails instead of hanging.
 
-An object of at least `ranged.MIN_RANGED_SIZE` bytes is fetched with parallel ranged
-GETs (`ranged.RangedReader`), each pinned to the first response's ETag (IfMatch).
+An object of at least `ranged.MIN_RANGED_SIZE` bytes is read from the first GET until that
+one stream proves to be the bottleneck (`ranged.AdaptiveReader`), the rest then with
+parallel ranged GETs (`ranged.RangedReader`), each pinned to the first response's ETag
+(IfMatch).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def open_s3(uri: str, *, timeout_s: float, endpoint_url: str | None = None) -> S
     errors = (OSError, botocore.exceptions.BotoCoreError, Exception)
     if size >= ranged.MIN_RANGED_SIZE:
         etag = str(obj.get("ETag") or "")
-        body.close()
+        first_raw = body._raw_stream
 
         def fetch(start: int, view: memoryview) -> None:
             end = start + len(view) - 1
@@ -76,7 +78,17 @@ def open_s3(uri: str, *, timeout_s: float, endpoint_url: str | None = None) -> S
             finally:
                 stream.close()
 
-        return ranged.ranged_stream(name, size, fetch, errors=errors, timeout_s=timeout_s)
+        def first_read_into(view: memoryview) -> int:
+            return int(first_raw.readinto(view))
+
+        return ranged.ranged_stream(
+            name,
+            size,
+            fetch,
+            errors=errors,
+            timeout_s=timeout_s,
+            first=(first_read_into, body.close),
+        )
     raw = body._raw_stream  # urllib3 response: readinto without an extra copy
 
     def read_into(view: memoryview) -> int:

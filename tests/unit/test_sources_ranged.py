@@ -412,3 +412,20 @@ def test_http_switch_mid_stream_gives_every_byte_once(
     starts = [int(r.split("=")[1].split("-")[0]) for r in RangeHandler.ranges]
     assert min(starts) == switched  # the ranges begin where the first stream stopped
     assert len(starts) == -(-(len(PAYLOAD) - switched) // (256 * KiB))
+
+
+def test_one_slow_window_is_not_enough_when_two_are_asked_for() -> None:
+    clock = Clock()
+    waits = iter([3.0] * 7 + [0.1] * 7 + [3.0] * 7 + [3.0] * 7)  # slow, fast, slow, slow
+    reader, starts, _closed = adaptive(clock, wait_per_read=0.0)
+    reader._windows = 2
+    first = reader._first
+    assert first is not None
+
+    def varying(view: memoryview) -> int:
+        clock.now += next(waits, 3.0)
+        return first(view)
+
+    reader._first = varying
+    assert consume(reader, clock, work_per_read=1.0) == PAYLOAD
+    assert starts == [4 * 7 * 40 * KiB]  # after the second slow window in a row

@@ -34,6 +34,7 @@ DEFAULT_PARALLEL = 4
 MIN_RANGED_SIZE = 64 * MiB  # below this one stream is as fast
 PROBE_BYTES = 32 * MiB  # AdaptiveReader: window of the first stream between two looks
 WAIT_FRACTION = 0.5  # ... and the share of it spent waiting on that stream that goes ranged
+SLOW_WINDOWS = 2  # ... in that many windows in a row (one can be a start-up hiccup)
 
 Fetch = Callable[[int, memoryview], None]
 
@@ -167,8 +168,9 @@ class AdaptiveReader:
     requests and a copy per byte, and a server such as moto reads the whole object for every
     range. So the body of the first (unranged) response is read as it comes, and every
     `probe_bytes` the reader looks at how much of that window's wall time it spent waiting
-    inside that stream's reads. Above `wait_fraction` the stream, not the consumer
-    (decryption, writes), is the bottleneck: the first response is closed and the rest,
+    inside that stream's reads. Above `wait_fraction` in `slow_windows` windows in a row,
+    the stream, not the consumer (decryption, writes), is the bottleneck (a busy machine can
+    make one window look slow): the first response is closed and the rest,
     [offset, size), comes from a RangedReader. Below it, one stream keeps up, and stays.
     `wait_fraction <= 0` goes ranged at once. Memory is bounded either way by the ranged
     reader's buffers (`buffer_bytes`, announced up front).
@@ -184,6 +186,7 @@ class AdaptiveReader:
         *,
         probe_bytes: int,
         wait_fraction: float,
+        slow_windows: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
@@ -200,6 +203,8 @@ class AdaptiveReader:
         self._window_start = clock()
         self._window_bytes = 0
         self._window_wait = 0.0
+        self._windows = max(1, slow_windows)
+        self._slow_windows = 0
         if wait_fraction <= 0:
             self._switch()
 
@@ -229,7 +234,9 @@ class AdaptiveReader:
         self._window_bytes += n
         if n and self._window_bytes >= self._probe and self.offset < self.size:
             elapsed = t1 - self._window_start
-            if elapsed > 0 and self._window_wait > self._fraction * elapsed:
+            slow = elapsed > 0 and self._window_wait > self._fraction * elapsed
+            self._slow_windows = self._slow_windows + 1 if slow else 0
+            if self._slow_windows >= self._windows:
                 self._switch()
             else:
                 self._window_start, self._window_bytes, self._window_wait = t1, 0, 0.0
@@ -277,6 +284,7 @@ def ranged_stream(
             start_ranged,
             probe_bytes=PROBE_BYTES,
             wait_fraction=WAIT_FRACTION,
+            slow_windows=SLOW_WINDOWS,
         )
 
     def close() -> None:

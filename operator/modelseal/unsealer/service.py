@@ -8,10 +8,10 @@ Life cycle::
 `revoking` lasts while Triton unloads the model and the files are wiped; `revoked` is
 reported only once the files are gone, so a client that sees it can rely on it.
 
-- HTTP on `unsealer_bind_address:unsealer_port`: `GET /healthz` (alive), `GET /readyz`
-  (200 only while the model is published: use it as the startup and readiness probe),
-  `GET /status` (JSON, no secrets), `POST /revoke` (bearer token from
-  `unsealer_control_token_file` when set).
+- HTTP (`control_api.py`) on `unsealer_bind_address:unsealer_port`: `GET /healthz`
+  (alive), `GET /readyz` (200 only while the model is published: use it as the startup
+  and readiness probe), `GET /status` (JSON, no secrets), `POST /revoke` (bearer token
+  from `unsealer_control_token_file` when set).
 - Revocation (POST /revoke, or the license file showing every license of the model
   revoked or expired): readiness goes 503 at once, the ready marker is removed, Triton is
   asked to unload each model (`POST /v2/repository/models/<name>/unload`), and the files
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -32,21 +31,22 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientSession, ClientTimeout
 
 from modelseal.config import TRITON_CONTROL_HEADER, Settings
 from modelseal.crypto import BundleError, sign
 from modelseal.crypto import format as fmt
 from modelseal.crypto.stream import SecretBytes
 from modelseal.logging import setup_logging as json_logging
+from modelseal.quota.license import LicenseError, parse_licenses
 from modelseal.sources import SourceError, open_source
 from modelseal.vault import auth, transit
 from modelseal.vault.auth import VaultError
 
+from .control_api import ControlApi
 from .engine import (
     UnsealError,
     UnsealOptions,
@@ -57,30 +57,11 @@ from .engine import (
     unseal_stream,
     wipe_tree,
 )
-from .limits import dump_state, harden_process
+from .license_check import revocation_reason
+from .limits import harden_process
+from .states import EXIT_CONFIG, EXIT_IO, ConfigError, UnsealerState, exit_code_for
 
 log = logging.getLogger("modelseal.unsealer")
-
-EXIT_BUNDLE = 1
-EXIT_CONFIG = 2
-EXIT_VAULT = 3
-EXIT_IO = 4
-
-
-class ConfigError(Exception):
-    pass
-
-
-class UnsealerState(StrEnum):
-    """The states `/status`, `/readyz` and `/healthz` report (the docstring's machine)."""
-
-    STARTING = "starting"
-    UNSEALING = "unsealing"
-    READY = "ready"
-    REVOKING = "revoking"
-    REVOKED = "revoked"
-    FAILED = "failed"
-    STOPPING = "stopping"
 
 
 def setup_logging(level: str) -> None:
@@ -93,16 +74,6 @@ def setup_logging(level: str) -> None:
     )
 
 
-def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, ConfigError):
-        return EXIT_CONFIG
-    if isinstance(exc, BundleError):
-        return EXIT_BUNDLE
-    if isinstance(exc, VaultError):
-        return EXIT_VAULT
-    return EXIT_IO
-
-
 class Unsealer:
     def __init__(self, settings: Settings) -> None:
         self.s = settings
@@ -113,8 +84,7 @@ class Unsealer:
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.revoked_at: float | None = None
-        self.port: int | None = None
-        self._runner: web.AppRunner | None = None
+        self.api = ControlApi(self, settings.unsealer_bind_address, settings.unsealer_port)
         self._revoke_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._cancel = threading.Event()  # asks a running unseal to give up
@@ -126,6 +96,14 @@ class Unsealer:
     @property
     def repository(self) -> Path:
         return self.s.model_dir / self.s.unsealer_repository_subdir
+
+    @property
+    def repository_path(self) -> str:
+        return str(self.repository)
+
+    @property
+    def control_token(self) -> str | None:
+        return self._control_token
 
     @property
     def marker(self) -> Path:
@@ -175,76 +153,6 @@ class Unsealer:
                 "or MODELSEAL_VAULT_TOKEN_FILE (development)"
             )
         return pinned, trusted
-
-    # ------------------------------------------------------------------------- HTTP
-
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=4096)
-        app.router.add_get("/healthz", self.h_health)
-        app.router.add_get("/readyz", self.h_ready)
-        app.router.add_get("/status", self.h_status)
-        app.router.add_post("/revoke", self.h_revoke)
-        return app
-
-    async def start_http(self) -> None:
-        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.s.unsealer_bind_address, self.s.unsealer_port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.s.unsealer_port
-        log.info("unsealer listening on %s:%s", self.s.unsealer_bind_address, self.port)
-
-    async def stop_http(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "state": self.state,
-            "reason": self.reason,
-            "models": self.models,
-            "repository": str(self.repository),
-            "peak_rss_kib": peak_rss_kib(),
-            "core_dumps": dump_state(),
-        }
-        if self.report is not None:
-            core = self.report.header.core
-            out.update(
-                digest=self.report.digest,
-                plaintext_size=core.plaintext_size,
-                files=core.file_count,
-                unseal_seconds=round(self.report.seconds, 3),
-                signer=self.report.result.signer,
-                unseal_workers=self.report.plan.workers if self.report.plan else None,
-                unseal_write_mode=self.report.write_mode,
-            )
-        return out
-
-    async def h_health(self, request: web.Request) -> web.Response:
-        return web.json_response({"state": self.state})
-
-    async def h_ready(self, request: web.Request) -> web.Response:
-        code = 200 if self.state is UnsealerState.READY else 503
-        return web.json_response({"state": self.state, "reason": self.reason}, status=code)
-
-    async def h_status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.status())
-
-    async def h_revoke(self, request: web.Request) -> web.Response:
-        if self._control_token is not None:
-            given = request.headers.get("Authorization", "")
-            expected = f"Bearer {self._control_token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return web.json_response({"error": "unauthorized"}, status=401)
-        reason = "revoked through the control endpoint"
-        with contextlib.suppress(Exception):
-            body = await request.json()
-            if isinstance(body, dict) and isinstance(body.get("reason"), str):
-                reason = body["reason"][:200]
-        await self.revoke(reason)
-        return web.json_response(self.status())
 
     # ----------------------------------------------------------------------- unseal
 
@@ -333,9 +241,8 @@ class Unsealer:
     # ------------------------------------------------------------------- revocation
 
     def license_verdict(self, now: datetime) -> str | None:
-        """A reason to revoke, from the license file, or None."""
-        from modelseal.quota.license import LicenseError, parse_licenses
-
+        """A reason to revoke, from the license file, or None (an unreadable or invalid
+        file is warned about and changes nothing: the operator is told by the gateway)."""
         path = self.license_file
         try:
             data = path.read_bytes()
@@ -350,18 +257,7 @@ class Unsealer:
             self._warn_license(f"license file {path} is invalid: {exc}")
             return None
         self._license_warned = ""
-        covering = [lic for lic in licenses.values() if lic.models & set(self.models)]
-        if not covering:
-            return None
-        reasons: list[str] = []
-        for lic in covering:
-            if lic.revoked:
-                reasons.append(f"license {lic.id} is revoked")
-            elif lic.not_after is not None and now >= lic.not_after:
-                reasons.append(f"license {lic.id} expired at {lic.not_after.isoformat()}")
-            else:
-                return None  # at least one license still allows the model
-        return "; ".join(reasons)
+        return revocation_reason(licenses, self.models, now)
 
     def _warn_license(self, message: str) -> None:
         if message != self._license_warned:
@@ -431,7 +327,7 @@ class Unsealer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
-        await self.start_http()
+        await self.api.start()
         try:
             verdict = self.license_verdict(datetime.now(UTC)) if self.models else None
             watcher: asyncio.Task[None] | None = None
@@ -456,7 +352,7 @@ class Unsealer:
                 self.state = UnsealerState.STOPPING
                 self.marker.unlink(missing_ok=True)
                 await asyncio.to_thread(self._wipe)
-            await self.stop_http()
+            await self.api.stop()
 
     async def _unseal(self, pinned: bytes, trusted: list[Any] | None) -> int:
         self.state = UnsealerState.UNSEALING

@@ -13,6 +13,7 @@ from typing import Any
 from modelseal.handlers.auditing import model_audit_key
 from modelseal.handlers.controller.context import Context
 from modelseal.handlers.controller.events import Events, log_about
+from modelseal.handlers.usage_export_secret import ensure_usage_export_secret
 from modelseal.handlers.workqueue import RetryLater
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError
@@ -113,6 +114,14 @@ class Applier:
         await self.ctx.kube.replace(k8s.SECRET, spec.namespace, name, body)
         await self.events.post(
             ref, "Warning", "DriftRepaired", f"Secret {name} lost or changed a key: put back"
+        )
+
+    async def ensure_usage_export(self, spec: ModelSpec, ref: Mapping[str, str]) -> str | None:
+        """The model's copy of the usage export token (``usage_export_secret``): made with
+        the model's other objects, so that its Pods do not wait for the usage writer's next
+        round; why it cannot be made, or None (reported like missing Redis credentials)."""
+        return await ensure_usage_export_secret(
+            self.ctx.kube, self.ctx.settings, spec, ref, self.events.post
         )
 
     async def ensure_redis_auth(

@@ -222,6 +222,7 @@ class ModelReconciler:
         # Missing credentials are reported (Degraded) and retried; the Pods wait for the
         # Secret's volume meanwhile (the gateway never runs without them).
         error = error or await self.applier.ensure_redis_auth(spec, rendered, redis_live, ref)
+        error = error or await self.applier.ensure_usage_export(spec, ref)
         deployment = await self.applier.apply(rendered, live, ref)
         return Outcome(key, error, effective, rendered, deployment)
 

@@ -92,7 +92,10 @@ class AuditLog:
             collections.deque()
         )
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._wakeup = asyncio.Event()
+        # set while the writer sleeps with nothing queued: done by the next submit/close
+        # (a bare future and one timer: cheaper than an Event wait under ``wait_for``,
+        # which made a task each time the writer fell idle)
+        self._sleeping: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
@@ -168,8 +171,15 @@ class AuditLog:
                 fut.set_exception(AuditWriterDead(f"audit writer stopped: {self.dead}"))
         self._pending.append((record, fut))
         self._idle.clear()
-        self._wakeup.set()
+        self._wake()
         return fut
+
+    def _wake(self) -> None:
+        sleeping = self._sleeping
+        if sleeping is not None:
+            self._sleeping = None
+            if not sleeping.done():
+                sleeping.set_result(None)
 
     def emit(self, record: dict[str, Any]) -> bool:
         """Reserve without waiting and queue; False (and counted) if the queue is full."""
@@ -273,10 +283,15 @@ class AuditLog:
                 self._idle.set()
                 if self._closing:
                     return
-                self._wakeup.clear()
                 wait = self.checkpoint_interval_s - (time.monotonic() - self.chain.last_checkpoint)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), max(0.0, wait))
+                loop = asyncio.get_running_loop()
+                sleeping = self._sleeping = loop.create_future()
+                timer = loop.call_later(max(0.0, wait), _settle, sleeping)
+                try:
+                    await sleeping
+                finally:
+                    timer.cancel()
+                    self._sleeping = None
                 if not self._pending and self._checkpoint_due():
                     await self._write([self.chain.checkpoint("interval")])
                     await self._sync()
@@ -311,7 +326,7 @@ class AuditLog:
 
     async def close(self) -> None:
         self._closing = True
-        self._wakeup.set()
+        self._wake()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -324,3 +339,9 @@ class AuditLog:
         await self.sink.sync()
         self._save_point()
         await self.sink.close()
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    """The writer's sleep ends (its timer): a checkpoint may be due."""
+    if not fut.done():
+        fut.set_result(None)

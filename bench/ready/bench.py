@@ -13,9 +13,11 @@ fresh /dev/shm directory (removed, untimed, after each run), as child processes:
   plain-http   curl --parallel --parallel-max 4 --create-dirs: every file of the model
                straight into the destination (no staging, no copy: the fastest plain
                reference a simple tool gives, stricter than "download + cp -r")
-  sealed-http  the unsealer's path from the bundle's URL: ranged parallel fetch
-               (sources/ranged.py) -> every chunk authenticated -> decrypt -> staging ->
-               atomic publish, digest pinned (bench/ready/unseal_remote.py)
+  sealed-http  the unsealer's path from the bundle's URL: the first response read in
+               order, parallel ranges for the rest once that one stream is what the
+               unsealer waits on (sources/ranged.py AdaptiveReader) -> every chunk
+               authenticated -> decrypt -> staging -> atomic publish, digest pinned
+               (bench/ready/unseal_remote.py)
   plain-s3     boto3, 4 threads, one GET per object streamed into its file
                (bench/ready/fetch_s3.py)
   sealed-s3    the unsealer's path from s3://bench/sealed.mseal
@@ -27,7 +29,8 @@ tens of milliseconds, is not timed) and the output says so.
 
 moto reads (and copies) the whole object for every GET, ranged or not, so every ranged
 part of a bundle costs moto the bundle's full size; at multi-GiB sizes the 4 parallel
-ranged GETs of the unsealer would make moto hold 4 x 2 x the bundle in memory. The S3 leg
+ranged GETs of the unsealer (when it goes ranged: moto's one stream can be slow enough)
+would make moto hold 4 x 2 x the bundle in memory. The S3 leg
 therefore runs at ``--s3-size-mib`` (default: the smaller of --size-mib and 512) and says
 so; real S3 serves a range in time proportional to the range.
 

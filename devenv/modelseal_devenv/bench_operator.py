@@ -53,7 +53,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,8 @@ class Bench:
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-format=json",
                 "--audit-log-mode=blocking",
-                "--audit-log-maxsize=0",
+                # MB; 0 would mean the library's default of 100 MB, and a rotation mid-run
+                "--audit-log-maxsize=100000",
             ],
             extra_controller_manager_args=(
                 [f"--kube-api-qps={kcm_qps}", f"--kube-api-burst={2 * kcm_qps}"] if kcm_qps else []
@@ -392,16 +393,26 @@ class AuditWindow:
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def read(cls, path: Path, since: int, until: int | None = None) -> AuditWindow:
+    def read(cls, path: Path, since: float, until: float | None = None) -> AuditWindow:
+        """The completed requests received from `since` to `until` (epoch seconds), from
+        `path` and any rotated copies of it beside it (``audit-<time>.log``)."""
         out = cls()
-        with path.open("rb") as fh:
-            fh.seek(since)
-            data = fh.read() if until is None else fh.read(max(0, until - since))
-        for line in data.splitlines():
-            with contextlib.suppress(ValueError):
-                ev = json.loads(line)
-                if ev.get("stage") == "ResponseComplete":
-                    out.events.append(ev)
+        lo = _stamp(since)
+        hi = _stamp(until) if until is not None else "~"
+        key = b'"requestReceivedTimestamp":"'
+        for file in sorted(path.parent.glob(f"{path.stem}*{path.suffix}")):
+            with file.open("rb") as fh:
+                for line in fh:
+                    at = line.find(key)
+                    if at < 0:
+                        continue
+                    stamp = line[at + len(key) : at + len(key) + 27].decode(errors="replace")
+                    if not lo <= stamp <= hi:
+                        continue
+                    with contextlib.suppress(ValueError):
+                        ev = json.loads(line)
+                        if ev.get("stage") == "ResponseComplete":
+                            out.events.append(ev)
         return out
 
     def by(self, user: str) -> list[dict[str, Any]]:
@@ -410,6 +421,11 @@ class AuditWindow:
     @staticmethod
     def writes(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         return [e for e in events if e.get("verb") in WRITE_VERBS]
+
+
+def _stamp(epoch: float) -> str:
+    """The audit log's timestamp format (UTC, microseconds), which sorts as text."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _when(ev: dict[str, Any]) -> float:
@@ -570,7 +586,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{len(main_b.namespaces)} namespaces")  # fmt: skip
         m_before = bench.operator_metrics()
         cpu_before = bench.cpu_seconds()
-        offset = bench.audit_log.stat().st_size
         t0 = time.time()
         bench.create(main_b)
         created_s = time.time() - t0
@@ -582,8 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.sample_rss()
         rss_mb = bench.peak_rss_kb / 1024
         time.sleep(2)
-        window = AuditWindow.read(bench.audit_log, offset)
-        window.events = [e for e in window.events if _when(e) <= t1]
+        window = AuditWindow.read(bench.audit_log, t0 - 1, t1)
         api_rps, peak_rps, rates = rate_lines(window, t0, t1)
         say(f"rollout: all {n} Ready after {ready_s:.1f} s (created in {created_s:.1f} s); "
             f"operator peak RSS {rss_mb:.0f} MB")  # fmt: skip
@@ -607,7 +621,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "periodic resync (30 s after start)")  # fmt: skip
         assert bench.operator is not None
         bench.operator.stop(timeout=30)
-        offset = bench.audit_log.stat().st_size
         t_restart = time.time()
         bench.start_operator()
         total = ref_n + n
@@ -631,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise TimeoutError("the resync did not drain")
             time.sleep(1.0)
         time.sleep(2)
-        resync_window = AuditWindow.read(bench.audit_log, offset)
+        resync_window = AuditWindow.read(bench.audit_log, t_restart)
         writes = AuditWindow.writes(resync_window.by(OPERATOR_USER))
         resync_writes = len(writes)
         # What else changed meanwhile (on a loaded machine the node controller marks Pods

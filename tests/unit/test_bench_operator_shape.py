@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 from modelseal_devenv.bench_operator import AuditWindow, make_batch, stage_table
 
@@ -54,3 +56,25 @@ def test_stage_table_maps_pods_to_their_model() -> None:
     assert rows["scheduler: Pod bound"] == "1"
     assert rows["model Ready=True"] == "1"
     assert "2.0" in next(line for line in table if "Deployment created" in line)
+
+
+def test_audit_window_reads_rotated_files_by_time(tmp_path: Path) -> None:
+    def line(stamp: str, verb: str) -> str:
+        # compact, as the API server writes it
+        doc = {"stage": "ResponseComplete", "verb": verb, "requestReceivedTimestamp": stamp}
+        return json.dumps(doc, separators=(",", ":"))
+
+    (tmp_path / "audit-2026-12-01T04-18-58.574.log").write_text(
+        line("1970-01-12T13:46:39.000000Z", "early")
+        + "\n"
+        + line("1970-01-12T13:46:41.000000Z", "rotated")
+        + "\n"
+    )
+    (tmp_path / "audit.log").write_text(
+        line("1970-01-12T13:46:43.000000Z", "current")
+        + "\n"
+        + line("1970-01-12T13:46:50.000000Z", "late")
+        + "\nnot json\n"
+    )
+    window = AuditWindow.read(tmp_path / "audit.log", 1_000_000.0, 1_000_005.0)
+    assert [e["verb"] for e in window.events] == ["rotated", "current"]

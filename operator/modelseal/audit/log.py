@@ -59,6 +59,10 @@ class AuditWriterDead(AuditOverflow):
     """The writer task has ended while the log is open: no record would be written."""
 
 
+class AuditSyncFailed(RuntimeError):
+    """The sink could not make written records durable (the writer ends on it)."""
+
+
 class AuditLog:
     def __init__(
         self,
@@ -268,11 +272,20 @@ class AuditLog:
                 "audit state file %s: %s (a restart will not be linked)", self.state_file, exc
             )
 
-    async def _sync(self) -> None:
+    async def _sync(self, done: list[asyncio.Future[None]] | None = None) -> None:
+        """Make the written records durable. A failure ends the writer: the records may be
+        lost, so the requests waiting on them are refused (``done``), no later request is
+        answered, and liveness fails (the container restarts and the chain resumes from
+        what the file holds), rather than answering without a durable record."""
         try:
             await self.sink.sync()
         except Exception as exc:
-            log.error("audit sink %s: sync failed: %s", self.sink.name, exc)
+            why = f"audit sink {self.sink.name}: sync failed: {type(exc).__name__}: {exc}"
+            log.critical("%s", why)
+            for fut in done or ():
+                if not fut.done():
+                    fut.set_exception(AuditWriterDead(why))
+            raise AuditSyncFailed(why) from exc
 
     def _checkpoint_due(self) -> bool:
         return time.monotonic() - self.chain.last_checkpoint >= self.checkpoint_interval_s
@@ -311,7 +324,7 @@ class AuditLog:
             checkpointed = any(b'"type":"checkpoint"' in line for line in batch)
             await self._write(batch)
             if checkpointed or done:
-                await self._sync()
+                await self._sync(done)
             self._save_point()
             for fut in done:
                 if not fut.done():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -107,11 +108,17 @@ class FileSink(Sink):
         thread hand-off cost several times the ``fsync``'s own CPU: GIL hand-overs, context
         switches), in a worker thread once it is slow (``INLINE_FSYNC_MAX_S``), so that a
         slow disk never stalls the loop for long; the time taken is followed either way."""
-        with contextlib.suppress(OSError):
+        try:
             if self.fsync_s < INLINE_FSYNC_MAX_S:
                 self._timed_fsync()
             else:
                 await asyncio.to_thread(self._timed_fsync)
+        except OSError as exc:
+            # A file that cannot be synchronised at all (a pipe, a character device) has
+            # nothing more to give; any other failure means the records may be lost (after
+            # a failed fsync Linux may drop the dirty pages), so it must reach the writer.
+            if exc.errno != errno.EINVAL:
+                raise
 
     def _timed_fsync(self) -> None:
         t = time.perf_counter()

@@ -56,7 +56,7 @@ test: system-deps venv testservers node images images-triton lint typecheck ## s
 env-check: system-deps venv testservers node ## start each real test server, prove it works, print versions
 	$(PY) -m modelseal_devenv.envcheck
 
-demo: system-deps venv testservers ## the whole story on this machine: seal, license, serve, meter, revoke, audit
+demo: system-deps venv testservers node images images-triton ## the whole story on the real node: seal, license, serve, meter, revoke, audit
 	$(PY) -m modelseal_devenv.demo
 
 # Slow (a cold build of every server): run it before closing work that changes set-up.

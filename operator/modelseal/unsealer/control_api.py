@@ -1,8 +1,9 @@
 """The unsealer's HTTP endpoints: probes, status and the revocation control.
 
-`GET /healthz` (alive), `GET /readyz` (200 only in state ``ready``), `GET /status` (JSON, no
-secrets), `POST /revoke` (bearer control token when one is configured). The endpoints only
-read the unsealer's state and ask it to revoke; the life cycle lives in `service.py`.
+`GET /healthz` (alive; 503 in state ``failed``), `GET /readyz` (200 only in state
+``ready``), `GET /status` (JSON, no secrets), `POST /revoke` (bearer control token when
+one is configured). The endpoints only read the unsealer's state and ask it to revoke; the
+life cycle lives in `service.py`.
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ class ControlApi:
             await self._runner.cleanup()
 
     async def h_health(self, request: web.Request) -> web.Response:
-        return web.json_response({"state": self.unsealer.state})
+        # `failed` while running means a revocation could not wipe the model: restart.
+        u = self.unsealer
+        code = 503 if u.state is UnsealerState.FAILED else 200
+        return web.json_response({"state": u.state}, status=code)
 
     async def h_ready(self, request: web.Request) -> web.Response:
         u = self.unsealer

@@ -3,7 +3,9 @@
 Life cycle::
 
     starting -> unsealing -> ready -> revoking -> revoked
-                    \\-> failed (the process exits non-zero; kubelet restarts it)
+        |           \\-> failed (the process exits non-zero; kubelet restarts it)
+        \\-> revoking (the license is revoked already: an earlier run's files are wiped)
+    revoking -> failed (the wipe failed: liveness 503, the kubelet restarts the container)
 
 `revoking` lasts while Triton unloads the model and the files are wiped; `revoked` is
 reported only once the files are gone, so a client that sees it can rely on it.
@@ -303,17 +305,32 @@ class Unsealer:
             self.revoked_at = time.time()
             log.warning("revoking the model: %s", reason, extra={"state": self.state})
             self.marker.unlink(missing_ok=True)
-            if previous is UnsealerState.READY:
+            # An earlier run's model may still be loaded (this container restarted while
+            # Triton kept running): unload it as well.
+            if previous is UnsealerState.READY or await asyncio.to_thread(
+                os.path.lexists, self.repository
+            ):
                 await self.unload_models()
-            await asyncio.to_thread(self._wipe)
+            failure = await asyncio.to_thread(self._wipe)
+            if failure is not None:
+                # Not `revoked`: a client must be able to rely on that meaning "wiped".
+                # Liveness fails in this state, so the kubelet restarts the container,
+                # whose start finds the license revoked and wipes again.
+                self.state = UnsealerState.FAILED
+                self.reason = f"{reason}; the model files could not be wiped: {failure}"
+                log.error("revocation incomplete: %s", self.reason, extra={"state": self.state})
+                return
             self.state = UnsealerState.REVOKED
             log.warning("model files wiped", extra={"state": self.state})
 
-    def _wipe(self) -> None:
+    def _wipe(self) -> str | None:
+        """Wipe the published model; the failure's message, or None when it is gone."""
         try:
             wipe_tree(self.repository)
         except UnsealError as exc:
             log.error("%s", exc)
+            return str(exc)
+        return None
 
     # ----------------------------------------------------------------------- main
 
@@ -332,8 +349,9 @@ class Unsealer:
             verdict = self.license_verdict(datetime.now(UTC)) if self.models else None
             watcher: asyncio.Task[None] | None = None
             if verdict:
-                self.state, self.reason = UnsealerState.REVOKED, verdict
                 log.error("not unsealing: %s", verdict, extra={"state": self.state})
+                # a model an earlier run of this container published is wiped too
+                await self.revoke(verdict)
             else:
                 code = await self._unseal(pinned, trusted)
                 if code:

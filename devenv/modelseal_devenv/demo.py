@@ -1,15 +1,17 @@
 """`make demo`: the whole Modelseal story on this machine, step by step.
 
-    python -m modelseal_devenv.demo [--keep] [--workdir DIR]
+    python -m modelseal_devenv.demo [--keep] [--workdir DIR] [--runtime containerd|podrunner]
 
-Starts a real Kubernetes control plane (kwok GPU nodes), Vault (Transit + Kubernetes auth),
-Redis and a local S3 server; runs the operator; then plays the story of the model owner,
-the platform engineer and the tenant, and of a license revocation. Each step says what
-happens and how long it took. Everything it started is stopped at the end, also on Ctrl-C.
-The last line is ``demo: ok`` followed by the step timings.
+Starts a real Kubernetes control plane with a real node (kubelet, containerd, CNI; kwok GPU
+nodes beside it), Vault (Transit + Kubernetes auth), Redis and a local S3 server; installs
+the chart, whose operator the kubelet runs from the images pushed to the node's registry
+(`nodestack.NodeStack`); then plays the story of the model owner, the platform engineer
+and the tenant, and of a license revocation. Each step says what happens and how long it
+took. Everything it started is stopped at the end, also on Ctrl-C. The last line is
+``demo: ok runtime=containerd`` followed by the step timings.
 
-`Stack` (the servers, the operator and the pod runner) and the story actions are shared
-with the end-to-end tests in tests/e2e/.
+``--runtime podrunner`` plays the same story the old way: the operator as a process and
+the model's Pod run by the local pod runner (`Stack`, shared with tests/e2e/test_story.py).
 """
 
 from __future__ import annotations

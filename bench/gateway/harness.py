@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from modelseal.gateway.keys import hash_key_sha256
-from modelseal_devenv.common import LOOPBACK, ManagedProcess, free_port, wait_until
+from modelseal_devenv.common import (
+    LOOPBACK,
+    ManagedProcess,
+    free_port,
+    free_port_block,
+    wait_until,
+)
 
 HMAC_KEY = b"modelseal-test-checkpoint-key-0123456789"
 
@@ -73,7 +79,9 @@ class GatewayProcess:
         self.name = name
         self.http_port = free_port()
         self.grpc_port = free_port()
-        self.metrics_port = free_port()
+        # Worker i serves its metrics on metrics_port + i: all of them must be free.
+        workers = int({**os.environ, **(env or {})}.get("MODELSEAL_GATEWAY_WORKERS", "1"))
+        self.metrics_port = free_port_block(max(1, workers), avoid=(self.http_port, self.grpc_port))
         self.license_file = license_file or self.workdir / "license.json"
         self.keys_file = keys_file or self.workdir / "keys.json"
         self.audit_file = self.workdir / f"audit-{name}.jsonl"

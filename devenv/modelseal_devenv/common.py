@@ -16,7 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -44,6 +44,29 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_block(count: int, avoid: Collection[int] = ()) -> int:
+    """The first of `count` consecutive TCP ports free on 127.0.0.1 right now (a gateway
+    with workers binds its metrics port plus the worker's index), none of them in `avoid`."""
+    for _ in range(200):
+        base = free_port()
+        block = range(base, base + count)
+        if base + count > 65536 or any(port in avoid for port in block):
+            continue
+        sockets: list[socket.socket] = []
+        try:
+            for port in block:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind((LOOPBACK, port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise StartError(f"no {count} consecutive free ports on {LOOPBACK}")
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:

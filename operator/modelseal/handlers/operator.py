@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,12 +53,39 @@ OWNED = (
 )
 
 
+#: The kinds with change handlers (kopf's create/update/delete causes): only these need
+#: kopf's diff base. Every other watched kind has event handlers only.
+CHANGE_HANDLED_KINDS = frozenset({"ProtectedModel"})
+
+
+class ChangeHandledDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diff base, built only for kinds with change handlers.
+
+    kopf builds the diff base of every event of every watched resource (a deep copy of the
+    whole body, status and managedFields included, then another in the progress storage)
+    though only change handlers use it. The operator watches every Pod and Deployment (who
+    runs as a model's account) and its owned kinds for event handlers only; profiled
+    during a 1,000-model rollout, those copies were a third of the operator's main-thread
+    CPU. For the other kinds the essence is empty: kopf finds no change handler for them
+    and never stores it."""
+
+    def build(
+        self,
+        *,
+        body: kopf.Body,
+        extra_fields: Iterable[kopf.FieldSpec] | None = None,
+    ) -> kopf.BodyEssence:
+        if body.get("kind") not in CHANGE_HANDLED_KINDS:
+            return kopf.BodyEssence()
+        return super().build(body=body, extra_fields=extra_fields)
+
+
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
     api_group = settings.api_group
     p = kopf_settings.persistence
     p.finalizer = f"{api_group}/finalizer"
     p.progress_storage = kopf.AnnotationsProgressStorage(prefix=api_group)
-    p.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    p.diffbase_storage = ChangeHandledDiffBaseStorage(
         prefix=api_group, key="last-handled-configuration"
     )
     kopf_settings.posting.enabled = False

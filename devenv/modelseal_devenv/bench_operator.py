@@ -668,11 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"kill: {ref_n} more models; SIGKILL the operator a quarter of the way")
         t0 = time.time()
         bench.create(late)
-        partial = bench.wait_ready(
-            late.keys,
-            timeout,
-            until=lambda r: len(r) >= ref_n // 4 or time.time() - t0 > ref_s / 2,
-        )
+        # A quarter of the reference's time: mid-rollout at any size (polling Ready every
+        # 3 s overshot a 10-model batch, which was all Ready before the kill).
+        time.sleep(ref_s / 4)
+        partial = {k: v for k, v in bench.ready_models().items() if k in late.keys}
         bench.sample_rss()
         assert bench.operator is not None
         bench.operator.kill()

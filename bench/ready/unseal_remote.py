@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.unseal.local_key import key_from_stdin
 from modelseal.crypto import format as fmt
 from modelseal.crypto.stream import SecretBytes
 
@@ -41,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one_stream:
         ranged.MIN_RANGED_SIZE = 1 << 62  # every bundle is "small": one stream
 
-    raw = sys.stdin.buffer.read(33)
-    if len(raw) != 32:
-        raise SystemExit("expected exactly 32 key bytes on stdin")
-    key = SecretBytes(raw)
-    del raw
+    key = key_from_stdin()
     pinned = fmt.parse_digest(args.digest) if args.digest else None
     try:
         with open_source(

@@ -51,6 +51,16 @@ def seal_with_local_key(root: Path, output: Path, key: SecretBytes, chunk_size: 
     return fmt.format_digest(digest)
 
 
+def key_from_stdin() -> SecretBytes:
+    """The 32-byte data key the parent process writes to our stdin (never argv or env)."""
+    raw = sys.stdin.buffer.read(33)
+    if len(raw) != 32:
+        raise SystemExit("expected exactly 32 key bytes on stdin")
+    key = SecretBytes(raw)
+    del raw
+    return key
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("bundle", type=Path)
@@ -62,11 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from modelseal.sources import open_source
     from modelseal.unsealer.engine import UnsealOptions, unseal_stream
 
-    raw = sys.stdin.buffer.read(33)
-    if len(raw) != 32:
-        raise SystemExit("expected exactly 32 key bytes on stdin")
-    key = SecretBytes(raw)
-    del raw
+    key = key_from_stdin()
     pinned = fmt.parse_digest(args.digest) if args.digest else None
     try:
         with open_source(str(args.bundle)) as stream:

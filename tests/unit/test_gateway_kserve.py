@@ -123,6 +123,10 @@ def test_bad_requests(name: str, body: dict[str, Any], binary: int, needle: str)
 
 def test_parse_and_split() -> None:
     assert parse_json(b'{"a": 1}') == {"a": 1}
+    # an integer past 64 bits is read as the standard library reads it (orjson: a float)
+    big = b'{"id": 123456789012345678901234567890}'
+    assert parse_json(big) == json.loads(big)
+    assert isinstance(parse_json(big)["id"], int)
     for bad in (b"[1]", b"{", b"\xff"):
         with pytest.raises(BadRequest):
             parse_json(bad)

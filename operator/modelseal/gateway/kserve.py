@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from modelseal import fastjson
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 VERSION_RE = re.compile(r"^[0-9]{1,18}$")
@@ -113,17 +113,13 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def parse_json(data: bytes) -> dict[str, Any]:
-    """The request's JSON object. orjson parses it (several times faster); what orjson
-    refuses is parsed again by the standard library, so that the gateway accepts exactly
-    what it accepted before and its error messages stay the same (NaN, lone surrogate
-    escapes, a byte order mark, nesting past orjson's depth limit)."""
+    """The request's JSON object (`fastjson`: orjson where it reads what the standard
+    library reads), so that the gateway accepts exactly what it accepted before and its
+    error messages stay the same."""
     try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        obj = fastjson.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise BadRequest("request body must be a JSON object")
     return obj

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+
+from modelseal import fastjson
 
 Json = dict[str, Any]
 
@@ -124,18 +124,10 @@ def load_api_client(kubeconfig: str | Path | None = None) -> k8s_client.ApiClien
     return k8s_client.ApiClient(configuration)
 
 
-#: 20 digits in a row: maybe an integer past 64 bits, which orjson would turn into a float.
-_LONG_DIGITS = re.compile(rb"\d{20}")
-
-
 def _decode(raw: bytes) -> Json:
-    """The API server's JSON answer. orjson parses it several times faster (lists of
-    Pods and workloads are most of the reconciler's bytes); the standard library parses
-    what orjson refuses or would read differently (an integer past 64 bits)."""
-    try:
-        doc = json.loads(raw) if _LONG_DIGITS.search(raw) else orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        doc = json.loads(raw)
+    """The API server's JSON answer (orjson where it agrees with the standard library:
+    lists of Pods and workloads are most of the reconciler's bytes)."""
+    doc = fastjson.loads(raw)
     return doc if isinstance(doc, dict) else {}
 
 

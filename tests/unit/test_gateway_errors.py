@@ -162,7 +162,7 @@ def test_http_encoding(err: GatewayError, headers: set[str], closes: bool) -> No
     assert ("Retry-After" in resp.headers) == (err.retry_after is not None)
     if err.retry_after is not None:
         assert resp.headers["Retry-After"] == str(err.retry_after)
-    assert resp.keep_alive is (False if closes else None)
+    assert resp.close is closes
     assert isinstance(resp.body, bytes) and err.message.encode() in resp.body
 
 

@@ -1,4 +1,4 @@
-"""KServe v2 HTTP/REST front end (aiohttp).
+"""KServe v2 HTTP/REST front end (on ``modelseal.gateway.http_server``).
 
 Offered (everything else is refused and audited):
 
@@ -15,13 +15,12 @@ Refused with 403: the model repository API, shared-memory registration, logging,
 settings, model configuration and statistics, generate. Unknown paths: 404.
 
 Requests that the HTTP parser itself refuses (a header with CR/LF or other control
-characters, oversized header lines) never reach a handler; the access-log hook writes
-their audit record.
+characters, oversized header lines) or whose headers never complete never reach a
+handler; the server reports them to ``audit_unhandled``, which writes their audit record.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -29,13 +28,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_response import StreamResponse
-
 from modelseal.gateway.core import AUDIT_UNAVAILABLE, UNAUTHORIZED, Ctx, Gateway
 from modelseal.gateway.errors import GatewayError
+from modelseal.gateway.http_server import (
+    BodyIncomplete,
+    BodyTooLarge,
+    HttpRequest,
+    HttpResponse,
+    json_response,
+)
 from modelseal.gateway.kserve import (
     ModelMeta,
     check_request,
@@ -55,32 +56,25 @@ from modelseal.quota.output import (
 log = logging.getLogger("modelseal.gateway.http")
 
 IHCL = "Inference-Header-Content-Length"
-AUDITED = "modelseal.audited"
+_IHCL = IHCL.lower()
 _REFUSED = re.compile(
     r"^/v2/(repository|systemsharedmemory|cudasharedmemory|logging|trace)(/|$)"
     r"|^/v2/models/(stats$|[^/]+(/versions/[^/]+)?/(config|stats|generate|generate_stream|trace)$)"
 )
+# the routes: (model, version) from the path; a segment is anything but "/"
+_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready)?$")
+_HEAD_OR_GET = frozenset({"GET", "HEAD"})
 
 
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(body).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def error_response(exc: GatewayError) -> web.Response:
+def error_response(exc: GatewayError) -> HttpResponse:
     headers: dict[str, str] = {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="modelseal"'
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
-    resp = _json(exc.status, exc.body(), headers)
-    if exc.status in (408, 413):
-        resp.force_close()  # the rest of the body is not worth reading
-    return resp
+    # 408, 413: the rest of the body is not worth reading
+    return json_response(exc.status, exc.body(), headers, close=exc.status in (408, 413))
 
 
 class HttpInference:
@@ -98,11 +92,11 @@ class HttpInference:
         "version",
     )
 
-    def __init__(self, front: HttpFront, request: web.Request) -> None:
+    def __init__(self, front: HttpFront, request: HttpRequest, model: str, version: str) -> None:
         self.front = front
         self.request = request
-        self.model: str = request.match_info["model"]
-        self.version: str = request.match_info.get("version", "")
+        self.model = model
+        self.version = version
         self.headers = {"Content-Type": "application/json"}
         self.body = self.header = self.binary = b""
         self.req: dict[str, Any] = {}
@@ -111,14 +105,14 @@ class HttpInference:
         return _credentials(self.request)
 
     async def read(self) -> bytes:
-        encoding = self.request.headers.get("Content-Encoding", "identity").lower()
+        encoding = (self.request.header("content-encoding") or "identity").lower()
         if encoding != "identity":
             raise GatewayError(415, f"Content-Encoding {encoding!r} is not accepted")
         self.body = await self.front.read_body(self.request)
         return self.body
 
     def parse(self, ctx: Ctx, body: bytes) -> None:
-        self.header, self.binary = split_body(body, self.request.headers.get(IHCL))
+        self.header, self.binary = split_body(body, self.request.header(_IHCL))
         req = self.req = parse_json(self.header)
         if isinstance(req.get("id"), str):
             ctx.request_id = req["id"][:200]  # the audit record escapes what UTF-8 cannot hold
@@ -135,8 +129,9 @@ class HttpInference:
                 headers[IHCL] = str(len(rewritten))
                 headers["Content-Type"] = "application/octet-stream"
             return rewritten + self.binary
-        if IHCL in self.request.headers:
-            headers[IHCL] = self.request.headers[IHCL]
+        ihcl = self.request.header(_IHCL)
+        if ihcl is not None:
+            headers[IHCL] = ihcl
             headers["Content-Type"] = "application/octet-stream"
         return self.body
 
@@ -174,16 +169,22 @@ class HttpLookup:
 
     __slots__ = ("model", "path", "request", "upstream", "version")
 
-    def __init__(self, front: HttpFront, request: web.Request, model: str | None) -> None:
+    def __init__(
+        self,
+        front: HttpFront,
+        request: HttpRequest,
+        model: str | None,
+        version: str = "",
+        ready: bool = False,
+    ) -> None:
         self.request = request
         self.upstream = front.gw.upstream
         self.model = model
-        self.version: str = request.match_info.get("version", "")
+        self.version = version
         if model is None:
             self.path = "/v2"
         else:
-            ready = "/ready" if request.path.endswith("/ready") else ""
-            self.path = _model_path(model, self.version) + ready
+            self.path = _model_path(model, version) + ("/ready" if ready else "")
 
     def credentials(self) -> tuple[list[str], list[str]]:
         return _credentials(self.request)
@@ -202,26 +203,28 @@ class HttpFront:
         self.max_bytes = gateway.settings.max_request_bytes
         self.body_timeout = gateway.settings.gateway_body_timeout_s
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_bytes, handler_args={})
-        r = app.router
-        r.add_get("/v2/health/live", self.live)
-        r.add_get("/v2/health/ready", self.ready)
-        r.add_route("*", "/v2/models/{model}/infer", self.infer)
-        r.add_route("*", "/v2/models/{model}/versions/{version}/infer", self.infer)
-        r.add_get("/v2/models/{model}", self.model_get)
-        r.add_get("/v2/models/{model}/versions/{version}", self.model_get)
-        r.add_get("/v2/models/{model}/ready", self.model_get)
-        r.add_get("/v2/models/{model}/versions/{version}/ready", self.model_get)
-        r.add_get("/v2", self.server_metadata)
-        r.add_route("*", "/{tail:.*}", self.other)
-        return app
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        """The router: one handler per path; a path's other methods are ``other``'s."""
+        path, method = request.path, request.method
+        match = _INFER.match(path)
+        if match is not None:
+            return await self.infer(request, match[1], match[2] or "")
+        if method in _HEAD_OR_GET:
+            if path == "/v2/health/live":
+                return await self._health("/v2/health/live")
+            if path == "/v2/health/ready":
+                return await self.ready()
+            if path == "/v2":
+                return await self.server_metadata(request)
+            match = _MODEL.match(path)
+            if match is not None:
+                return await self.model_get(request, match[1], match[2] or "", bool(match[3]))
+        return await self.other(request)
 
     async def _run(
-        self, request: web.Request, route: str, step: Callable[[Ctx], Awaitable[Answer]]
-    ) -> web.StreamResponse:
+        self, request: HttpRequest, route: str, step: Callable[[Ctx], Awaitable[Answer]]
+    ) -> HttpResponse:
         """Decode, run the data plane, encode its answer or refusal; audit."""
-        request[AUDITED] = True
         ctx = Ctx("http", route, request.remote, time.perf_counter())
         outcome = await self.plane.serve(ctx, lambda: step(ctx))
         if isinstance(outcome, GatewayError):
@@ -231,42 +234,39 @@ class HttpFront:
         else:
             resp = outcome
         ctx.status = resp.status
-        ctx.resp_bytes = len(resp.body) if isinstance(resp.body, bytes) else 0
+        ctx.resp_bytes = len(resp.body)
         if not await self.plane.finish(ctx):
-            return _json(503, {"error": AUDIT_UNAVAILABLE})
+            return json_response(503, {"error": AUDIT_UNAVAILABLE})
         return resp
 
     # -- health (not audited) -------------------------------------------------------------
-    async def live(self, request: web.Request) -> web.StreamResponse:
-        request[AUDITED] = True
-        return await self._health("/v2/health/live")
-
-    async def ready(self, request: web.Request) -> web.StreamResponse:
-        request[AUDITED] = True
+    async def ready(self) -> HttpResponse:
         if self.gw.licenses_file.value is None or self.gw.keys_file.value is None:
-            return web.Response(status=503)
+            return HttpResponse(503)
         return await self._health("/v2/health/ready")
 
-    async def _health(self, path: str) -> web.Response:
+    async def _health(self, path: str) -> HttpResponse:
         try:
             up = await self.gw.upstream.request("GET", path)
         except UpstreamError:
-            return web.Response(status=503)
-        return web.Response(status=up.status)
+            return HttpResponse(503)
+        return HttpResponse(up.status)
 
     # -- audited routes -------------------------------------------------------------------
-    async def server_metadata(self, request: web.Request) -> web.StreamResponse:
+    async def server_metadata(self, request: HttpRequest) -> HttpResponse:
         lookup = HttpLookup(self, request, None)
         return await self._run(
             request, "server_metadata", lambda ctx: self.plane.lookup(ctx, lookup)
         )
 
-    async def model_get(self, request: web.Request) -> web.StreamResponse:
-        route = "model_ready" if request.path.endswith("/ready") else "model_metadata"
-        lookup = HttpLookup(self, request, request.match_info["model"])
+    async def model_get(
+        self, request: HttpRequest, model: str, version: str, ready: bool
+    ) -> HttpResponse:
+        route = "model_ready" if ready else "model_metadata"
+        lookup = HttpLookup(self, request, model, version, ready)
         return await self._run(request, route, lambda ctx: self.plane.lookup(ctx, lookup))
 
-    async def other(self, request: web.Request) -> web.StreamResponse:
+    async def other(self, request: HttpRequest) -> HttpResponse:
         async def step(ctx: Ctx) -> Answer:
             ctx.reason = f"{request.method} {request.path[:200]}"
             if _REFUSED.match(request.path):
@@ -277,49 +277,49 @@ class HttpFront:
 
         return await self._run(request, "refused", step)
 
-    async def infer(self, request: web.Request) -> web.StreamResponse:
+    async def infer(self, request: HttpRequest, model: str, version: str) -> HttpResponse:
         async def step(ctx: Ctx) -> Answer:
             if request.method != "POST":
                 raise GatewayError(405, "inference needs POST")
-            return await self.plane.infer(ctx, HttpInference(self, request))
+            return await self.plane.infer(ctx, HttpInference(self, request, model, version))
 
         return await self._run(request, "infer", step)
 
-    async def read_body(self, request: web.Request) -> bytes:
+    async def read_body(self, request: HttpRequest) -> bytes:
         length = request.content_length
+        too_large = f"request body larger than {self.max_bytes} bytes"
         if length is not None and length > self.max_bytes:
-            raise GatewayError(413, f"request body larger than {self.max_bytes} bytes")
-        if request.content.is_eof() and request.content.total_bytes <= self.max_bytes:
-            return await request.read()  # already all here: no timer needed
+            raise GatewayError(413, too_large)
         try:
-            async with asyncio.timeout(self.body_timeout):
-                return await request.read()
+            return await request.read(self.body_timeout)
         except TimeoutError:
             raise GatewayError(
                 408, f"request body not received within {self.body_timeout:g}s"
             ) from None
-        except web.HTTPRequestEntityTooLarge:
-            raise GatewayError(413, f"request body larger than {self.max_bytes} bytes") from None
+        except BodyTooLarge:
+            raise GatewayError(413, too_large) from None
+        except BodyIncomplete:
+            message = "connection closed before the request body was complete"
+            raise GatewayError(400, message) from None
 
 
-Answer = web.Response | UpstreamResponse
+Answer = HttpResponse | UpstreamResponse
 
 
-def _credentials(request: web.Request) -> tuple[list[str], list[str]]:
-    headers = request.headers
-    return headers.getall("Authorization", []), headers.getall("X-API-Key", [])
+def _credentials(request: HttpRequest) -> tuple[list[str], list[str]]:
+    return request.header_all("authorization"), request.header_all("x-api-key")
 
 
 def _model_path(model: str, version: str) -> str:
     return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
 
 
-def _from_upstream(up: UpstreamResponse) -> web.Response:
+def _from_upstream(up: UpstreamResponse) -> HttpResponse:
     """Triton's answer, passed on (its binary-extension header too)."""
-    headers = {"Content-Type": _ctype(up.content_type)}  # as a header: half the cost of
-    if up.header_length is not None:  # aiohttp's content_type= (it parses it again)
+    headers = {"Content-Type": _ctype(up.content_type)}
+    if up.header_length is not None:
         headers[IHCL] = up.header_length
-    return web.Response(status=up.status, body=up.body, headers=headers)
+    return HttpResponse(up.status, up.body, headers)
 
 
 def _ctype(value: str | None) -> str:
@@ -335,11 +335,12 @@ def _upstream_error(body: bytes) -> str:
         return "triton: error"
 
 
-def incomplete_headers_audit(gateway: Gateway) -> Callable[[int, str, str | None, float], None]:
-    """The audit record of a connection whose request headers never completed."""
+def audit_unhandled(gateway: Gateway) -> Callable[[str, int, str, str | None, float], None]:
+    """The audit record of a request no handler saw: its headers never completed
+    (``incomplete_headers``) or the parser refused it (``malformed``)."""
 
-    def audit(status: int, reason: str, remote: str | None, t0: float) -> None:
-        ctx = Ctx("http", "incomplete_headers", remote, t0)
+    def audit(route: str, status: int, reason: str, remote: str | None, t0: float) -> None:
+        ctx = Ctx("http", route, remote, t0)
         ctx.status = status
         ctx.reason = reason
         gateway.finish(ctx)
@@ -347,29 +348,9 @@ def incomplete_headers_audit(gateway: Gateway) -> Callable[[int, str, str | None
     return audit
 
 
-def access_logger_class(gateway: Gateway) -> type[AbstractAccessLogger]:
-    """An access logger that audits requests no handler saw (refused by the HTTP parser)."""
-
-    class AuditAccessLogger(AbstractAccessLogger):
-        def log(self, request: BaseRequest, response: StreamResponse, time_s: float) -> None:
-            try:
-                if request.get(AUDITED):
-                    return
-                remote = request.remote
-            except Exception:
-                remote = None
-            ctx = Ctx("http", "malformed", remote, time.perf_counter() - time_s)
-            ctx.status = response.status
-            ctx.reason = "malformed HTTP request, refused by the parser"
-            gateway.finish(ctx)
-
-    return AuditAccessLogger
-
-
 __all__ = [
     "UNAUTHORIZED",
     "HttpFront",
-    "access_logger_class",
+    "audit_unhandled",
     "error_response",
-    "incomplete_headers_audit",
 ]

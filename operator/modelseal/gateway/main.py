@@ -41,12 +41,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from modelseal.config import Settings
 from modelseal.gateway.core import Gateway
 from modelseal.gateway.grpc_front import GrpcFront
-from modelseal.gateway.http_front import (
-    HttpFront,
-    access_logger_class,
-    incomplete_headers_audit,
-)
-from modelseal.gateway.listen import GuardedSite, listening_socket
+from modelseal.gateway.http_front import HttpFront, audit_unhandled
+from modelseal.gateway.http_server import HttpServer, Limits, listening_socket
 from modelseal.gateway.usage_export import check_usage_export, usage_shipper
 from modelseal.gateway.usage_read import usage_handler
 from modelseal.logging import setup_logging as json_logging
@@ -67,31 +63,25 @@ class Servers:
         self.ports: dict[str, int] = {}
         self._runners: list[web.AppRunner] = []
         self._grpc: Any = None
+        self._http: HttpServer | None = None
         self.not_ready: Callable[[], str | None] = lambda: None  # worker processes
 
     async def start(self) -> None:
         s = self.gw.settings
-        runner = web.AppRunner(
-            HttpFront(self.gw).app(),
-            handle_signals=False,
-            access_log_class=access_logger_class(self.gw),
-            access_log=logging.getLogger("modelseal.gateway.access"),
-            keepalive_timeout=s.gateway_idle_timeout_s,
-            shutdown_timeout=10.0,
-        )
-        await runner.setup()
         sock = listening_socket(
             s.gateway_host, s.gateway_http_port, reuse_port=s.gateway_workers > 1
         )
-        site = GuardedSite(
-            runner,
-            sock,
-            header_timeout_s=s.gateway_header_timeout_s,
-            audit=incomplete_headers_audit(self.gw),
+        self._http = HttpServer(
+            HttpFront(self.gw).handle,
+            Limits(
+                max_body=s.max_request_bytes,
+                header_timeout_s=s.gateway_header_timeout_s,
+                idle_timeout_s=s.gateway_idle_timeout_s,
+            ),
+            audit_unhandled(self.gw),
         )
-        await site.start()
-        self._runners.append(runner)
-        self.ports["http"] = _bound_port(runner)
+        await self._http.start(sock)
+        self.ports["http"] = self._http.port
 
         metrics = web.Application()
         metrics.router.add_get("/metrics", self._metrics)
@@ -118,6 +108,8 @@ class Servers:
     async def stop(self) -> None:
         if self._grpc is not None:
             await self._grpc.stop(grace=5.0)
+        if self._http is not None:
+            await self._http.stop(grace_s=10.0)
         for runner in self._runners:
             await runner.cleanup()
 

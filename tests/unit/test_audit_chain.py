@@ -188,3 +188,17 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert audit_main(["audit", "verify", str(tmp_path / "missing")]) == 2
     (tmp_path / "empty").write_bytes(b"")
     assert audit_main(["audit", "verify", str(log), "--key-file", str(tmp_path / "empty")]) == 2
+
+
+def test_now_iso_is_utc_with_microseconds_across_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    from modelseal.audit import chain as chain_module
+
+    for now in (1_764_580_000.999999, 1_764_580_001.0, 1_764_580_001.5, 1_798_761_599.25):
+        monkeypatch.setattr(chain_module.time, "time", lambda now=now: now)
+        text = chain_module.now_iso()
+        assert len(text) == 27 and text.endswith("Z")
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        assert parsed.tzinfo == UTC
+        assert abs(parsed.timestamp() - now) < 2e-6

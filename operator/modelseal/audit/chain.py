@@ -113,8 +113,18 @@ def checkpoint_mac(key: bytes, body: dict[str, Any]) -> str:
     return hmac.new(key, canonical(signed), hashlib.sha256).hexdigest()
 
 
+_this_second: list[Any] = [-1, ""]  # (epoch second, its "YYYY-MM-DDTHH:MM:SS" in UTC)
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """UTC now as ``2026-12-01T09:07:36.123456Z``. One record each: the second's text
+    is made once a second (a third of the cost of ``datetime.isoformat`` each time)."""
+    now = time.time()
+    second = int(now)
+    if second != _this_second[0]:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _this_second[0], _this_second[1] = second, text
+    return f"{_this_second[1]}.{int((now - second) * 1_000_000):06d}Z"
 
 
 class Chain:

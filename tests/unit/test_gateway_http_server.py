@@ -201,6 +201,13 @@ async def test_answer_before_the_body_is_complete_closes_the_connection() -> Non
             + b"\r\n",
             "more than",
         ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "malformed",
+        ),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "encoding"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", "malformed"),
+        (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", "malformed"),
         (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", "upgrade"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "malformed"),  # TLS to plain HTTP
     ],

@@ -381,6 +381,10 @@ class HttpConnection(asyncio.Protocol):
             parsed = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
             raise _Malformed("invalid request target") from None
+        coding = self._headers.get("transfer-encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            # llhttp frames "gzip, chunked" as chunked; no other coding is decoded here
+            raise _Malformed(f"Transfer-Encoding {coding[:40]!r} is not accepted")
         path = (parsed.path or b"/").decode("latin-1")
         request = HttpRequest(
             parser.get_method().decode("latin-1"),

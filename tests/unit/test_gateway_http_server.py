@@ -310,3 +310,33 @@ def test_encode_response_refuses_a_line_break_in_a_header() -> None:
         )
     data = encode_response(HttpResponse(204, b"x"), head_only=True, close=False)
     assert data.startswith(b"HTTP/1.1 204 No Content\r\n") and data.endswith(b"\r\n\r\n")
+
+
+async def test_body_whose_framing_breaks_gets_one_answer_from_its_handler() -> None:
+    """A bad chunk in a body the handler is reading: the handler answers (it audits the
+    request), no second answer or record follows, and the connection ends."""
+    async with serving() as srv:
+        reader, writer = await srv.connect()
+        writer.write(
+            b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"zz\r\n")  # not a chunk size
+        status, headers, body = await read_response(reader)
+        assert (status, headers["connection"], body) == (400, "close", b"gone")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert srv.audited == []
+
+
+async def test_a_queued_request_whose_body_broke_is_not_left_waiting() -> None:
+    async with serving() as srv:
+        reader, writer = await srv.connect()
+        writer.write(
+            post("/slow", b"first")
+            + b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+        )
+        assert (await read_response(reader))[2] == b"POST /slow first"
+        status, _, body = await read_response(reader)  # at once, not after the deadline
+        assert (status, body) == (400, b"gone")
+        assert srv.audited == []

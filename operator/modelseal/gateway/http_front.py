@@ -298,9 +298,8 @@ class HttpFront:
             ) from None
         except BodyTooLarge:
             raise GatewayError(413, too_large) from None
-        except BodyIncomplete:
-            message = "connection closed before the request body was complete"
-            raise GatewayError(400, message) from None
+        except BodyIncomplete as exc:
+            raise GatewayError(400, str(exc)) from None
 
 
 Answer = HttpResponse | UpstreamResponse

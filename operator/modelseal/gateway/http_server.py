@@ -98,6 +98,7 @@ class HttpRequest:
     """One request: its head as parsed, its body as it arrives."""
 
     __slots__ = (
+        "_error",
         "_multi",
         "_parts",
         "_waiter",
@@ -138,6 +139,7 @@ class HttpRequest:
         self.keep_alive = True
         self.expect_continue = False
         self._waiter: asyncio.Future[None] | None = None
+        self._error: BodyIncomplete | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of a header (``name`` in lower case)."""
@@ -157,6 +159,8 @@ class HttpRequest:
 
     async def read(self, timeout_s: float) -> bytes:
         """The whole body. Raises ``BodyTooLarge``, ``TimeoutError``, ``BodyIncomplete``."""
+        if self._error is not None:
+            raise self._error
         if not self.complete:
             if self._waiter is None:
                 self._waiter = asyncio.get_running_loop().create_future()
@@ -179,6 +183,11 @@ class HttpRequest:
                 self._wake(None)  # the reader need not wait for what it will not get
             return
         self._parts.append(data)
+
+    def _broken(self, error: BodyIncomplete) -> None:
+        """The body will never be complete (the connection closed, or its framing broke)."""
+        self._error = error
+        self._wake(error)
 
     def _done(self) -> None:
         self.complete = True
@@ -272,7 +281,8 @@ class HttpConnection(asyncio.Protocol):
         self._request: HttpRequest | None = None  # the one whose body is arriving
         self._serving = False
         self._paused = False
-        self._failure: tuple[int, str, float] | None = None
+        # (status, message, start, answered by the handler of the request it broke)
+        self._failure: tuple[int, str, float, bool] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._in_head = False
@@ -329,7 +339,9 @@ class HttpConnection(asyncio.Protocol):
                 self._started,
             )
         if self._request is not None and not self._request.complete:
-            self._request._wake(BodyIncomplete())
+            self._request._broken(
+                BodyIncomplete("connection closed before the request body was complete")
+            )
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -466,21 +478,27 @@ class HttpConnection(asyncio.Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        self._failure = (status, message, started)
+        broken = self._request is not None and not self._request.complete
+        self._failure = (status, message, started, broken)
         if self.transport is not None:
             with contextlib.suppress(RuntimeError):
                 self.transport.pause_reading()
-        if self._request is not None and not self._request.complete:
-            self._request._wake(BodyIncomplete())
+        if self._request is not None and broken:
+            # its handler answers (400, audited as that request) and the connection ends
+            self._request._broken(BodyIncomplete(message))
         if not self._serving:
             self._end_with_failure()
 
     def _end_with_failure(self) -> None:
         assert self._failure is not None
-        status, message, started = self._failure
+        status, message, started, answered = self._failure
+        transport = self.transport
+        if answered:  # its request's handler said it and wrote the audit record
+            if transport is not None:
+                transport.close()
+            return
         route = "incomplete_headers" if status == 408 else "malformed"
         self.server.audit_route(route, status, message, self.remote, started)
-        transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(_error_bytes(status, message))
             transport.close()

@@ -73,6 +73,8 @@ PODS_PER_NODE = 100  # kwok's fake nodes take 110 Pods each
 TRANSIT_KEY = "bench-key"
 DIGEST = "sha256tree:" + "c3" * 32
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+#: The operator's license usage round (usage_status_interval_s), and a little more.
+USAGE_ROUND_S = 35.0
 
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
@@ -330,6 +332,23 @@ class Bench:
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(create_one, docs))
+
+    def operator_event_reasons(self, namespaces: Iterable[str]) -> Counter[str]:
+        """The operator's core/v1 Events in `namespaces`, counted by reason."""
+        out: Counter[str] = Counter()
+        for ns in namespaces:
+            resp = self.api.call_api(
+                f"/api/v1/namespaces/{ns}/events",
+                "GET",
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+            )
+            for ev in json.loads(resp.data).get("items") or []:
+                if (ev.get("source") or {}).get("component") == "modelseal-operator":
+                    out[str(ev.get("reason"))] += int(ev.get("count") or 1)
+        return out
 
     def ready_models(self) -> dict[tuple[str, str], float]:
         """(namespace, name) -> when its Ready condition became True (epoch seconds)."""
@@ -609,6 +628,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for line in rates + metric_lines(m_before, m_after, n):
             print(line)
+        reasons = bench.operator_event_reasons(main_b.namespaces)
+        print(
+            f"  the operator's Events about the rollout's models ({sum(reasons.values())}, "
+            f"{sum(reasons.values()) / max(1, n):.1f} per model): "
+            + ", ".join(f"{r} {c}" for r, c in reasons.most_common())
+        )
         print(f"  CPU seconds during the rollout ({os.cpu_count()} cores x {ready_s:.0f} s):")
         for name in sorted(cpu_after, key=lambda k: cpu_before.get(k, 0.0) - cpu_after[k]):
             used = cpu_after[name] - cpu_before.get(name, 0.0)
@@ -617,7 +642,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         del window
 
-        # 3. a resync with nothing changed: restart, then the first periodic resync
+        # 3. a resync with nothing changed: restart, then the first periodic resync. First
+        # one round of the license usage writer (every usage_status_interval_s, 30 s) after
+        # the rollout: its first reading of the new Pods' gateways (a license condition
+        # changes) is a change, not a resync write, though a fast rollout leaves it for later.
+        time.sleep(max(0.0, t1 + USAGE_ROUND_S - time.time()))
         say("resync: restart the operator (every object reconciled), then its first "
             "periodic resync (30 s after start)")  # fmt: skip
         assert bench.operator is not None

@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 
 from modelseal.models.identity import (
+    INDEXABLE,
     MESSAGE_LIMIT,
     REASON_IN_USE,
     IdentityCheck,
     Intruder,
     check_identity,
+    identity_view,
     service_account_of,
 )
 from modelseal.render.names import parse_vault_name, service_account_name, vault_name
@@ -255,3 +257,64 @@ def test_service_account_name_needs_a_uid() -> None:
 )
 def test_parse_vault_name(role: str, expected: tuple[str, str] | None) -> None:
     assert parse_vault_name("modelseal", role) == expected
+
+
+def _indexed(objects: dict[str, list[dict[str, Any]]], account: str) -> dict[str, Any]:
+    """What the operator's indices give for `account`: views of the indexable kinds that
+    run as it; the other kinds as listed."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind, items in objects.items():
+        if kind in INDEXABLE:
+            out[kind] = [
+                identity_view(kind, o) for o in items if service_account_of(kind, o) == account
+            ]
+        else:
+            out[kind] = list(items)
+    return out
+
+
+@pytest.mark.parametrize("objects", [pytest.param(o, id=name) for name, o, _i, _d in CASES])
+def test_views_decide_as_the_whole_objects(objects: dict[str, list[dict[str, Any]]]) -> None:
+    """Every kind viewed: the same verdict."""
+    whole = check_identity(SA, MODEL_UID, "gpt", objects)
+    views = {k: [identity_view(k, o) for o in items] for k, items in objects.items()}
+    assert check_identity(SA, MODEL_UID, "gpt", views) == whole
+
+
+@pytest.mark.parametrize("objects", [pytest.param(o, id=name) for name, o, _i, _d in CASES])
+def test_the_index_is_clear_only_when_the_lists_are(
+    objects: dict[str, list[dict[str, Any]]],
+) -> None:
+    """From the index (only what runs as the account): clear exactly when the lists say
+    clear here; never clear when they name an intruder."""
+    whole = check_identity(SA, MODEL_UID, "gpt", objects)
+    indexed = check_identity(SA, MODEL_UID, "gpt", _indexed(objects, SA))
+    assert indexed.clear == whole.clear
+
+
+def test_an_index_missing_the_models_replicaset_is_not_clear() -> None:
+    """The model's Pods under a ReplicaSet the index does not hold (its template names
+    another account) look like intruders: the lists then decide (never falsely clear)."""
+    rs_other_account = templated("gpt-old", "rs-1", "legacy", ref("Deployment", "dep-1"))
+    objects = {"Deployment": [OWN_DEP], "ReplicaSet": [rs_other_account], "Pod": [OWN_POD]}
+    assert check_identity(SA, MODEL_UID, "gpt", objects).clear
+    assert not check_identity(SA, MODEL_UID, "gpt", _indexed(objects, SA)).clear
+
+
+def test_view_keeps_the_account_and_drops_the_rest() -> None:
+    full = pod("p", SA, ref("ReplicaSet", "rs-1"), labels={"a": "b"})
+    full["spec"]["containers"] = [{"name": "c", "image": "x"}]
+    full["status"] = {"phase": "Running"}
+    view = identity_view("Pod", full)
+    assert view == {
+        "metadata": {
+            "name": "p",
+            "uid": "uid-p",
+            "ownerReferences": [{"kind": "ReplicaSet", "uid": "rs-1", "controller": True}],
+        },
+        "spec": {"serviceAccountName": SA},
+    }
+    assert identity_view("CronJob", cronjob("c", SA))["spec"] == {
+        "jobTemplate": {"spec": {"template": {"spec": {"serviceAccountName": SA}}}}
+    }
+    assert service_account_of("Pod", identity_view("Pod", pod("d", ""))) == "default"

@@ -7,7 +7,9 @@
   (``<api_group>/finalizer``), retried until Vault answers; ownerReferences remove the rest.
 * ModelLicense events → reconcile the license, which re-evaluates the models naming it.
 * Events of objects we own (labelled ``app.kubernetes.io/managed-by``) → reconcile their
-  model: a drifted Deployment is put back within a watch event's delay.
+  model: a drifted Deployment is put back within a watch event's delay. Every event of
+  the owned kinds also feeds the reconciler's watch cache (`modelseal.k8s.cache`), which
+  answers the reconcile's reads of those objects instead of a GET each.
 * Events of any Pod or Deployment that runs as a model's ServiceAccount → reconcile that
   model: an intruder loses the model's Vault role (and its Pods) within a watch event's
   delay rather than at the next resync.
@@ -38,21 +40,21 @@ from modelseal.handlers.licenses_usage import UsageWriter
 from modelseal.handlers.reconciler import Reconciler
 from modelseal.k8s.api import ApiError
 from modelseal.models.spec import GROUP, LICENSE_PLURAL, MODEL_PLURAL, VERSION
-from modelseal.render.names import LABEL_MODEL, MANAGED_BY
 from modelseal.vault.auth import VaultError
 
 log = logging.getLogger("modelseal.operator")
 
+#: (group, version, plural, kind) of the kinds the operator owns objects of.
 OWNED = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "serviceaccounts"),
-    ("", "v1", "pods"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
+    ("apps", "v1", "deployments", "Deployment"),
+    ("", "v1", "services", "Service"),
+    ("", "v1", "configmaps", "ConfigMap"),
+    ("", "v1", "serviceaccounts", "ServiceAccount"),
+    ("", "v1", "pods", "Pod"),
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
 )
-
-
+#: Of those, the kinds whose every Pod or Deployment is checked for a model's account.
+IDENTITY_KINDS = frozenset({"Pod", "Deployment"})
 #: The kinds with change handlers (kopf's create/update/delete causes): only these need
 #: kopf's diff base. Every other watched kind has event handlers only.
 CHANGE_HANDLED_KINDS = frozenset({"ProtectedModel"})
@@ -135,6 +137,7 @@ def build_registry(
         await reconciler.auditor.start()
         background.append(asyncio.create_task(_periodic(reconciler, _resync_s), name="resync"))
         background.append(asyncio.create_task(usage_writer.run(), name="license-usage"))
+        background.append(asyncio.create_task(reconciler.seed_accounts(), name="accounts"))
 
     _settings = settings
     usage_writer = UsageWriter(
@@ -159,7 +162,7 @@ def build_registry(
         meta = body.get("metadata") or {}
         if type == "DELETED":
             return
-        reconciler.enqueue_model(str(meta.get("namespace")), str(meta.get("name")))
+        reconciler.model_changed(str(meta.get("namespace")), str(meta.get("name")), body)
 
     @kopf.on.delete(GROUP, VERSION, MODEL_PLURAL, registry=registry, optional=False)
     async def model_deleted(body: kopf.Body, **_: Any) -> None:
@@ -173,31 +176,24 @@ def build_registry(
     @kopf.on.event(GROUP, VERSION, LICENSE_PLURAL, registry=registry)
     async def license_event(body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata") or {}
-        reconciler.enqueue_license(str(meta.get("namespace")), str(meta.get("name")))
+        reconciler.license_changed(str(meta.get("namespace")), str(meta.get("name")), body)
 
-    for group, version, plural in OWNED:
-
-        @kopf.on.event(
-            group,
-            version,
-            plural,
-            labels={"app.kubernetes.io/managed-by": MANAGED_BY, LABEL_MODEL: kopf.PRESENT},
-            registry=registry,
-            id=f"owned-{plural}",
+    # Every event of the owned kinds (ours or not: the cache follows a key it answers
+    # for whoever changes it, `modelseal.k8s.cache`) goes to the reconciler's watch cache;
+    # one of ours wakes its model (a drifted Deployment is put back within a watch
+    # event's delay); any Pod or Deployment (not only ours) that runs as a model's
+    # ServiceAccount wakes that model's check at once (the other kinds that make Pods are
+    # checked on every reconcile and resync).
+    reconciler.cache.enable()
+    for group, version, plural, kind in OWNED:
+        kopf.on.event(group, version, plural, registry=registry, id=f"owned-{plural}")(
+            _owned_handler(reconciler, kind)
         )
-        async def owned_event(body: kopf.Body, **_: Any) -> None:
-            meta = body.get("metadata") or {}
-            model = (meta.get("labels") or {}).get(LABEL_MODEL)
-            if model:
-                reconciler.enqueue_model(str(meta.get("namespace")), str(model))
-
-    # Any Pod or Deployment (not only ours) that runs as a model's ServiceAccount wakes that
-    # model's check at once (the operator already watches both kinds for what it owns; the
-    # other kinds that make Pods are checked on every reconcile and resync).
-    for kind, plural, group in (("Pod", "pods", ""), ("Deployment", "deployments", "apps")):
-        kopf.on.event(group, "v1", plural, registry=registry, id=f"identity-{plural}")(
-            _identity_handler(reconciler, kind)
-        )
+    # ReplicaSets feed the account index only (the identity check reads it; their events
+    # wake no model, as before: the model's own ReplicaSets change on every rollout).
+    kopf.on.event("apps", "v1", "replicasets", registry=registry, id="accounts-replicasets")(
+        _replicaset_handler(reconciler)
+    )
 
     @kopf.on.probe(id="queue", registry=registry)
     def queue_probe(**_: Any) -> int:
@@ -206,12 +202,20 @@ def build_registry(
     return registry
 
 
-def _identity_handler(reconciler: Reconciler, kind: str) -> Any:
-    async def identity_event(body: kopf.Body, **_: Any) -> None:
-        meta = body.get("metadata") or {}
-        reconciler.workload_seen(str(meta.get("namespace")), kind, body)
+def _replicaset_handler(reconciler: Reconciler) -> Any:
+    async def replicaset_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        reconciler.accounts.observe("ReplicaSet", type, body)
 
-    return identity_event
+    return replicaset_event
+
+
+def _owned_handler(reconciler: Reconciler, kind: str) -> Any:
+    identity = kind in IDENTITY_KINDS
+
+    async def owned_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        reconciler.owned_changed(kind, type, body, identity)
+
+    return owned_event
 
 
 async def _periodic(reconciler: Reconciler, interval_s: float) -> None:

@@ -32,6 +32,8 @@ what the kopf handlers call.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -51,7 +53,7 @@ from modelseal.handlers.controller.context import (
 from modelseal.handlers.controller.deletion import ModelDeletion
 from modelseal.handlers.controller.events import Events
 from modelseal.handlers.controller.gc import VaultGarbageCollector
-from modelseal.handlers.controller.identity import IdentityGuard
+from modelseal.handlers.controller.identity import AccountIndex, IdentityGuard
 from modelseal.handlers.controller.licenses import LicenseReconciler
 from modelseal.handlers.controller.models import ModelReconciler
 from modelseal.handlers.controller.status import StatusWriter
@@ -59,8 +61,13 @@ from modelseal.handlers.controller.vaultstep import VaultStep
 from modelseal.handlers.metrics import Metrics
 from modelseal.handlers.vaultio import VaultSession
 from modelseal.handlers.workqueue import WorkQueue
+from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError, Kube
+from modelseal.k8s.cache import CachedKube, WatchCache
 from modelseal.models.identity import service_account_of
+from modelseal.render.names import LABEL_MODEL, MANAGED_BY
+
+log = logging.getLogger("modelseal.operator")
 
 
 class Reconciler:
@@ -85,20 +92,28 @@ class Reconciler:
         self.queue = WorkQueue(
             self._work, concurrency=4, on_depth=metrics.queue_depth.set, max_backoff_s=15.0
         )
-        ctx = Context(settings, kube, vault, metrics, auditor, now)
+        # The owned objects' reads come from the watch cache once kopf feeds it
+        # (`modelseal.handlers.operator` enables it); everything else from the API server.
+        self.cache = WatchCache("app.kubernetes.io/managed-by", MANAGED_BY)
+        #: Pods, Deployments and ReplicaSets by the account they run as (the watches feed
+        #: it, `seed_accounts` fills it once at start).
+        self.accounts = AccountIndex()
+        cached = CachedKube(kube, self.cache)
+        ctx = Context(settings, cached, vault, metrics, auditor, now)
         self.memory = Memory()
         enqueue = Enqueue(self.queue.add)
         events = Events(kube, now)
         self.event = events.post
         vault_step = VaultStep(ctx, events)
         status = StatusWriter(ctx, events)
+        self.status = status
         self.models = ModelReconciler(
             ctx,
             self.memory,
             enqueue,
             vault_step,
             Applier(ctx, events),
-            IdentityGuard(ctx, events),
+            IdentityGuard(ctx, events, self.accounts),
             status,
         )
         self.licenses = LicenseReconciler(ctx, self.memory, enqueue, status)
@@ -112,6 +127,37 @@ class Reconciler:
 
     def enqueue_license(self, namespace: str, name: str, delay: float = 0.0) -> None:
         self.enqueue.license(namespace, name, delay)
+
+    def model_changed(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """A ProtectedModel's watch event: reconcile it, unless the event is only the echo
+        of our own status patch (the reconcile that made it knew all of it)."""
+        if not self.status.model_echoes.is_echo(namespace, name, body):
+            self.enqueue_model(namespace, name)
+
+    def license_changed(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """A ModelLicense's watch event (as `model_changed`)."""
+        if not self.status.license_echoes.is_echo(namespace, name, body):
+            self.enqueue_license(namespace, name)
+
+    def owned_changed(
+        self, kind: str, event_type: str | None, body: Mapping[str, Any], identity: bool
+    ) -> None:
+        """A watch event of an owned kind (ours or not): the watch cache follows it; one of
+        ours wakes its model, unless it is the echo of our own write; with `identity`
+        (Pods, Deployments) it is also checked for a model's ServiceAccount."""
+        meta = body.get("metadata") or {}
+        namespace = str(meta.get("namespace"))
+        echo = self.cache.observe(kind, event_type, body)
+        if identity:
+            self.accounts.observe(kind, event_type, body)
+        if echo:
+            return
+        labels = meta.get("labels") or {}
+        model = labels.get(LABEL_MODEL)
+        if model and labels.get("app.kubernetes.io/managed-by") == MANAGED_BY:
+            self.enqueue_model(namespace, str(model))
+        if identity:
+            self.workload_seen(namespace, kind, body)
 
     def workload_seen(self, namespace: str, kind: str, body: Mapping[str, Any]) -> None:
         """A Pod or workload changed: check its model again if it runs as a model's account.
@@ -141,6 +187,27 @@ class Reconciler:
         self.metrics.reconciles.labels(label, "ok").inc()
         return result
 
+    # --- the watch-fed state ---------------------------------------------------------------
+    async def seed_accounts(self) -> None:
+        """List the Pods, Deployments and ReplicaSets once (every watched namespace) into
+        the account index, which the watches keep up to date from then on; until then the
+        identity check lists them itself. Retried until it succeeds."""
+        scopes: list[str | None] = [*self.settings.namespaces] or [None]
+        kinds = {"Pod": k8s.POD, "Deployment": k8s.DEPLOYMENT, "ReplicaSet": k8s.REPLICA_SET}
+        delay = 1.0
+        while True:
+            try:
+                for name, kind in kinds.items():
+                    for ns in scopes:
+                        async for page in self.kube.list_pages(kind, ns):
+                            self.accounts.seed(name, page)
+                break
+            except ApiError as exc:
+                log.warning("account index not seeded yet: %s; retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+        self.accounts.seeded()
+
     # --- what the kopf handlers call -----------------------------------------------------
     async def reconcile_model(self, namespace: str, name: str) -> float | None:
         return await self.models.reconcile(namespace, name)
@@ -157,7 +224,12 @@ class Reconciler:
         return await self.garbage.collect()
 
     async def resync_all(self) -> None:
-        """Enqueue every model and license (periodic drift check, Vault included)."""
+        """Enqueue every model and license (periodic drift check, Vault included).
+
+        The watch cache is cleared first: a watch resumed after a gap can miss a deletion,
+        so each owned object is read from the API server again once."""
+        self.cache.clear()
+        self.memory.gone_secrets.clear()
         scopes: list[str | None] = [*self.settings.namespaces] or [None]
         for ns in scopes:
             for item in await self.kube.list(MODELS, ns):

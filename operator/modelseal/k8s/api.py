@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from kubernetes.client.exceptions import ApiException
 from modelseal import fastjson
 
 Json = dict[str, Any]
+#: One page of a listing.
+Page = list[Json]
 
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -223,6 +225,21 @@ class Kube:
         doc = await self._acall("GET", path, kind.kind, query=query)
         items = doc.get("items") or []
         return [i for i in items if isinstance(i, dict)]
+
+    async def list_pages(
+        self, kind: Kind, namespace: str | None = None, limit: int = 500
+    ) -> AsyncIterator[Page]:
+        """Every object of `kind`, `limit` at a time (a large listing without holding all of
+        its JSON at once); a continuation that expired raises `ApiError` (410)."""
+        path = kind.path(namespace) if namespace is not None else kind.cluster_path()
+        query = {"limit": str(limit)}
+        while True:
+            doc = await self._acall("GET", path, kind.kind, query=query)
+            yield [i for i in doc.get("items") or [] if isinstance(i, dict)]
+            token = (doc.get("metadata") or {}).get("continue")
+            if not token:
+                return
+            query = {"limit": str(limit), "continue": str(token)}
 
     # --- writes --------------------------------------------------------------------------
     async def create(self, kind: Kind, namespace: str, body: Json) -> Json:

@@ -181,3 +181,34 @@ def owned_pods_running_as(
 ) -> tuple[str, ...]:
     """The model's own Pods that still run as `service_account` (a legacy account)."""
     return check_identity(service_account, model_uid, deployment_name, objects).own_pods
+
+
+#: The kinds an operator may keep an index of by (namespace, ServiceAccount): the ones it
+#: watches anyway. The others are listed on every check.
+INDEXABLE = ("Pod", "Deployment", "ReplicaSet")
+
+
+def identity_view(kind: str, obj: Json) -> dict[str, Any]:
+    """What `check_identity` reads of `obj` (of `kind`), as plain data: its name, uid,
+    controller ownerReference, deletion mark, and the ServiceAccount its Pods run as.
+    `check_identity` decides the same on views as on the whole objects."""
+    meta = _meta(obj)
+    view_meta: dict[str, Any] = {
+        "name": str(meta.get("name") or ""),
+        "uid": str(meta.get("uid") or ""),
+    }
+    controller = _controller(obj)
+    if controller is not None:
+        view_meta["ownerReferences"] = [
+            {"kind": controller[0], "uid": controller[1], "controller": True}
+        ]
+    if meta.get("deletionTimestamp"):
+        view_meta["deletionTimestamp"] = str(meta.get("deletionTimestamp"))
+    account = {"serviceAccountName": service_account_of(kind, obj)}
+    if kind == "Pod":
+        spec: dict[str, Any] = account
+    elif kind == "CronJob":
+        spec = {"jobTemplate": {"spec": {"template": {"spec": account}}}}
+    else:
+        spec = {"template": {"spec": account}}
+    return {"metadata": view_meta, "spec": spec}

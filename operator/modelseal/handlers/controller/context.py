@@ -62,6 +62,10 @@ class Memory:
     #: (namespace, ServiceAccount) -> model name: which model an account belongs to, so
     #: that a Pod or workload appearing with it wakes that model's check at once.
     accounts: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (namespace, Secret, model uid) of the copies a model does not need (the quota Redis
+    #: credentials, the usage export token) found absent or removed: not read again until
+    #: the next resync, since only this operator makes them, and not while not needed.
+    gone_secrets: set[tuple[str, str, str]] = field(default_factory=set)
 
     def lock(self, key: str) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())

@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from modelseal.handlers.controller.context import Context
 from modelseal.handlers.controller.events import Events, log_about
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError
-from modelseal.models.identity import IdentityCheck, check_identity
+from modelseal.models.identity import (
+    INDEXABLE,
+    IdentityCheck,
+    check_identity,
+    identity_view,
+    service_account_of,
+)
 from modelseal.models.spec import ModelSpec
 from modelseal.policies import objects
 from modelseal.policies.gates import LEGACY_ACCOUNT
@@ -22,14 +28,108 @@ from modelseal.policies.gates import LEGACY_ACCOUNT
 Workloads = dict[str, list[dict[str, Any]]]
 
 
+class AccountIndex:
+    """Pods, Deployments and ReplicaSets (`INDEXABLE`) by the ServiceAccount they run as:
+    their `identity_view`, fed by the operator's watches of those kinds (`observe`) and
+    seeded by one listing at start (`seed`). Complete once seeded: every object that exists
+    is in it, with the state of its latest event. A deletion while a watch was away can
+    leave an object in it that is gone (the identity check then lists, see
+    `IdentityGuard.check`).
+
+    The seed never overrides what an event already said of an object (the event is newer)
+    nor brings back one an event deleted meanwhile."""
+
+    def __init__(self) -> None:
+        #: uid -> (kind, namespace, account) it is filed under.
+        self._where: dict[str, tuple[str, str, str]] = {}
+        self._filed: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+        #: uids deleted by an event while the seed runs.
+        self._deleted: set[str] = set()
+        self.ready = False
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        if not uid or kind not in INDEXABLE:
+            return
+        if event_type == "DELETED":
+            self._drop(uid)
+            if not self.ready:
+                self._deleted.add(uid)
+            return
+        self._file(kind, uid, body)
+
+    def seed(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
+        """One listing of `kind` (made after the watches' events began to be observed)."""
+        for item in items:
+            uid = str((item.get("metadata") or {}).get("uid") or "")
+            if uid and uid not in self._where and uid not in self._deleted:
+                self._file(kind, uid, item)
+
+    def seeded(self) -> None:
+        """Every kind was seeded: the index answers from now on."""
+        self.ready = True
+        self._deleted.clear()
+
+    def running_as(self, kind: str, namespace: str, account: str) -> list[dict[str, Any]]:
+        return list(self._filed.get((kind, namespace, account), {}).values())
+
+    def _file(self, kind: str, uid: str, body: Mapping[str, Any]) -> None:
+        namespace = str((body.get("metadata") or {}).get("namespace") or "")
+        where = (kind, namespace, service_account_of(kind, body))
+        if self._where.get(uid) != where:
+            self._drop(uid)
+            self._where[uid] = where
+        self._filed.setdefault(where, {})[uid] = identity_view(kind, body)
+
+    def _drop(self, uid: str) -> None:
+        where = self._where.pop(uid, None)
+        if where is None:
+            return
+        filed = self._filed.get(where)
+        if filed is not None:
+            filed.pop(uid, None)
+            if not filed:
+                del self._filed[where]
+
+
 class IdentityGuard:
-    def __init__(self, ctx: Context, events: Events) -> None:
+    def __init__(self, ctx: Context, events: Events, accounts: AccountIndex) -> None:
         self.ctx = ctx
         self.events = events
+        self.accounts = accounts
 
     async def check(self, spec: ModelSpec, account: str) -> tuple[IdentityCheck, Workloads]:
-        """List what runs (or would run) Pods as `account` in the model's namespace."""
-        ns = spec.namespace
+        """What runs (or would run) Pods as `account` in the model's namespace.
+
+        With the account index complete, the Pods, Deployments and ReplicaSets running as the
+        account come from them and only the other kinds are listed; a verdict other than
+        clear is checked again with every kind listed, since an index can still hold an
+        object deleted while a watch was away. The views are a subset of what the lists
+        hold, so an intruder the lists would show is never missed: the model owns fewer
+        of them, never more."""
+        names = self.ctx.names(spec.namespace, spec.name, spec.uid)
+        if self.accounts.ready:
+            found = await self._indexed(spec.namespace, account)
+            verdict = check_identity(account, spec.uid, names.deployment, found)
+            if verdict.clear:
+                return verdict, found
+        found = await self.list_all(spec.namespace, account)
+        return check_identity(account, spec.uid, names.deployment, found), found
+
+    async def _indexed(self, ns: str, account: str) -> Workloads:
+        kube = self.ctx.kube
+        others = [kind for kind in k8s.WORKLOADS if kind.kind not in INDEXABLE]
+        lists = await asyncio.gather(*(kube.list(kind, ns) for kind in others))
+        found: Workloads = {kind: self.accounts.running_as(kind, ns, account) for kind in INDEXABLE}
+        for kind, items in zip(others, lists, strict=True):
+            found[kind.kind] = items
+        return found
+
+    async def list_all(self, ns: str, account: str) -> Workloads:
+        """The Pods running as `account` and every workload of the namespace, listed."""
         kube = self.ctx.kube
         pods, *lists = await asyncio.gather(
             kube.list(k8s.POD, ns, field_selector=f"spec.serviceAccountName={account}"),
@@ -38,8 +138,7 @@ class IdentityGuard:
         found: Workloads = {"Pod": pods}
         for kind, items in zip(k8s.WORKLOADS, lists, strict=True):
             found[kind.kind] = items
-        names = self.ctx.names(ns, spec.name, spec.uid)
-        return check_identity(account, spec.uid, names.deployment, found), found
+        return found
 
     async def delete_intruders(
         self, spec: ModelSpec, identity: IdentityCheck, ref: Mapping[str, str]
@@ -80,7 +179,6 @@ class IdentityGuard:
         self,
         spec: ModelSpec,
         live: Mapping[str, dict[str, Any]],
-        workloads: Mapping[str, list[dict[str, Any]]],
         ref: Mapping[str, str],
     ) -> None:
         """Delete the ServiceAccount named after the model (before issue 12) once none of the
@@ -90,10 +188,8 @@ class IdentityGuard:
             return
         kube = self.ctx.kube
         names = self.ctx.names(spec.namespace, spec.name, spec.uid)
-        pods = await kube.list(
-            k8s.POD, spec.namespace, field_selector=f"spec.serviceAccountName={spec.name}"
-        )
-        found = {**workloads, "Pod": pods}
+        # Every workload of the namespace (the model's ReplicaSets of either account).
+        found = await self.list_all(spec.namespace, spec.name)
         if check_identity(spec.name, spec.uid, names.deployment, found).own_pods:
             return
         try:

@@ -36,6 +36,7 @@ from modelseal.models.spec import MODEL_KIND, LicenseSpec, ModelSpec, ObjectMeta
 from modelseal.models.status import KeyState, ModelObservation, WorkloadState
 from modelseal.policies import gates, objects, readiness, reporting
 from modelseal.policies.gates import LEGACY_ACCOUNT, REDIS_AUTH, Gate
+from modelseal.render import manifests
 from modelseal.render.model import Rendered, render_model
 from modelseal.render.names import LABEL_MODEL, Names
 from modelseal.vault.auth import VaultError
@@ -128,7 +129,7 @@ class ModelReconciler:
         conflict_msg = gates.conflicts(spec, self.ctx.settings, preview, inputs.live)
         out = await self._act(inputs, conflict_msg, preview.names.control_secret, ref)
         if not conflict_msg:
-            await self.identity.migrate_service_account(spec, inputs.live, inputs.workloads, ref)
+            await self.identity.migrate_service_account(spec, inputs.live, ref)
 
         workload = readiness.workload_state(out.deployment, out.rendered.replicas)
         pods = await self.ctx.kube.list(k8s.POD, spec.namespace, f"{LABEL_MODEL}={spec.name}")
@@ -222,7 +223,12 @@ class ModelReconciler:
         # Missing credentials are reported (Degraded) and retried; the Pods wait for the
         # Secret's volume meanwhile (the gateway never runs without them).
         error = error or await self.applier.ensure_redis_auth(spec, rendered, redis_live, ref)
-        error = error or await self.applier.ensure_usage_export(spec, ref)
+        if not error:
+            export = (spec.namespace, inputs.names.usage_export_secret, spec.uid)
+            if manifests.needs_usage_token(settings) or export not in self.memory.gone_secrets:
+                error = await self.applier.ensure_usage_export(spec, ref)
+                if not error and not manifests.needs_usage_token(settings):
+                    self.memory.gone_secrets.add(export)
         deployment = await self.applier.apply(rendered, live, ref)
         return Outcome(key, error, effective, rendered, deployment)
 
@@ -271,7 +277,16 @@ class ModelReconciler:
             "Secret": (k8s.SECRET, names.control_secret),
             REDIS_AUTH: (k8s.SECRET, names.redis_auth_secret),
         }
+        # The quota Redis credentials' copy, when the model needs none: read until found
+        # absent (an owned one is deleted by `ensure_redis_auth`), then not again.
+        redis = (spec.namespace, names.redis_auth_secret, spec.uid)
+        redis_needed = manifests.needs_redis_auth(spec, self.ctx.settings)
+        if not redis_needed and redis in self.memory.gone_secrets:
+            del wanted[REDIS_AUTH]
         results = await asyncio.gather(
             *(self.ctx.kube.get(kind, spec.namespace, name) for kind, name in wanted.values())
         )
-        return {k: v for k, v in zip(wanted, results, strict=True) if v is not None}
+        live = {k: v for k, v in zip(wanted, results, strict=True) if v is not None}
+        if not redis_needed and REDIS_AUTH in wanted and REDIS_AUTH not in live:
+            self.memory.gone_secrets.add(redis)
+        return live

@@ -13,6 +13,7 @@ from typing import Any
 
 from modelseal.handlers.controller.context import LICENSES, MODELS, Context
 from modelseal.handlers.controller.events import Events, log_about
+from modelseal.k8s.cache import Echoes
 from modelseal.models.spec import LicenseSpec, ModelSpec
 from modelseal.models.status import LICENSE_VALID, ModelObservation, model_status
 from modelseal.policies import reporting
@@ -25,6 +26,9 @@ class StatusWriter:
         self.events = events
         #: model key -> condition type -> status (for the models gauge).
         self._conditions: dict[str, dict[str, str]] = {}
+        #: The resourceVersions our status patches made: their watch events wake nothing.
+        self.model_echoes = Echoes()
+        self.license_echoes = Echoes()
 
     async def write_model(
         self,
@@ -38,13 +42,14 @@ class StatusWriter:
         self._track(f"{ref['namespace']}/{ref['name']}", after)
         if after == before:
             return
-        await self.ctx.kube.merge_patch(
+        written = await self.ctx.kube.merge_patch(
             MODELS,
             ref["namespace"],
             ref["name"],
             {"status": merge_patch(before, after)},
             sub="status",
         )
+        self.model_echoes.wrote(ref["namespace"], ref["name"], written)
         for change in reporting.model_transitions(before.get("conditions"), after["conditions"]):
             await self.events.post(
                 ref,
@@ -85,9 +90,10 @@ class StatusWriter:
         if after == before:
             return
         namespace, name = ref["namespace"], ref["name"]
-        await self.ctx.kube.merge_patch(
+        written = await self.ctx.kube.merge_patch(
             LICENSES, namespace, name, {"status": merge_patch(before, after)}, sub="status"
         )
+        self.license_echoes.wrote(namespace, name, written)
         for change in reporting.license_transitions(before.get("conditions"), after["conditions"]):
             await self.events.post(
                 ref,
@@ -106,6 +112,8 @@ class StatusWriter:
 
     def forget_model(self, key: str) -> None:
         self._conditions.pop(key, None)
+        namespace, _, name = key.partition("/")
+        self.model_echoes.forget(namespace, name)
         self._refresh_gauge()
 
     def _track(self, key: str, status: Mapping[str, Any]) -> None:

@@ -1,0 +1,324 @@
+"""A watch-fed copy of the objects the operator owns, so that a reconcile reads them
+without a GET each (issue 13 §3: the informer pattern, with kopf's watches as the feed).
+
+`WatchCache` knows nothing of kopf: the operator's kopf handlers hand it every event of
+the kinds in `CACHED_KINDS` (`observe`), and `CachedKube` (a `Kube`) answers `get` for
+those kinds from it. The rules that keep a reconcile's view what a GET would have given:
+
+* A key is *tracked* once the cache holds an answer for it: an object labelled as ours
+  (``app.kubernetes.io/managed-by``) seen in a watch event, or the answer of a GET the
+  reconciler made (found or not found), or the answer of one of our own writes. Every
+  later event of a tracked key replaces the answer, whoever wrote the object and whatever
+  its labels now say (a tenant's edit, a label taken off, a deletion); the events of
+  other objects are ignored.
+* A key that is not tracked is read with a GET, and the answer kept only if no event of
+  that key arrived while the GET was in flight (else the event's newer state stays).
+* A watch resumed after a gap re-lists every object, so no object and no change is
+  ever missed; a deletion during the gap can be (kopf does not synthesise it). The
+  periodic resync therefore calls `clear`: every key is read again once, then tracked.
+* Our own writes store the server's answer (the write is newer than any event already
+  delivered) unless an event of the key arrived while the write was in flight; a failed
+  write, a delete or a patch forgets the key (the next read is a GET).
+* The watch event of our own write (the resourceVersion that write made) tells nothing
+  new: `observe` says so, and the operator wakes no reconcile for it.
+* Bodies are kept without ``metadata.managedFields`` (most of an object's bytes; the API
+  server keeps its own when an update leaves them out).
+
+Only kinds the operator watches belong in `CACHED_KINDS`; Secrets are never watched
+(the chart grants get by name only) and stay uncached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from modelseal.k8s.api import (
+    CONFIG_MAP,
+    DEPLOYMENT,
+    NETWORK_POLICY,
+    SERVICE,
+    SERVICE_ACCOUNT,
+    Json,
+    Kind,
+    Kube,
+)
+
+#: The kinds whose objects the cache keeps (each watched by the operator in every
+#: namespace it serves models in).
+CACHED_KINDS: Final = frozenset(
+    k.kind for k in (SERVICE_ACCOUNT, CONFIG_MAP, SERVICE, NETWORK_POLICY, DEPLOYMENT)
+)
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+
+
+class _Absent:
+    """The cached answer "no such object"."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Final = _Absent()
+#: What `lookup` answers for a key the cache cannot answer for (read it with a GET).
+UNKNOWN: Final = None
+
+
+def slim(body: Mapping[str, Any]) -> Json:
+    """`body` without ``metadata.managedFields`` (shallow: the rest is shared)."""
+    out = dict(body)
+    meta = out.get("metadata")
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        out["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    return out
+
+
+def key_of(kind: str, body: Mapping[str, Any]) -> Key | None:
+    meta = body.get("metadata")
+    if not isinstance(meta, Mapping):
+        return None
+    namespace, name = meta.get("namespace"), meta.get("name")
+    if not namespace or not name:
+        return None
+    return (kind, str(namespace), str(name))
+
+
+class Reading:
+    """A GET in flight for the cache (`WatchCache.begin`); `WatchCache.fill` ends it."""
+
+    __slots__ = ("epoch", "key")
+
+    def __init__(self, epoch: int, key: Key) -> None:
+        self.epoch = epoch
+        self.key = key
+
+
+class WatchCache:
+    """The latest state of the tracked keys of `CACHED_KINDS` (see the module's rules).
+
+    Disabled (every `lookup` UNKNOWN, nothing kept) until `enable`: only an operator
+    whose watches feed it may answer from it. Holds the tracked keys and the keys being
+    read, nothing else."""
+
+    def __init__(self, label: str, value: str) -> None:
+        #: The label (and its value) that marks an object as the operator's.
+        self.label = label
+        self.value = value
+        self.enabled = False
+        self._answers: dict[Key, Json | _Absent] = {}
+        #: key -> GETs of it in flight; keys an event or a write touched meanwhile.
+        self._reading: dict[Key, int] = {}
+        self._overtaken: set[Key] = set()
+        self._epoch = 0
+        #: key -> the resourceVersion our last write of it made (its watch event is our
+        #: own echo: nothing in it we did not know).
+        self._written: dict[Key, str] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    # --- the feed ------------------------------------------------------------------------
+    def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        """A watch event (kopf's ``type``: None for a listed object, ADDED, MODIFIED,
+        DELETED) of an object of `kind`. True when it is the echo of our own last write
+        of the object (its resourceVersion is the one that write made)."""
+        if not self.enabled or kind not in CACHED_KINDS:
+            return False
+        key = key_of(kind, body)
+        if key is None:
+            return False
+        if key in self._reading:
+            self._overtaken.add(key)
+        if event_type == "DELETED":
+            self._written.pop(key, None)
+            if key in self._answers:
+                self._answers[key] = ABSENT
+            return False
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        if key in self._answers or labels.get(self.label) == self.value:
+            self._answers[key] = slim(body)
+        version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        if version and self._written.get(key) == version:
+            del self._written[key]
+            return True
+        return False
+
+    # --- the reconciler's side -----------------------------------------------------------
+    def lookup(self, kind: str, namespace: str, name: str) -> Json | _Absent | None:
+        """The cached answer: the object, ABSENT, or UNKNOWN (None: read it)."""
+        if not self.enabled or kind not in CACHED_KINDS:
+            return UNKNOWN
+        answer = self._answers.get((kind, namespace, name))
+        if answer is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return answer
+
+    def begin(self, kind: str, namespace: str, name: str) -> Reading:
+        """A GET of the key starts: `fill` keeps its answer only if nothing newer came."""
+        key = (kind, namespace, name)
+        self._reading[key] = self._reading.get(key, 0) + 1
+        return Reading(self._epoch, key)
+
+    def _end(self, reading: Reading) -> bool:
+        """End `reading`; True when nothing (an event, a write, a `clear`) came meanwhile."""
+        key = reading.key
+        left = self._reading.get(key, 0) - 1
+        overtaken = key in self._overtaken
+        if left > 0:
+            self._reading[key] = left
+        else:
+            self._reading.pop(key, None)
+            self._overtaken.discard(key)
+        return not overtaken and reading.epoch == self._epoch
+
+    def fill(self, reading: Reading, body: Json | None, ok: bool = True) -> None:
+        """The GET of `reading` ended with `body` (None: not found; `ok` False: it failed).
+        The answer is kept unless an event or a write of the key, or a `clear`, came
+        meanwhile."""
+        quiet = self._end(reading)
+        key = reading.key
+        if not ok or not quiet or not self.enabled or key[0] not in CACHED_KINDS:
+            return
+        self._answers[key] = ABSENT if body is None else slim(body)
+
+    def written(self, reading: Reading, body: Json | None) -> None:
+        """Our write of `reading`'s key (begun with `begin`) succeeded with the server's
+        answer `body`: kept (and its event expected as our echo) unless an event of the
+        key came while the write was in flight, which may be newer than the write's answer
+        or older; then the key is forgotten (the next read is a GET)."""
+        quiet = self._end(reading)
+        kind, namespace, name = reading.key
+        self.wrote(kind, namespace, name, body if quiet else None)
+
+    def wrote(self, kind: str, namespace: str, name: str, body: Json | None) -> None:
+        """One of our writes succeeded: keep the server's answer (None: forget the key, the
+        next read is a GET)."""
+        key = (kind, namespace, name)
+        if key in self._reading:
+            self._overtaken.add(key)
+        if not self.enabled or kind not in CACHED_KINDS:
+            return
+        if body is None:
+            self._answers.pop(key, None)
+            self._written.pop(key, None)
+        else:
+            self._answers[key] = slim(body)
+            version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+            if version:
+                self._written[key] = version
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        """Drop a key (it was patched or deleted, or a write based on it failed)."""
+        self.wrote(kind, namespace, name, None)
+
+    def clear(self) -> None:
+        """Forget everything (the periodic resync): each key is read again once."""
+        self._answers.clear()
+        self._written.clear()
+        self._epoch += 1
+
+
+class Echoes:
+    """The resourceVersions our own writes of objects made (a status patch), so that the
+    watch event each causes can be told from a change someone else made. One entry per
+    object: the last write's; it goes when its event comes (or a later write replaces
+    it)."""
+
+    def __init__(self) -> None:
+        self._written: dict[tuple[str, str], str] = {}
+
+    def wrote(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        if version:
+            self._written[(namespace, name)] = version
+        else:
+            self._written.pop((namespace, name), None)
+
+    def is_echo(self, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
+        """True (once) when `body` is exactly what our last write made."""
+        version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        key = (namespace, name)
+        if version and self._written.get(key) == version:
+            del self._written[key]
+            return True
+        return False
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._written.pop((namespace, name), None)
+
+    def __len__(self) -> int:
+        return len(self._written)
+
+
+class CachedKube(Kube):
+    """`Kube` whose `get` of a cached kind answers from a `WatchCache`, and whose writes
+    of those kinds keep the cache up to date. Everything else goes to the API server."""
+
+    def __init__(self, kube: Kube, cache: WatchCache) -> None:
+        super().__init__(kube.api, on_call=kube.on_call, timeout_s=kube.timeout_s)
+        self.cache = cache
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> Json | None:
+        if not self.cache.enabled or kind.kind not in CACHED_KINDS:
+            return await super().get(kind, namespace, name)
+        answer = self.cache.lookup(kind.kind, namespace, name)
+        if answer is ABSENT:
+            return None
+        if isinstance(answer, dict):
+            return answer
+        reading = self.cache.begin(kind.kind, namespace, name)
+        ok = False
+        body = None
+        try:
+            body = await super().get(kind, namespace, name)
+            ok = True
+        finally:
+            self.cache.fill(reading, body, ok)
+        return body
+
+    async def create(self, kind: Kind, namespace: str, body: Json) -> Json:
+        name = str((body.get("metadata") or {}).get("name") or "")
+        if not self.cache.enabled or kind.kind not in CACHED_KINDS or not name:
+            return await super().create(kind, namespace, body)
+        reading = self.cache.begin(kind.kind, namespace, name)
+        try:
+            out = await super().create(kind, namespace, body)
+        except BaseException:
+            self.cache.written(reading, None)
+            raise
+        self.cache.written(reading, out)
+        return out
+
+    async def replace(self, kind: Kind, namespace: str, name: str, body: Json) -> Json:
+        if not self.cache.enabled or kind.kind not in CACHED_KINDS:
+            return await super().replace(kind, namespace, name, body)
+        reading = self.cache.begin(kind.kind, namespace, name)
+        try:
+            out = await super().replace(kind, namespace, name, body)
+        except BaseException:
+            self.cache.written(reading, None)
+            raise
+        self.cache.written(reading, out)
+        return out
+
+    async def merge_patch(
+        self, kind: Kind, namespace: str, name: str, patch: Json, sub: str | None = None
+    ) -> Json:
+        try:
+            return await super().merge_patch(kind, namespace, name, patch, sub)
+        finally:
+            self.cache.forget(kind.kind, namespace, name)
+
+    async def delete(self, kind: Kind, namespace: str, name: str, uid: str | None = None) -> bool:
+        try:
+            return await super().delete(kind, namespace, name, uid)
+        finally:
+            self.cache.forget(kind.kind, namespace, name)

@@ -1,0 +1,207 @@
+"""The operator's watch cache (`modelseal.k8s.cache.WatchCache`): which answer a read gets
+after which events, GETs and writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from modelseal.k8s.cache import ABSENT, CACHED_KINDS, UNKNOWN, Echoes, WatchCache, slim
+
+LABEL, OURS = "app.kubernetes.io/managed-by", "modelseal-operator"
+
+
+def obj(name: str = "m-dep", rv: str = "1", ours: bool = True, **extra: Any) -> dict[str, Any]:
+    labels = {LABEL: OURS} if ours else {}
+    meta = {"name": name, "namespace": "ns", "resourceVersion": rv, "labels": labels}
+    meta["managedFields"] = [{"manager": "x"}]
+    return {"kind": "Deployment", "metadata": meta, **extra}
+
+
+def cache() -> WatchCache:
+    c = WatchCache(LABEL, OURS)
+    c.enable()
+    return c
+
+
+def test_disabled_cache_answers_nothing_and_keeps_nothing() -> None:
+    c = WatchCache(LABEL, OURS)
+    c.observe("Deployment", "ADDED", obj())
+    assert c.lookup("Deployment", "ns", "m-dep") is UNKNOWN
+    c.fill(c.begin("Deployment", "ns", "x"), obj("x"))
+    assert len(c) == 0
+
+
+def test_only_watched_owned_kinds_are_cached() -> None:
+    c = cache()
+    assert "Secret" not in CACHED_KINDS
+    c.observe("Secret", "ADDED", obj("s"))
+    assert c.lookup("Secret", "ns", "s") is UNKNOWN
+    c.fill(c.begin("Secret", "ns", "s"), None)
+    assert c.lookup("Secret", "ns", "s") is UNKNOWN
+
+
+def test_our_objects_are_kept_from_their_events_without_managed_fields() -> None:
+    c = cache()
+    c.observe("Deployment", None, obj(rv="3"))
+    got = c.lookup("Deployment", "ns", "m-dep")
+    assert isinstance(got, dict)
+    assert got["metadata"]["resourceVersion"] == "3"
+    assert "managedFields" not in got["metadata"]
+
+
+def test_someone_elses_object_is_not_tracked_until_read() -> None:
+    c = cache()
+    c.observe("Deployment", "ADDED", obj("theirs", ours=False))
+    assert c.lookup("Deployment", "ns", "theirs") is UNKNOWN
+    reading = c.begin("Deployment", "ns", "theirs")
+    c.fill(reading, obj("theirs", rv="5", ours=False))
+    got = c.lookup("Deployment", "ns", "theirs")
+    assert isinstance(got, dict) and got["metadata"]["resourceVersion"] == "5"
+    # Tracked now: its next change is followed though it is not ours.
+    c.observe("Deployment", "MODIFIED", obj("theirs", rv="6", ours=False))
+    got = c.lookup("Deployment", "ns", "theirs")
+    assert isinstance(got, dict) and got["metadata"]["resourceVersion"] == "6"
+
+
+def test_a_label_taken_off_our_object_is_still_followed() -> None:
+    c = cache()
+    c.observe("Deployment", "ADDED", obj(rv="1"))
+    c.observe("Deployment", "MODIFIED", obj(rv="2", ours=False))
+    got = c.lookup("Deployment", "ns", "m-dep")
+    assert isinstance(got, dict) and got["metadata"]["labels"] == {}
+
+
+def test_deletion_of_a_tracked_key_answers_absent_and_a_new_object_replaces_it() -> None:
+    c = cache()
+    c.observe("Deployment", "ADDED", obj())
+    c.observe("Deployment", "DELETED", obj())
+    assert c.lookup("Deployment", "ns", "m-dep") is ABSENT
+    # A squatter's object of the name (not ours): followed, since the key is tracked.
+    c.observe("Deployment", "ADDED", obj(rv="9", ours=False))
+    got = c.lookup("Deployment", "ns", "m-dep")
+    assert isinstance(got, dict) and got["metadata"]["resourceVersion"] == "9"
+
+
+def test_a_not_found_get_is_kept_as_absent_until_an_event() -> None:
+    c = cache()
+    c.fill(c.begin("ConfigMap", "ns", "cfg"), None)
+    assert c.lookup("ConfigMap", "ns", "cfg") is ABSENT
+    c.observe("ConfigMap", "ADDED", {"metadata": {"name": "cfg", "namespace": "ns"}})
+    assert isinstance(c.lookup("ConfigMap", "ns", "cfg"), dict)
+
+
+@pytest.mark.parametrize("event", ["MODIFIED", "DELETED"])
+def test_an_event_during_a_get_wins_over_the_gets_answer(event: str) -> None:
+    c = cache()
+    reading = c.begin("Deployment", "ns", "theirs")
+    c.observe("Deployment", event, obj("theirs", rv="7", ours=False))
+    c.fill(reading, obj("theirs", rv="6", ours=False))
+    # The GET's (possibly older) answer is dropped; the next read is a GET again.
+    assert c.lookup("Deployment", "ns", "theirs") is UNKNOWN
+
+
+def test_a_failed_get_keeps_nothing() -> None:
+    c = cache()
+    c.fill(c.begin("Deployment", "ns", "x"), None, ok=False)
+    assert c.lookup("Deployment", "ns", "x") is UNKNOWN
+
+
+def test_clear_during_a_get_drops_its_answer() -> None:
+    c = cache()
+    c.observe("Deployment", "ADDED", obj())
+    reading = c.begin("Deployment", "ns", "other")
+    c.clear()
+    c.fill(reading, obj("other"))
+    assert c.lookup("Deployment", "ns", "other") is UNKNOWN
+    assert c.lookup("Deployment", "ns", "m-dep") is UNKNOWN
+
+
+def test_our_write_is_kept_and_a_patch_or_delete_forgets() -> None:
+    c = cache()
+    c.wrote("Deployment", "ns", "m-dep", obj(rv="4"))
+    got = c.lookup("Deployment", "ns", "m-dep")
+    assert isinstance(got, dict) and got["metadata"]["resourceVersion"] == "4"
+    c.forget("Deployment", "ns", "m-dep")
+    assert c.lookup("Deployment", "ns", "m-dep") is UNKNOWN
+
+
+def test_a_write_during_a_get_wins_over_the_gets_answer() -> None:
+    c = cache()
+    reading = c.begin("Deployment", "ns", "m-dep")
+    c.wrote("Deployment", "ns", "m-dep", obj(rv="8"))
+    c.fill(reading, None)
+    got = c.lookup("Deployment", "ns", "m-dep")
+    assert isinstance(got, dict) and got["metadata"]["resourceVersion"] == "8"
+
+
+def test_slim_leaves_the_body_it_was_given_alone() -> None:
+    body = obj()
+    out = slim(body)
+    assert "managedFields" in body["metadata"]
+    assert "managedFields" not in out["metadata"]
+    assert out["metadata"]["name"] == "m-dep"
+
+
+def test_the_event_of_our_own_write_is_told_apart_once() -> None:
+    c = cache()
+    c.wrote("Deployment", "ns", "m-dep", obj(rv="10"))
+    assert c.observe("Deployment", "MODIFIED", obj(rv="9")) is False  # older, someone's
+    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is True  # ours
+    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is False  # only once
+    assert c.observe("Deployment", "MODIFIED", obj(rv="11")) is False  # a later change
+
+
+def test_no_echo_after_a_forget_or_a_clear() -> None:
+    c = cache()
+    c.wrote("Deployment", "ns", "m-dep", obj(rv="10"))
+    c.forget("Deployment", "ns", "m-dep")
+    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is False
+    c.wrote("Deployment", "ns", "m-dep", obj(rv="12"))
+    c.clear()
+    assert c.observe("Deployment", "MODIFIED", obj(rv="12")) is False
+
+
+def test_echoes_of_status_patches() -> None:
+    echoes = Echoes()
+    echoes.wrote("ns", "m", {"metadata": {"resourceVersion": "5"}})
+    assert not echoes.is_echo("ns", "m", {"metadata": {"resourceVersion": "4"}})
+    assert not echoes.is_echo("ns", "other", {"metadata": {"resourceVersion": "5"}})
+    assert echoes.is_echo("ns", "m", {"metadata": {"resourceVersion": "5"}})
+    assert not echoes.is_echo("ns", "m", {"metadata": {"resourceVersion": "5"}})
+    assert len(echoes) == 0
+    echoes.wrote("ns", "m", {"metadata": {"resourceVersion": "6"}})
+    echoes.wrote("ns", "m", {"metadata": {"resourceVersion": "7"}})  # the last write counts
+    assert not echoes.is_echo("ns", "m", {"metadata": {"resourceVersion": "6"}})
+    echoes.forget("ns", "m")
+    assert not echoes.is_echo("ns", "m", {"metadata": {"resourceVersion": "7"}})
+    echoes.wrote("ns", "m", {"metadata": {}})  # no version: nothing to expect
+    assert len(echoes) == 0
+
+
+def test_a_write_answer_is_kept_when_nothing_came_meanwhile() -> None:
+    c = cache()
+    reading = c.begin("Deployment", "ns", "m-dep")
+    c.written(reading, obj(rv="10"))
+    got = c.lookup("Deployment", "ns", "m-dep")
+    assert isinstance(got, dict) and got["metadata"]["resourceVersion"] == "10"
+    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is True
+
+
+def test_an_event_during_our_write_makes_the_key_read_again() -> None:
+    """The write's answer may be older than that event (a tenant's edit right after our
+    write): neither is trusted, the next read is a GET."""
+    c = cache()
+    reading = c.begin("Deployment", "ns", "m-dep")
+    c.observe("Deployment", "MODIFIED", obj(rv="10"))
+    c.observe("Deployment", "MODIFIED", obj(rv="11"))  # someone else's, after ours
+    c.written(reading, obj(rv="10"))
+    assert c.lookup("Deployment", "ns", "m-dep") is UNKNOWN
+
+
+def test_a_failed_write_forgets_the_key() -> None:
+    c = cache()
+    c.observe("Deployment", "ADDED", obj(rv="3"))
+    c.written(c.begin("Deployment", "ns", "m-dep"), None)
+    assert c.lookup("Deployment", "ns", "m-dep") is UNKNOWN

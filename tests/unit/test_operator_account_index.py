@@ -1,0 +1,102 @@
+"""The operator's account index (`modelseal.handlers.controller.identity.AccountIndex`):
+what it holds after which watch events and seed listings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelseal.handlers.controller.identity import AccountIndex
+
+
+def pod(name: str, sa: str, uid: str | None = None, ns: str = "ns") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": ns, "uid": uid or f"uid-{name}"},
+        "spec": {"serviceAccountName": sa},
+    }
+
+
+def rs(name: str, sa: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}"},
+        "spec": {"template": {"spec": {"serviceAccountName": sa}}},
+    }
+
+
+def names(index: AccountIndex, kind: str, account: str, ns: str = "ns") -> list[str]:
+    return sorted(v["metadata"]["name"] for v in index.running_as(kind, ns, account))
+
+
+def test_filed_by_kind_namespace_and_account() -> None:
+    index = AccountIndex()
+    index.observe("Pod", None, pod("a", "sa-1"))
+    index.observe("Pod", "ADDED", pod("b", "sa-2"))
+    index.observe("Pod", "ADDED", pod("c", "sa-1", ns="other"))
+    index.observe("ReplicaSet", "ADDED", rs("r", "sa-1"))
+    index.observe("Secret", "ADDED", pod("s", "sa-1"))  # not an indexed kind
+    assert names(index, "Pod", "sa-1") == ["a"]
+    assert names(index, "Pod", "sa-1", ns="other") == ["c"]
+    assert names(index, "ReplicaSet", "sa-1") == ["r"]
+    assert names(index, "Pod", "sa-3") == []
+    assert len(index) == 4
+
+
+def test_an_account_change_moves_the_object_and_a_deletion_drops_it() -> None:
+    index = AccountIndex()
+    index.observe("ReplicaSet", "ADDED", rs("r", "other"))
+    index.observe("ReplicaSet", "MODIFIED", rs("r", "sa-1"))
+    assert names(index, "ReplicaSet", "other") == []
+    assert names(index, "ReplicaSet", "sa-1") == ["r"]
+    index.observe("ReplicaSet", "DELETED", rs("r", "sa-1"))
+    assert names(index, "ReplicaSet", "sa-1") == []
+    assert len(index) == 0
+
+
+def test_not_ready_until_seeded() -> None:
+    index = AccountIndex()
+    index.observe("Pod", "ADDED", pod("a", "sa-1"))
+    assert not index.ready
+    index.seed("Pod", [])
+    assert not index.ready
+    index.seeded()
+    assert index.ready
+
+
+def test_the_seed_adds_what_no_event_told_of() -> None:
+    index = AccountIndex()
+    index.seed("Pod", [pod("a", "sa-1"), pod("b", "sa-1")])
+    index.seeded()
+    assert names(index, "Pod", "sa-1") == ["a", "b"]
+
+
+def test_the_seed_never_overrides_a_newer_event() -> None:
+    """An event during the seed's listing says more recent things than the listing."""
+    index = AccountIndex()
+    index.observe("ReplicaSet", "MODIFIED", rs("r", "sa-1"))  # moved to the model's account
+    index.seed("ReplicaSet", [rs("r", "other")])  # listed before the move
+    index.seeded()
+    assert names(index, "ReplicaSet", "sa-1") == ["r"]
+    assert names(index, "ReplicaSet", "other") == []
+
+
+def test_the_seed_never_brings_back_an_object_deleted_meanwhile() -> None:
+    index = AccountIndex()
+    index.observe("Pod", "DELETED", pod("gone", "sa-1"))
+    index.seed("Pod", [pod("gone", "sa-1")])
+    index.seeded()
+    assert names(index, "Pod", "sa-1") == []
+    # After the seed, a new object of the same uid is followed again (no lasting tombstone).
+    index.observe("Pod", "ADDED", pod("gone", "sa-1"))
+    assert names(index, "Pod", "sa-1") == ["gone"]
+
+
+def test_views_not_whole_objects_are_kept() -> None:
+    index = AccountIndex()
+    body = pod("a", "sa-1")
+    body["status"] = {"phase": "Running"}
+    body["spec"]["containers"] = [{"name": "c"}]
+    index.observe("Pod", "ADDED", body)
+    (view,) = index.running_as("Pod", "ns", "sa-1")
+    assert view == {
+        "metadata": {"name": "a", "uid": "uid-a"},
+        "spec": {"serviceAccountName": "sa-1"},
+    }

@@ -9,14 +9,26 @@ Bounds (issue 13 §3): at most `concurrency` workers run at once, and `coalesce_
 an immediate `add` back that long, so that the burst of watch events one change causes
 (a new model: its finalizer, Deployment, ReplicaSet, Pod, Pod scheduled, Pod ready) folds
 into one run instead of one run each. A key that was added again while it ran goes back
-through the queue (and the semaphore) rather than running again at once, so a busy key
+through the queue (and the worker slots) rather than running again at once, so a busy key
 cannot hold a worker while others wait.
+
+A run that waits for a worker slot has read nothing yet: an `add` of its key meanwhile
+is already covered by it (the worker is level-triggered) and asks for nothing more. Only
+an `add` while the worker runs asks for one run more after it.
+
+Order (issue 13 §3): the slots go to waiting runs of keys that have run before (a
+model's follow-up pass: its Deployment became ready, a retry, a resync) ahead of keys
+never run (a new model's first pass), each class first come, first served; so that in a
+rollout of many models the first ones become Ready while the others are still being
+created, not all of them only after every first pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,11 +42,52 @@ class RetryLater(Exception):
     """The worker could not finish (Vault down, a conflict); run it again after a back-off."""
 
 
+#: A key's class in the order of the worker slots (lower first).
+FOLLOW_UP, FIRST_RUN = 0, 1
+#: How many keys the queue remembers as having run (then it forgets them all).
+RAN_LIMIT = 100_000
+
+
+class Slots:
+    """`concurrency` worker slots handed out by (class, arrival): a semaphore with two
+    classes of waiters instead of one line."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.free = concurrency
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrival = itertools.count()
+
+    async def acquire(self, klass: int) -> None:
+        # A slot is only ever free while nobody waits (`release` hands it on first).
+        if self.free > 0:
+            self.free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (klass, next(self._arrival), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot, then cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            *_, fut = heapq.heappop(self._waiting)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
 @dataclass
 class _Entry:
     handle: asyncio.TimerHandle | None = None
     due: float | None = None
+    #: A run exists (waiting for a slot, or started).
     running: bool = False
+    #: The run holds a slot: the worker is reading.
+    started: bool = False
     dirty: bool = False
     failures: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -51,8 +104,10 @@ class WorkQueue:
     ) -> None:
         self.worker = worker
         self.concurrency = concurrency
-        self._sem = asyncio.Semaphore(concurrency)
+        self._slots = Slots(concurrency)
         self._entries: dict[str, _Entry] = {}
+        #: Keys that have run at least once (their next runs are follow-ups).
+        self._ran: set[str] = set()
         self._on_depth = on_depth
         self._closed = False
         self.max_backoff_s = max_backoff_s
@@ -65,7 +120,7 @@ class WorkQueue:
         if concurrency < 1 or coalesce_s < 0:
             raise ValueError(f"bad bounds: concurrency={concurrency} coalesce_s={coalesce_s}")
         self.concurrency = concurrency
-        self._sem = asyncio.Semaphore(concurrency)
+        self._slots = Slots(concurrency)
         self.coalesce_s = coalesce_s
 
     def _depth(self) -> None:
@@ -78,7 +133,8 @@ class WorkQueue:
         loop = asyncio.get_running_loop()
         entry = self._entries.setdefault(key, _Entry())
         if entry.running and delay <= 0:
-            entry.dirty = True
+            # Waiting for a slot: the run has read nothing yet and covers this add.
+            entry.dirty = entry.dirty or entry.started
             return
         due = loop.time() + (delay if delay > 0 else self.coalesce_s)
         if entry.due is not None and entry.due <= due:
@@ -96,30 +152,38 @@ class WorkQueue:
         entry.handle = None
         entry.due = None
         if entry.running:
-            entry.dirty = True
+            entry.dirty = entry.dirty or entry.started
             return
         entry.running = True
         entry.task = asyncio.get_running_loop().create_task(self._run(key, entry), name=key)
 
     async def _run(self, key: str, entry: _Entry) -> None:
         again: float | None = None
+        slots = self._slots
         try:
-            entry.dirty = False
-            async with self._sem:
-                try:
-                    again = await self.worker(key)
-                    entry.failures = 0
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    entry.failures += 1
-                    again = min(self.max_backoff_s, 0.5 * 2 ** (entry.failures - 1))
-                    if isinstance(exc, RetryLater):
-                        log.warning("%s: %s; retrying in %.1fs", key, exc, again)
-                    else:
-                        log.exception("reconcile of %s failed; retrying in %.1fs", key, again)
+            await slots.acquire(FOLLOW_UP if key in self._ran else FIRST_RUN)
+            try:
+                entry.started = True
+                entry.dirty = False
+                again = await self.worker(key)
+                entry.failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                entry.failures += 1
+                again = min(self.max_backoff_s, 0.5 * 2 ** (entry.failures - 1))
+                if isinstance(exc, RetryLater):
+                    log.warning("%s: %s; retrying in %.1fs", key, exc, again)
+                else:
+                    log.exception("reconcile of %s failed; retrying in %.1fs", key, again)
+            finally:
+                slots.release()
+                if len(self._ran) >= RAN_LIMIT:
+                    self._ran.clear()
+                self._ran.add(key)
         finally:
             entry.running = False
+            entry.started = False
             entry.task = None
             if entry.handle is None and not self._closed:
                 if entry.dirty:
@@ -147,3 +211,4 @@ class WorkQueue:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._entries.clear()
+        self._ran.clear()

@@ -292,11 +292,11 @@ def test_the_index_is_clear_only_when_the_lists_are(
     assert indexed.clear == whole.clear
 
 
-def test_an_index_missing_the_models_replicaset_is_not_clear() -> None:
-    """The model's Pods under a ReplicaSet the index does not hold (its template names
-    another account) look like intruders: the lists then decide (never falsely clear)."""
-    rs_other_account = templated("gpt-old", "rs-1", "legacy", ref("Deployment", "dep-1"))
-    objects = {"Deployment": [OWN_DEP], "ReplicaSet": [rs_other_account], "Pod": [OWN_POD]}
+def test_an_index_missing_the_models_deployment_is_not_clear() -> None:
+    """The model's Pods under a Deployment the index does not hold (its template names
+    another account now) look like intruders: the lists then decide (never falsely clear)."""
+    dep_other_account = templated("gpt", "dep-1", "legacy", ref("ProtectedModel", MODEL_UID))
+    objects = {"Deployment": [dep_other_account], "ReplicaSet": [OWN_RS], "Pod": [OWN_POD]}
     assert check_identity(SA, MODEL_UID, "gpt", objects).clear
     assert not check_identity(SA, MODEL_UID, "gpt", _indexed(objects, SA)).clear
 

@@ -15,7 +15,7 @@ def pod(name: str, sa: str, uid: str | None = None, ns: str = "ns") -> dict[str,
     }
 
 
-def rs(name: str, sa: str) -> dict[str, Any]:
+def dep(name: str, sa: str) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}"},
         "spec": {"template": {"spec": {"serviceAccountName": sa}}},
@@ -31,23 +31,23 @@ def test_filed_by_kind_namespace_and_account() -> None:
     index.observe("Pod", None, pod("a", "sa-1"))
     index.observe("Pod", "ADDED", pod("b", "sa-2"))
     index.observe("Pod", "ADDED", pod("c", "sa-1", ns="other"))
-    index.observe("ReplicaSet", "ADDED", rs("r", "sa-1"))
-    index.observe("Secret", "ADDED", pod("s", "sa-1"))  # not an indexed kind
+    index.observe("Deployment", "ADDED", dep("r", "sa-1"))
+    index.observe("ReplicaSet", "ADDED", dep("s", "sa-1"))  # not an indexed kind (listed)
     assert names(index, "Pod", "sa-1") == ["a"]
     assert names(index, "Pod", "sa-1", ns="other") == ["c"]
-    assert names(index, "ReplicaSet", "sa-1") == ["r"]
+    assert names(index, "Deployment", "sa-1") == ["r"]
     assert names(index, "Pod", "sa-3") == []
     assert len(index) == 4
 
 
 def test_an_account_change_moves_the_object_and_a_deletion_drops_it() -> None:
     index = AccountIndex()
-    index.observe("ReplicaSet", "ADDED", rs("r", "other"))
-    index.observe("ReplicaSet", "MODIFIED", rs("r", "sa-1"))
-    assert names(index, "ReplicaSet", "other") == []
-    assert names(index, "ReplicaSet", "sa-1") == ["r"]
-    index.observe("ReplicaSet", "DELETED", rs("r", "sa-1"))
-    assert names(index, "ReplicaSet", "sa-1") == []
+    index.observe("Deployment", "ADDED", dep("r", "other"))
+    index.observe("Deployment", "MODIFIED", dep("r", "sa-1"))
+    assert names(index, "Deployment", "other") == []
+    assert names(index, "Deployment", "sa-1") == ["r"]
+    index.observe("Deployment", "DELETED", dep("r", "sa-1"))
+    assert names(index, "Deployment", "sa-1") == []
     assert len(index) == 0
 
 
@@ -71,11 +71,11 @@ def test_the_seed_adds_what_no_event_told_of() -> None:
 def test_the_seed_never_overrides_a_newer_event() -> None:
     """An event during the seed's listing says more recent things than the listing."""
     index = AccountIndex()
-    index.observe("ReplicaSet", "MODIFIED", rs("r", "sa-1"))  # moved to the model's account
-    index.seed("ReplicaSet", [rs("r", "other")])  # listed before the move
+    index.observe("Deployment", "MODIFIED", dep("r", "sa-1"))  # moved to the model's account
+    index.seed("Deployment", [dep("r", "other")])  # listed before the move
     index.seeded()
-    assert names(index, "ReplicaSet", "sa-1") == ["r"]
-    assert names(index, "ReplicaSet", "other") == []
+    assert names(index, "Deployment", "sa-1") == ["r"]
+    assert names(index, "Deployment", "other") == []
 
 
 def test_the_seed_never_brings_back_an_object_deleted_meanwhile() -> None:

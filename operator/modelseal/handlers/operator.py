@@ -189,24 +189,12 @@ def build_registry(
         kopf.on.event(group, version, plural, registry=registry, id=f"owned-{plural}")(
             _owned_handler(reconciler, kind)
         )
-    # ReplicaSets feed the account index only (the identity check reads it; their events
-    # wake no model, as before: the model's own ReplicaSets change on every rollout).
-    kopf.on.event("apps", "v1", "replicasets", registry=registry, id="accounts-replicasets")(
-        _replicaset_handler(reconciler)
-    )
 
     @kopf.on.probe(id="queue", registry=registry)
     def queue_probe(**_: Any) -> int:
         return reconciler.queue.pending()
 
     return registry
-
-
-def _replicaset_handler(reconciler: Reconciler) -> Any:
-    async def replicaset_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        reconciler.accounts.observe("ReplicaSet", type, body)
-
-    return replicaset_event
 
 
 def _owned_handler(reconciler: Reconciler, kind: str) -> Any:

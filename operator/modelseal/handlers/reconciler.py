@@ -95,7 +95,7 @@ class Reconciler:
         # The owned objects' reads come from the watch cache once kopf feeds it
         # (`modelseal.handlers.operator` enables it); everything else from the API server.
         self.cache = WatchCache("app.kubernetes.io/managed-by", MANAGED_BY)
-        #: Pods, Deployments and ReplicaSets by the account they run as (the watches feed
+        #: Pods and Deployments by the account they run as (the watches feed
         #: it, `seed_accounts` fills it once at start).
         self.accounts = AccountIndex()
         cached = CachedKube(kube, self.cache)
@@ -189,17 +189,17 @@ class Reconciler:
 
     # --- the watch-fed state ---------------------------------------------------------------
     async def seed_accounts(self) -> None:
-        """List the Pods, Deployments and ReplicaSets once (every watched namespace) into
+        """List the Pods and Deployments once (every watched namespace) into
         the account index, which the watches keep up to date from then on; until then the
         identity check lists them itself. Retried until it succeeds."""
         scopes: list[str | None] = [*self.settings.namespaces] or [None]
-        kinds = {"Pod": k8s.POD, "Deployment": k8s.DEPLOYMENT, "ReplicaSet": k8s.REPLICA_SET}
+        kinds = {"Pod": k8s.POD, "Deployment": k8s.DEPLOYMENT}
         delay = 1.0
         while True:
             try:
                 for name, kind in kinds.items():
                     for ns in scopes:
-                        async for page in self.kube.list_pages(kind, ns):
+                        async for page in self.kube.list_pages(kind, ns, limit=50):
                             self.accounts.seed(name, page)
                 break
             except ApiError as exc:

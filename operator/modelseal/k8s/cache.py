@@ -21,8 +21,10 @@ those kinds from it. The rules that keep a reconcile's view what a GET would hav
   write, a delete or a patch forgets the key (the next read is a GET).
 * The watch event of our own write (the resourceVersion that write made) tells nothing
   new: `observe` says so, and the operator wakes no reconcile for it.
-* Bodies are kept without ``metadata.managedFields`` (most of an object's bytes; the API
-  server keeps its own when an update leaves them out).
+* Bodies are kept as compact JSON without ``metadata.managedFields`` (most of an
+  object's bytes; the API server keeps its own when an update leaves them out), a fourth
+  of their size as Python objects, and each `lookup` decodes a fresh copy (no caller
+  can change what the cache holds).
 
 Only kinds the operator watches belong in `CACHED_KINDS`; Secrets are never watched
 (the chart grants get by name only) and stay uncached.
@@ -30,9 +32,13 @@ Only kinds the operator watches belong in `CACHED_KINDS`; Secrets are never watc
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+import orjson
+
+from modelseal import fastjson
 from modelseal.k8s.api import (
     CONFIG_MAP,
     DEPLOYMENT,
@@ -74,6 +80,15 @@ def slim(body: Mapping[str, Any]) -> Json:
     return out
 
 
+def pack(body: Mapping[str, Any]) -> bytes:
+    """`slim(body)` as compact JSON (the standard library's where orjson refuses)."""
+    out = slim(body)
+    try:
+        return orjson.dumps(out)
+    except TypeError:
+        return json.dumps(out, separators=(",", ":")).encode()
+
+
 def key_of(kind: str, body: Mapping[str, Any]) -> Key | None:
     meta = body.get("metadata")
     if not isinstance(meta, Mapping):
@@ -106,7 +121,7 @@ class WatchCache:
         self.label = label
         self.value = value
         self.enabled = False
-        self._answers: dict[Key, Json | _Absent] = {}
+        self._answers: dict[Key, bytes | _Absent] = {}
         #: key -> GETs of it in flight; keys an event or a write touched meanwhile.
         self._reading: dict[Key, int] = {}
         self._overtaken: set[Key] = set()
@@ -142,7 +157,7 @@ class WatchCache:
             return False
         labels = (body.get("metadata") or {}).get("labels") or {}
         if key in self._answers or labels.get(self.label) == self.value:
-            self._answers[key] = slim(body)
+            self._answers[key] = pack(body)
         version = str((body.get("metadata") or {}).get("resourceVersion") or "")
         if version and self._written.get(key) == version:
             del self._written[key]
@@ -157,8 +172,11 @@ class WatchCache:
         answer = self._answers.get((kind, namespace, name))
         if answer is None:
             self.misses += 1
-        else:
-            self.hits += 1
+            return UNKNOWN
+        self.hits += 1
+        if isinstance(answer, bytes):
+            doc = fastjson.loads(answer)
+            return doc if isinstance(doc, dict) else UNKNOWN
         return answer
 
     def begin(self, kind: str, namespace: str, name: str) -> Reading:
@@ -187,7 +205,7 @@ class WatchCache:
         key = reading.key
         if not ok or not quiet or not self.enabled or key[0] not in CACHED_KINDS:
             return
-        self._answers[key] = ABSENT if body is None else slim(body)
+        self._answers[key] = ABSENT if body is None else pack(body)
 
     def written(self, reading: Reading, body: Json | None) -> None:
         """Our write of `reading`'s key (begun with `begin`) succeeded with the server's
@@ -210,7 +228,7 @@ class WatchCache:
             self._answers.pop(key, None)
             self._written.pop(key, None)
         else:
-            self._answers[key] = slim(body)
+            self._answers[key] = pack(body)
             version = str((body.get("metadata") or {}).get("resourceVersion") or "")
             if version:
                 self._written[key] = version

@@ -185,7 +185,7 @@ def owned_pods_running_as(
 
 #: The kinds an operator may keep an index of by (namespace, ServiceAccount): the ones it
 #: watches anyway. The others are listed on every check.
-INDEXABLE = ("Pod", "Deployment", "ReplicaSet")
+INDEXABLE = ("Pod", "Deployment")
 
 
 def identity_view(kind: str, obj: Json) -> dict[str, Any]:

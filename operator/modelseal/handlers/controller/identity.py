@@ -29,7 +29,7 @@ Workloads = dict[str, list[dict[str, Any]]]
 
 
 class AccountIndex:
-    """Pods, Deployments and ReplicaSets (`INDEXABLE`) by the ServiceAccount they run as:
+    """Pods and Deployments (`INDEXABLE`) by the ServiceAccount they run as:
     their `identity_view`, fed by the operator's watches of those kinds (`observe`) and
     seeded by one listing at start (`seed`). Complete once seeded: every object that exists
     is in it, with the state of its latest event. A deletion while a watch was away can
@@ -104,8 +104,8 @@ class IdentityGuard:
     async def check(self, spec: ModelSpec, account: str) -> tuple[IdentityCheck, Workloads]:
         """What runs (or would run) Pods as `account` in the model's namespace.
 
-        With the account index complete, the Pods, Deployments and ReplicaSets running as the
-        account come from them and only the other kinds are listed; a verdict other than
+        With the account index complete, the Pods and Deployments running as the account
+        come from it and only the other kinds are listed; a verdict other than
         clear is checked again with every kind listed, since an index can still hold an
         object deleted while a watch was away. The views are a subset of what the lists
         hold, so an intruder the lists would show is never missed: the model owns fewer

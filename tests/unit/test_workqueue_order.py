@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from modelseal.handlers.workqueue import FIRST_RUN, FOLLOW_UP, Slots, WorkQueue
+from modelseal.handlers.workqueue import FIRST_RUN, FOLLOW_UP, RESYNC, Slots, WorkQueue
 
 
 async def _yield(times: int = 20) -> None:
@@ -124,3 +124,76 @@ async def test_slots_hand_out_by_class_then_arrival_and_survive_cancellation() -
     await asyncio.gather(tasks[0], tasks[2], tasks[3])
     assert order == ["b", "a", "c"]
     assert slots.free == 1
+
+
+async def test_resync_runs_wait_behind_first_runs_and_an_event_promotes_one() -> None:
+    """A resync inside a rollout: the drift checks of keys that are done go after the new
+    keys' first runs (at 1,000 models they held every new model back for minutes), and an
+    event for a key whose run waits as a resync puts it in its event class."""
+    runs: list[str] = []
+    gate = asyncio.Event()
+    blocking = asyncio.Event()
+    done = asyncio.Event()
+
+    async def worker(key: str) -> float | None:
+        runs.append(key)
+        if key == "blocker":
+            blocking.set()
+            await gate.wait()
+        if len(runs) == 9:
+            done.set()
+        return None
+
+    q = WorkQueue(worker, concurrency=1)
+    for key in ("old-1", "old-2", "old-3"):
+        q.add(key)
+        await _yield()
+    q.add("blocker")
+    await blocking.wait()
+    for key in ("old-1", "old-2", "old-3"):
+        q.add(key, background=True)  # the periodic resync
+        await _yield()
+    q.add("new-1")
+    await _yield()
+    q.add("old-2")  # an event for a key whose resync run waits: a follow-up now
+    q.add("new-2")
+    await _yield()
+    gate.set()
+    await done.wait()
+    await _yield()
+    assert runs[4:] == ["old-2", "new-1", "new-2", "old-1", "old-3"]
+    assert q.pending() == 0
+    await q.close()
+
+
+async def test_a_resync_add_does_not_demote_an_event_driven_run() -> None:
+    slots_seen: list[int] = []
+    gate = asyncio.Event()
+    blocking = asyncio.Event()
+
+    async def worker(key: str) -> float | None:
+        if key == "blocker":
+            blocking.set()
+            await gate.wait()
+        return None
+
+    q = WorkQueue(worker, concurrency=1)
+    real_acquire = q._slots.acquire
+
+    async def spy(klass: int, on_wait: object = None) -> None:
+        slots_seen.append(klass)
+        await real_acquire(klass, on_wait)  # type: ignore[arg-type]
+
+    q._slots.acquire = spy  # type: ignore[method-assign]
+    q.add("blocker")
+    await blocking.wait()
+    q.add("k")
+    q.add("k", background=True)
+    await _yield()
+    gate.set()
+    await _yield(40)
+    assert slots_seen == [FIRST_RUN, FIRST_RUN]
+    q.add("k", background=True)
+    await _yield(40)
+    assert slots_seen == [FIRST_RUN, FIRST_RUN, RESYNC]
+    await q.close()

@@ -48,6 +48,8 @@ from modelseal.handlers.controller.context import (
     Context,
     Enqueue,
     Memory,
+    license_key,
+    model_key,
     utc_now,
 )
 from modelseal.handlers.controller.deletion import ModelDeletion
@@ -234,7 +236,9 @@ class Reconciler:
         for ns in scopes:
             for item in await self.kube.list(MODELS, ns):
                 m = item.get("metadata") or {}
-                self.enqueue_model(str(m.get("namespace")), str(m.get("name")))
+                key = model_key(str(m.get("namespace")), str(m.get("name")))
+                self.queue.add(key, background=True)  # behind every event-driven run
             for item in await self.kube.list(LICENSES, ns):
                 m = item.get("metadata") or {}
-                self.enqueue_license(str(m.get("namespace")), str(m.get("name")))
+                key = license_key(str(m.get("namespace")), str(m.get("name")))
+                self.queue.add(key, background=True)

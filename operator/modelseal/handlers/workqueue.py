@@ -17,10 +17,14 @@ is already covered by it (the worker is level-triggered) and asks for nothing mo
 an `add` while the worker runs asks for one run more after it.
 
 Order (issue 13 §3): the slots go to waiting runs of keys that have run before (a
-model's follow-up pass: its Deployment became ready, a retry, a resync) ahead of keys
-never run (a new model's first pass), each class first come, first served; so that in a
+model's follow-up pass: its Deployment became ready, a retry) ahead of keys never run (a
+new model's first pass), and last to runs asked for only by the periodic resync
+(`add(key, background=True)`), each class first come, first served; so that in a
 rollout of many models the first ones become Ready while the others are still being
-created, not all of them only after every first pass.
+created, not all of them only after every first pass, and a resync that falls inside a
+rollout does not hold the new models back behind a drift check of every model that is
+done (at 1,000 models it did: no model became Ready for minutes). An event for a key
+whose run waits as a resync promotes it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ class RetryLater(Exception):
 
 
 #: A key's class in the order of the worker slots (lower first).
-FOLLOW_UP, FIRST_RUN = 0, 1
+FOLLOW_UP, FIRST_RUN, RESYNC = 0, 1, 2
 #: How many keys the queue remembers as having run (then it forgets them all).
 RAN_LIMIT = 100_000
 
@@ -57,19 +61,29 @@ class Slots:
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrival = itertools.count()
 
-    async def acquire(self, klass: int) -> None:
+    async def acquire(
+        self, klass: int, on_wait: Callable[[asyncio.Future[None]], None] | None = None
+    ) -> None:
+        """A slot; ``on_wait`` gets the waiter's future when it has to wait (`promote`)."""
         # A slot is only ever free while nobody waits (`release` hands it on first).
         if self.free > 0:
             self.free -= 1
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (klass, next(self._arrival), fut))
+        if on_wait is not None:
+            on_wait(fut)
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release()  # handed a slot, then cancelled: pass it on
             raise
+
+    def promote(self, fut: asyncio.Future[None], klass: int) -> None:
+        """Let a waiter wait in ``klass`` too (its older place is skipped once served)."""
+        if not fut.done():
+            heapq.heappush(self._waiting, (klass, next(self._arrival), fut))
 
     def release(self) -> None:
         while self._waiting:
@@ -89,6 +103,11 @@ class _Entry:
     #: The run holds a slot: the worker is reading.
     started: bool = False
     dirty: bool = False
+    #: Only the periodic resync asked for the next run (its class is RESYNC).
+    background: bool = True
+    klass: int = FIRST_RUN
+    #: The run's place in the slots' line while it waits.
+    waiting: asyncio.Future[None] | None = field(default=None, repr=False)
     failures: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -127,11 +146,17 @@ class WorkQueue:
         if self._on_depth is not None:
             self._on_depth(len(self._entries))
 
-    def add(self, key: str, delay: float = 0.0) -> None:
+    def add(self, key: str, delay: float = 0.0, *, background: bool = False) -> None:
+        """Run ``key`` (after ``delay``); ``background``: only as a periodic drift check."""
         if self._closed:
             return
         loop = asyncio.get_running_loop()
         entry = self._entries.setdefault(key, _Entry())
+        if not background:
+            entry.background = False
+            if entry.klass == RESYNC and entry.waiting is not None:
+                entry.klass = FOLLOW_UP if key in self._ran else FIRST_RUN
+                self._slots.promote(entry.waiting, entry.klass)
         if entry.running and delay <= 0:
             # Waiting for a slot: the run has read nothing yet and covers this add.
             entry.dirty = entry.dirty or entry.started
@@ -160,8 +185,18 @@ class WorkQueue:
     async def _run(self, key: str, entry: _Entry) -> None:
         again: float | None = None
         slots = self._slots
+        if entry.background:
+            entry.klass = RESYNC
+        else:
+            entry.klass = FOLLOW_UP if key in self._ran else FIRST_RUN
+
+        def waits(fut: asyncio.Future[None]) -> None:
+            entry.waiting = fut
+
         try:
-            await slots.acquire(FOLLOW_UP if key in self._ran else FIRST_RUN)
+            await slots.acquire(entry.klass, waits)
+            entry.waiting = None
+            entry.background = True  # what asks for the next run decides its class
             try:
                 entry.started = True
                 entry.dirty = False
@@ -184,6 +219,7 @@ class WorkQueue:
         finally:
             entry.running = False
             entry.started = False
+            entry.waiting = None
             entry.task = None
             if entry.handle is None and not self._closed:
                 if entry.dirty:

@@ -85,7 +85,17 @@ class Enqueue:
     add: Callable[[str, float], None]
 
     def model(self, namespace: str, name: str, delay: float = 0.0) -> None:
-        self.add(f"pm/{namespace}/{name}", delay)
+        self.add(model_key(namespace, name), delay)
 
     def license(self, namespace: str, name: str, delay: float = 0.0) -> None:
-        self.add(f"ml/{namespace}/{name}", delay)
+        self.add(license_key(namespace, name), delay)
+
+
+def model_key(namespace: str, name: str) -> str:
+    """The work queue's key of a ProtectedModel."""
+    return f"pm/{namespace}/{name}"
+
+
+def license_key(namespace: str, name: str) -> str:
+    """The work queue's key of a ModelLicense."""
+    return f"ml/{namespace}/{name}"

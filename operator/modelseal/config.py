@@ -96,10 +96,11 @@ class Settings(BaseSettings):
         "a burst); the delay a change waits before it is acted on.",
     )
     operator_kopf_worker_limit: int = Field(
-        32,
+        128,
         ge=1,
         description="kopf's per-object event workers at once, per watched resource "
-        "(kopf's own default is unbounded: one task per object that has events).",
+        "(kopf's own default is unbounded: one task per object that has events). Events "
+        "of objects waiting for a worker are held whole in memory (~100 KB a Pod).",
     )
     quota_require_durable_state: bool = Field(
         False,

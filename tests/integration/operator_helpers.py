@@ -100,8 +100,12 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
     # Who else runs as a model's ServiceAccount (as in the chart's rbac.yaml).
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["apps"], "resources": ["statefulsets", "daemonsets"], "verbs": ["list"]},
-    {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["list"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["statefulsets", "daemonsets"],
+        "verbs": ["list", "watch"],
+    },
+    {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["list", "watch"]},
 ]
 
 

@@ -8,6 +8,7 @@ missing license or key) is the operator's job: see test_operator_bad_input.py.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 import pytest
 import yaml
 from tests.integration.operator_helpers import ROOT, OpsEnv
+
+from modelseal.handlers.controller.context import MODELS, Memory, models_of_license
+from modelseal.k8s.api import ApiError, Kube
 
 pytestmark = pytest.mark.integration
 
@@ -360,3 +364,35 @@ def test_status_is_a_subresource(ops_cluster: OpsEnv, crd_ns: str) -> None:
     assert pm is not None
     assert pm["metadata"]["generation"] == gen
     assert pm["status"]["conditions"][0]["reason"] == "Test"
+
+
+def test_models_are_selected_by_their_license(ops_cluster: OpsEnv, crd_ns: str) -> None:
+    """`spec.licenseRef.name` is a selectable field (the operator lists a license's models
+    with it instead of the whole namespace); a field the CRD does not declare is refused
+    with 400, which is what sends the operator back to listing the namespace."""
+    for name, license_name in (("sel-a", "gold"), ("sel-b", "silver"), ("sel-c", "gold")):
+        doc = model(licenseRef={"name": license_name})
+        doc["metadata"].update(name=name, namespace=crd_ns)
+        accepted, output = ops_cluster.apply(doc)
+        assert accepted, output
+    out = ops_cluster.kubectl(
+        "get", "pm", "-n", crd_ns, "--field-selector", "spec.licenseRef.name=gold", "-o", "name"
+    )
+    assert out.split() == ["protectedmodel.modelseal.io/sel-a", "protectedmodel.modelseal.io/sel-c"]
+
+    async def select() -> tuple[list[str], bool, int]:
+        kube = Kube(ops_cluster.cluster.api_client())
+        memory = Memory()
+        found = await models_of_license(kube, memory, crd_ns, "silver")
+        with pytest.raises(ApiError) as refused:
+            await kube.list(MODELS, crd_ns, field_selector="spec.version=1.0.0")
+        return (
+            [m["metadata"]["name"] for m in found],
+            memory.license_selectable,
+            refused.value.status,
+        )
+
+    names, selectable, status = asyncio.run(select())
+    assert names == ["sel-b"]
+    assert selectable
+    assert status == 400

@@ -425,6 +425,50 @@ def test_model_transitions(
     assert [(t.type, t.event_type) for t in got] == told
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "announced"),
+    [
+        # a new model coming up: no first "fine" and no first "not yet" is an Event
+        ([], [c("LicenseValid", "True"), c("KeyAccessible", "True"), c("Degraded", "False"),
+              c("ArtifactVerified", "Unknown"), c("Ready", "False", "RollingOut")], []),
+        # then what changed is
+        ([c("Ready", "False", "RollingOut"), c("ArtifactVerified", "Unknown")],
+         [c("Ready", "True", "Serving"), c("ArtifactVerified", "True", "Verified")],
+         [("Ready", "Normal"), ("ArtifactVerified", "Normal")]),
+        # a first value that is a problem is told, as a Warning
+        (None, [c("LicenseValid", "False", "Expired"), c("KeyAccessible", "False"),
+                c("Degraded", "True"), c("ArtifactVerified", "False"),
+                c("Ready", "False", "ObjectConflict")],
+         [("LicenseValid", "Warning"), ("KeyAccessible", "Warning"), ("Degraded", "Warning"),
+          ("ArtifactVerified", "Warning"), ("Ready", "Warning")]),
+        (None, [c("Ready", "False", "Reconciling")], []),
+        (None, [c("Ready", "False", "ScalingDown")], []),
+        # a change to "not yet" is told (it was known before)
+        ([c("ArtifactVerified", "True")], [c("ArtifactVerified", "Unknown")],
+         [("ArtifactVerified", "Warning")]),
+        ([c("Degraded", "True")], [c("Degraded", "False")], [("Degraded", "Normal")]),
+    ],
+    ids=["healthy creation", "serving", "bad first values", "reconciling", "scaling down",
+         "back to unknown", "recovered"],
+)  # fmt: skip
+def test_which_transitions_become_events(
+    before: list[dict[str, Any]] | None,
+    after: list[dict[str, Any]],
+    announced: list[tuple[str, str]],
+) -> None:
+    got = reporting.model_transitions(before, after)
+    assert [(t.type, t.event_type) for t in got if t.announced] == announced
+    # every change is still returned (the audit record of a license decision, the log)
+    assert len(got) == len(after)
+
+
+def test_problem_is_bad_news_but_not_waiting() -> None:
+    [unknown] = reporting.model_transitions(None, [c("ArtifactVerified", "Unknown")])
+    [lost] = reporting.model_transitions(None, [c("Ready", "False")])
+    [degraded_unknown] = reporting.model_transitions(None, [c("Degraded", "Unknown")])
+    assert not unknown.problem and lost.problem and not degraded_unknown.problem
+
+
 def test_license_transitions_tell_only_valid() -> None:
     got = reporting.license_transitions(
         [c("Valid", "True")], [c("Valid", "False", "Expired", "gone"), c("Other", "False")]
@@ -446,3 +490,24 @@ def test_condition_counts_cover_every_pair() -> None:
     assert counts[("Degraded", "False")] == 1
     assert counts[("KeyAccessible", "Unknown")] == 0
     assert sum(counts.values()) == 3
+
+
+def test_counts_kept_as_models_change_equal_a_recount() -> None:
+    """What the operator keeps up to date model by model (`count_in`) is what counting
+    every model again gives."""
+    history = [
+        ("a", {"Ready": "False", "Degraded": "False"}),
+        ("b", {"Ready": "False"}),
+        ("a", {"Ready": "True", "Degraded": "False"}),
+        ("b", {"Ready": "True", "KeyAccessible": "True"}),
+        ("a", None),  # forgotten
+    ]
+    counts = reporting.condition_counts(())
+    now: dict[str, dict[str, str]] = {}
+    for key, conds in history:
+        if key in now:
+            reporting.count_in(counts, now.pop(key), -1)
+        if conds is not None:
+            now[key] = conds
+            assert reporting.count_in(counts, conds, 1) == list(conds.items())
+        assert counts == reporting.condition_counts(now.values())

@@ -103,3 +103,24 @@ def test_what_neither_parses_raises_as_before() -> None:
 
 def test_decode_keeps_only_objects() -> None:
     assert _decode(b"[1, 2]") == {}
+
+
+def test_kopfs_watch_stream_decodes_with_fastjson() -> None:
+    """kopf's watch stream reads its events through the module-level ``json`` of
+    `kopf._cogs.clients.api` (kopf is pinned): after `configure_kopf` that is fastjson, and
+    the events decode as the standard library decodes them."""
+    import importlib
+
+    from modelseal.handlers.operator import decode_watch_events_with_orjson
+
+    stream_module = importlib.import_module("kopf._cogs.clients.api")
+    configure_kopf(kopf.OperatorSettings(), Settings())
+    assert decode_watch_events_with_orjson()  # installed (again: idempotent)
+    event = '{"type":"MODIFIED","object":{"metadata":{"name":"p"},"n":123456789012345678901}}'
+    assert stream_module.json.loads(event) == json.loads(event)
+    assert stream_module.json.loads(event.encode()) == json.loads(event)
+    # what kopf's stream does with each line, read from its source so a kopf that stops
+    # reading events this way fails here instead of silently decoding slower
+    import inspect
+
+    assert "json.loads(line.decode('utf-8'))" in inspect.getsource(stream_module.stream)

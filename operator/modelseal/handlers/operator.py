@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import json
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,7 @@ from typing import Any
 
 import kopf
 
+from modelseal import fastjson
 from modelseal.config import Settings
 from modelseal.handlers.licenses_usage import UsageWriter
 from modelseal.handlers.reconciler import Reconciler
@@ -55,6 +58,17 @@ OWNED = (
 )
 #: Of those, the kinds whose every Pod or Deployment is checked for a model's account.
 IDENTITY_KINDS = frozenset({"Pod", "Deployment"})
+#: The other kinds that make Pods, watched only for the account index (who runs as a
+#: model's ServiceAccount): their events feed the index and wake the model whose account
+#: one names, nothing else (our own ReplicaSets carry the model's labels, but their
+#: changes show in the Deployment's status, which wakes the model already).
+IDENTITY_ONLY = (
+    ("apps", "v1", "replicasets", "ReplicaSet"),
+    ("apps", "v1", "statefulsets", "StatefulSet"),
+    ("apps", "v1", "daemonsets", "DaemonSet"),
+    ("batch", "v1", "jobs", "Job"),
+    ("batch", "v1", "cronjobs", "CronJob"),
+)
 #: The kinds with change handlers (kopf's create/update/delete causes): only these need
 #: kopf's diff base. Every other watched kind has event handlers only.
 CHANGE_HANDLED_KINDS = frozenset({"ProtectedModel"})
@@ -82,7 +96,35 @@ class ChangeHandledDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         return super().build(body=body, extra_fields=extra_fields)
 
 
+class _WatchJson:
+    """What kopf's watch stream calls as ``json``: `modelseal.fastjson` (orjson where it
+    reads what the standard library reads, the standard library otherwise)."""
+
+    loads = staticmethod(fastjson.loads)
+    dumps = staticmethod(json.dumps)
+
+
+def decode_watch_events_with_orjson() -> bool:
+    """Let kopf's watch stream decode its events with orjson.
+
+    kopf 1.45 decodes every watch event with the standard library's ``json.loads`` (its
+    ``kopf._cogs.clients.api.stream``); profiled at 1,000 models (issue 13 §3) that was a
+    quarter of the operator's CPU, the Pod, Deployment and ReplicaSet events being ~20 KB
+    each. orjson is several times faster and `fastjson` returns what the standard library
+    returns. kopf is pinned; a kopf whose module no longer reads ``json.loads`` there is
+    left alone (False) and a unit test says so."""
+    stream_module = importlib.import_module("kopf._cogs.clients.api")
+    current = getattr(stream_module, "json", None)
+    if current is _WatchJson:
+        return True
+    if current is not json:
+        return False
+    setattr(stream_module, "json", _WatchJson)  # noqa: B010 (a module of kopf, no stubs)
+    return True
+
+
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
+    decode_watch_events_with_orjson()
     api_group = settings.api_group
     p = kopf_settings.persistence
     p.finalizer = f"{api_group}/finalizer"
@@ -96,12 +138,15 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> 
     kopf_settings.watching.client_timeout = 330
     kopf_settings.networking.request_timeout = 60
     # Our event handlers only enqueue (the model's delete handler is the one that calls
-    # out), so a worker is busy for microseconds; a bounded pool whose idle workers leave
-    # after 1 s (kopf's default 5 s would hold a slot per object that long) keeps up with
-    # any event rate while a burst of new objects no longer becomes one task (and one
-    # finalizer PATCH in flight) per object at once.
+    # out), so a worker is busy for microseconds. The pool is bounded so that a burst of
+    # new objects does not become one task (and one finalizer PATCH in flight) per object
+    # at once; its idle workers leave after 50 ms. An idle worker holds its slot and the
+    # last event's whole body: with 1 s (and 32 workers), a kind's events were handled at
+    # ~32 objects a second, and after a restart at 1,000 models the listed Pods,
+    # Deployments and ReplicaSets waited in kopf's backlogs, whole, for a minute (peak RSS
+    # 785 MB; issue 13 §3).
     kopf_settings.queueing.worker_limit = settings.operator_kopf_worker_limit
-    kopf_settings.queueing.idle_timeout = 1.0
+    kopf_settings.queueing.idle_timeout = 0.05
     # kopf's thread pool runs only our synchronous login and probe handlers.
     kopf_settings.execution.max_workers = 2
 
@@ -160,9 +205,7 @@ def build_registry(
     @kopf.on.event(GROUP, VERSION, MODEL_PLURAL, registry=registry)
     async def model_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata") or {}
-        if type == "DELETED":
-            return
-        reconciler.model_changed(str(meta.get("namespace")), str(meta.get("name")), body)
+        reconciler.model_changed(str(meta.get("namespace")), str(meta.get("name")), body, type)
 
     @kopf.on.delete(GROUP, VERSION, MODEL_PLURAL, registry=registry, optional=False)
     async def model_deleted(body: kopf.Body, **_: Any) -> None:
@@ -181,13 +224,17 @@ def build_registry(
     # Every event of the owned kinds (ours or not: the cache follows a key it answers
     # for whoever changes it, `modelseal.k8s.cache`) goes to the reconciler's watch cache;
     # one of ours wakes its model (a drifted Deployment is put back within a watch
-    # event's delay); any Pod or Deployment (not only ours) that runs as a model's
-    # ServiceAccount wakes that model's check at once (the other kinds that make Pods are
-    # checked on every reconcile and resync).
+    # event's delay); any Pod or workload (not only ours) that runs as a model's
+    # ServiceAccount wakes that model's check at once, and the account index follows
+    # every one of them, so that the check reads no lists.
     reconciler.cache.enable()
     for group, version, plural, kind in OWNED:
         kopf.on.event(group, version, plural, registry=registry, id=f"owned-{plural}")(
             _owned_handler(reconciler, kind)
+        )
+    for group, version, plural, kind in IDENTITY_ONLY:
+        kopf.on.event(group, version, plural, registry=registry, id=f"identity-{plural}")(
+            _identity_handler(reconciler, kind)
         )
 
     @kopf.on.probe(id="queue", registry=registry)
@@ -204,6 +251,13 @@ def _owned_handler(reconciler: Reconciler, kind: str) -> Any:
         reconciler.owned_changed(kind, type, body, identity)
 
     return owned_event
+
+
+def _identity_handler(reconciler: Reconciler, kind: str) -> Any:
+    async def identity_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        reconciler.identity_changed(kind, type, body)
+
+    return identity_event
 
 
 async def _periodic(reconciler: Reconciler, interval_s: float) -> None:

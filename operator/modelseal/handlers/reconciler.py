@@ -66,7 +66,8 @@ from modelseal.handlers.workqueue import WorkQueue
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError, Kube
 from modelseal.k8s.cache import CachedKube, WatchCache
-from modelseal.models.identity import service_account_of
+from modelseal.models.identity import INDEXABLE, service_account_of
+from modelseal.policies.wakes import WakeFilter
 from modelseal.render.names import LABEL_MODEL, MANAGED_BY
 
 log = logging.getLogger("modelseal.operator")
@@ -100,6 +101,8 @@ class Reconciler:
         #: Pods and Deployments by the account they run as (the watches feed
         #: it, `seed_accounts` fills it once at start).
         self.accounts = AccountIndex()
+        #: What each watched object last looked like to a reconcile (`policies.wakes`).
+        self.wakes = WakeFilter()
         cached = CachedKube(kube, self.cache)
         ctx = Context(settings, cached, vault, metrics, auditor, now)
         self.memory = Memory()
@@ -130,10 +133,21 @@ class Reconciler:
     def enqueue_license(self, namespace: str, name: str, delay: float = 0.0) -> None:
         self.enqueue.license(namespace, name, delay)
 
-    def model_changed(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+    def model_changed(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        event_type: str | None = None,
+    ) -> None:
         """A ProtectedModel's watch event: reconcile it, unless the event is only the echo
-        of our own status patch (the reconcile that made it knew all of it)."""
-        if not self.status.model_echoes.is_echo(namespace, name, body):
+        of our own status patch (the reconcile that made it knew all of it) or changed
+        nothing a reconcile reads (kopf's own annotations: `modelseal.policies.wakes`)."""
+        relevant = self.wakes.changed("ProtectedModel", event_type, body)
+        if event_type == "DELETED":
+            return  # the finalizer's handler saw it first
+        echo = self.status.model_echoes.is_echo(namespace, name, body)
+        if relevant and not echo:
             self.enqueue_model(namespace, name)
 
     def license_changed(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
@@ -150,15 +164,25 @@ class Reconciler:
         meta = body.get("metadata") or {}
         namespace = str(meta.get("namespace"))
         echo = self.cache.observe(kind, event_type, body)
-        if identity:
-            self.accounts.observe(kind, event_type, body)
-        if echo:
-            return
+        filed = identity and self.accounts.observe(kind, event_type, body)
         labels = meta.get("labels") or {}
         model = labels.get(LABEL_MODEL)
-        if model and labels.get("app.kubernetes.io/managed-by") == MANAGED_BY:
+        ours = bool(model) and labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
+        # Even an echo goes through the wake filter, so that it knows the latest state.
+        relevant = ours and self.wakes.changed(kind, event_type, body)
+        if echo:
+            return
+        if relevant:
             self.enqueue_model(namespace, str(model))
-        if identity:
+        if filed:
+            self.workload_seen(namespace, kind, body)
+
+    def identity_changed(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A watch event of a kind watched only for the account index (ReplicaSets and the
+        other workloads that make Pods): it wakes a model only when it changed what the
+        index holds (a ReplicaSet's replica counts do not)."""
+        if self.accounts.observe(kind, event_type, body):
+            namespace = str((body.get("metadata") or {}).get("namespace"))
             self.workload_seen(namespace, kind, body)
 
     def workload_seen(self, namespace: str, kind: str, body: Mapping[str, Any]) -> None:
@@ -191,11 +215,11 @@ class Reconciler:
 
     # --- the watch-fed state ---------------------------------------------------------------
     async def seed_accounts(self) -> None:
-        """List the Pods and Deployments once (every watched namespace) into
-        the account index, which the watches keep up to date from then on; until then the
-        identity check lists them itself. Retried until it succeeds."""
+        """List the Pods and workloads once (every watched namespace) into the account
+        index, which the watches keep up to date from then on; until then the identity
+        check lists them itself. Retried until it succeeds."""
         scopes: list[str | None] = [*self.settings.namespaces] or [None]
-        kinds = {"Pod": k8s.POD, "Deployment": k8s.DEPLOYMENT}
+        kinds = {name: k8s.KINDS[name] for name in INDEXABLE}
         delay = 1.0
         while True:
             try:

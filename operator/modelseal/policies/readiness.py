@@ -11,6 +11,8 @@ from modelseal.render.names import ANNOTATION_DIGEST, LABEL_VERSION
 
 #: How much of an unsealer's termination message is kept in the condition.
 FAILURE_TAIL = 400
+#: The name of the unsealer's (init) container in the model's Pods.
+UNSEALER_CONTAINER = "unsealer"
 
 
 def workload_state(dep: Mapping[str, Any] | None, desired: int) -> WorkloadState:
@@ -56,7 +58,7 @@ def unsealer_failure(pod: Mapping[str, Any]) -> str | None:
     """Why the Pod's unsealer init container last failed (its latest failure), or None."""
     failure = None
     for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
-        if cs.get("name") != "unsealer":
+        if cs.get("name") != UNSEALER_CONTAINER:
             continue
         last = ((cs.get("lastState") or {}).get("terminated")) or {}
         now_term = ((cs.get("state") or {}).get("terminated")) or {}
@@ -74,7 +76,7 @@ def unsealed(pod: Mapping[str, Any]) -> bool:
     """The Pod's unsealer has finished (started or ready) or the Pod is Ready."""
     status = pod.get("status") or {}
     for cs in status.get("initContainerStatuses") or []:
-        if cs.get("name") == "unsealer" and (cs.get("started") or cs.get("ready")):
+        if cs.get("name") == UNSEALER_CONTAINER and (cs.get("started") or cs.get("ready")):
             return True
     return any(
         c.get("type") == "Ready" and c.get("status") == "True"

@@ -29,8 +29,8 @@ Workloads = dict[str, list[dict[str, Any]]]
 
 
 class AccountIndex:
-    """Pods and Deployments (`INDEXABLE`) by the ServiceAccount they run as:
-    their `identity_view`, fed by the operator's watches of those kinds (`observe`) and
+    """Pods and the workloads that make them (`INDEXABLE`) by the ServiceAccount they run
+    as: their `identity_view`, fed by the operator's watches of those kinds (`observe`) and
     seeded by one listing at start (`seed`). Complete once seeded: every object that exists
     is in it, with the state of its latest event. A deletion while a watch was away can
     leave an object in it that is gone (the identity check then lists, see
@@ -50,16 +50,20 @@ class AccountIndex:
     def __len__(self) -> int:
         return len(self._where)
 
-    def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+    def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        """File a watch event; True when it changed what the index holds of the object
+        (new, gone, another account, owner or deletion mark): only then can it change an
+        identity verdict (a status update of a model's own Pod cannot)."""
         uid = str((body.get("metadata") or {}).get("uid") or "")
         if not uid or kind not in INDEXABLE:
-            return
+            return False
         if event_type == "DELETED":
+            known = uid in self._where
             self._drop(uid)
             if not self.ready:
                 self._deleted.add(uid)
-            return
-        self._file(kind, uid, body)
+            return known
+        return self._file(kind, uid, body)
 
     def seed(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
         """One listing of `kind` (made after the watches' events began to be observed)."""
@@ -76,13 +80,18 @@ class AccountIndex:
     def running_as(self, kind: str, namespace: str, account: str) -> list[dict[str, Any]]:
         return list(self._filed.get((kind, namespace, account), {}).values())
 
-    def _file(self, kind: str, uid: str, body: Mapping[str, Any]) -> None:
+    def _file(self, kind: str, uid: str, body: Mapping[str, Any]) -> bool:
         namespace = str((body.get("metadata") or {}).get("namespace") or "")
         where = (kind, namespace, service_account_of(kind, body))
         if self._where.get(uid) != where:
             self._drop(uid)
             self._where[uid] = where
-        self._filed.setdefault(where, {})[uid] = identity_view(kind, body)
+        filed = self._filed.setdefault(where, {})
+        view = identity_view(kind, body)
+        if filed.get(uid) == view:
+            return False
+        filed[uid] = view
+        return True
 
     def _drop(self, uid: str) -> None:
         where = self._where.pop(uid, None)
@@ -104,10 +113,10 @@ class IdentityGuard:
     async def check(self, spec: ModelSpec, account: str) -> tuple[IdentityCheck, Workloads]:
         """What runs (or would run) Pods as `account` in the model's namespace.
 
-        With the account index complete, the Pods and Deployments running as the account
-        come from it and only the other kinds are listed; a verdict other than
-        clear is checked again with every kind listed, since an index can still hold an
-        object deleted while a watch was away. The views are a subset of what the lists
+        With the account index complete, what runs as the account comes from it (no
+        list); a verdict other than clear is checked again with every kind listed, since
+        an index can still hold an object deleted while a watch was away, or not yet hold
+        the ReplicaSet of the model's own new Pod. The views are a subset of what the lists
         hold, so an intruder the lists would show is never missed: the model owns fewer
         of them, never more."""
         names = self.ctx.names(spec.namespace, spec.name, spec.uid)

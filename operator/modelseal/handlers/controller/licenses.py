@@ -3,7 +3,13 @@ re-evaluates when its terms or state change."""
 
 from __future__ import annotations
 
-from modelseal.handlers.controller.context import LICENSES, MODELS, Context, Enqueue, Memory
+from modelseal.handlers.controller.context import (
+    LICENSES,
+    Context,
+    Enqueue,
+    Memory,
+    models_of_license,
+)
 from modelseal.handlers.controller.status import StatusWriter
 from modelseal.models.license import license_usage
 from modelseal.models.spec import LICENSE_KIND, parse_meta
@@ -24,7 +30,9 @@ class LicenseReconciler:
         kube = self.ctx.kube
         body = await kube.get(LICENSES, namespace, name)
         key = f"{namespace}/{name}"
-        named = licensing.models_naming(await kube.list(MODELS, namespace), name)
+        named = licensing.models_naming(
+            await models_of_license(kube, self.memory, namespace, name), name
+        )
         if body is None:
             if self.memory.license_seen.pop(key, None) is not None or named:
                 for m in named:

@@ -21,7 +21,14 @@ from datetime import datetime
 from typing import Any
 
 from modelseal.handlers.controller.apply import Applier
-from modelseal.handlers.controller.context import LICENSES, MODELS, Context, Enqueue, Memory
+from modelseal.handlers.controller.context import (
+    LICENSES,
+    MODELS,
+    Context,
+    Enqueue,
+    Memory,
+    models_of_license,
+)
 from modelseal.handlers.controller.events import log_about
 from modelseal.handlers.controller.identity import IdentityGuard, Workloads
 from modelseal.handlers.controller.status import StatusWriter
@@ -166,7 +173,12 @@ class ModelReconciler:
             await self.ctx.kube.get(LICENSES, spec.namespace, spec.license_name)
         )
         peers = (
-            gates.peers(spec, await self.ctx.kube.list(MODELS, spec.namespace))
+            gates.peers(
+                spec,
+                await models_of_license(
+                    self.ctx.kube, self.memory, spec.namespace, spec.license_name
+                ),
+            )
             if lic is not None
             else []
         )

@@ -7,7 +7,7 @@ each change is told."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -24,8 +24,12 @@ class StatusWriter:
     def __init__(self, ctx: Context, events: Events) -> None:
         self.ctx = ctx
         self.events = events
-        #: model key -> condition type -> status (for the models gauge).
+        #: model key -> condition type -> status, and their sums (the models gauge),
+        #: kept as they change: summing every model on each write grew with the square of
+        #: the models.
         self._conditions: dict[str, dict[str, str]] = {}
+        self._counts = reporting.condition_counts(())
+        self._refresh_gauge(self._counts)
         #: The resourceVersions our status patches made: their watch events wake nothing.
         self.model_echoes = Echoes()
         self.license_echoes = Echoes()
@@ -51,12 +55,13 @@ class StatusWriter:
         )
         self.model_echoes.wrote(ref["namespace"], ref["name"], written)
         for change in reporting.model_transitions(before.get("conditions"), after["conditions"]):
-            await self.events.post(
-                ref,
-                change.event_type,
-                change.reason,
-                f"{change.type}={change.status}: {change.message}",
-            )
+            if change.announced:
+                await self.events.post(
+                    ref,
+                    change.event_type,
+                    change.reason,
+                    f"{change.type}={change.status}: {change.message}",
+                )
             if change.type == LICENSE_VALID:
                 self.ctx.metrics.license_decisions.labels(change.reason).inc()
                 self.ctx.auditor.record(
@@ -71,7 +76,7 @@ class StatusWriter:
                     gpus=(spec.serving.gpus_per_replica * obs.granted_replicas) if spec else 0,
                 )
             log_about(
-                logging.INFO if change.good else logging.WARNING,
+                logging.WARNING if change.problem else logging.INFO,
                 ref,
                 "%s=%s (%s): %s",
                 change.type,
@@ -111,16 +116,22 @@ class StatusWriter:
             )
 
     def forget_model(self, key: str) -> None:
-        self._conditions.pop(key, None)
+        old = self._conditions.pop(key, None)
         namespace, _, name = key.partition("/")
         self.model_echoes.forget(namespace, name)
-        self._refresh_gauge()
+        if old:
+            self._refresh_gauge(reporting.count_in(self._counts, old, -1))
 
     def _track(self, key: str, status: Mapping[str, Any]) -> None:
-        self._conditions[key] = reporting.condition_values(status)
-        self._refresh_gauge()
+        new = reporting.condition_values(status)
+        old = self._conditions.get(key)
+        if old == new:
+            return
+        self._conditions[key] = new
+        touched = reporting.count_in(self._counts, old, -1) if old else []
+        touched += reporting.count_in(self._counts, new, 1)
+        self._refresh_gauge(touched)
 
-    def _refresh_gauge(self) -> None:
-        counts = reporting.condition_counts(self._conditions.values())
-        for (ctype, value), n in counts.items():
-            self.ctx.metrics.models.labels(ctype, value).set(n)
+    def _refresh_gauge(self, pairs: Iterable[tuple[str, str]]) -> None:
+        for ctype, value in set(pairs):
+            self.ctx.metrics.models.labels(ctype, value).set(self._counts[(ctype, value)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from modelseal.handlers.workqueue import FIRST_RUN, FOLLOW_UP, RESYNC, Slots, WorkQueue
+from modelseal.handlers.workqueue import FIRST_RUN, FOLLOW_UP, RESYNC, Slots, WorkQueue, run_class
 
 
 async def _yield(times: int = 20) -> None:
@@ -196,4 +196,29 @@ async def test_a_resync_add_does_not_demote_an_event_driven_run() -> None:
     q.add("k", background=True)
     await _yield(40)
     assert slots_seen == [FIRST_RUN, FIRST_RUN, RESYNC]
+    await q.close()
+
+
+async def test_the_worker_sees_the_class_its_run_got_its_slot_in() -> None:
+    """`run_class()` in the worker: what the reconciler reads to let a resync's run read
+    through the watch cache; outside a run it is None."""
+    seen: list[tuple[str, int | None]] = []
+
+    async def worker(key: str) -> float | None:
+        await asyncio.sleep(0)
+        seen.append((key, run_class()))
+        return None
+
+    q = WorkQueue(worker, concurrency=2)
+    q.add("a")
+    await _yield(40)
+    q.add("a")  # a follow-up
+    q.add("b", background=True)  # only the resync asked
+    await _yield(40)
+    q.add("c", background=True)
+    q.add("c")  # an event too: not a resync run
+    await _yield(40)
+    expected = [("a", FIRST_RUN), ("a", FOLLOW_UP), ("b", RESYNC), ("c", FIRST_RUN)]
+    assert sorted(seen) == sorted(expected)
+    assert run_class() is None
     await q.close()

@@ -62,10 +62,10 @@ from modelseal.handlers.controller.status import StatusWriter
 from modelseal.handlers.controller.vaultstep import VaultStep
 from modelseal.handlers.metrics import Metrics
 from modelseal.handlers.vaultio import VaultSession
-from modelseal.handlers.workqueue import WorkQueue
+from modelseal.handlers.workqueue import RESYNC, WorkQueue, run_class
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError, Kube
-from modelseal.k8s.cache import CachedKube, WatchCache
+from modelseal.k8s.cache import CachedKube, WatchCache, read_through
 from modelseal.models.identity import INDEXABLE, service_account_of
 from modelseal.policies.wakes import WakeFilter
 from modelseal.render.names import LABEL_MODEL, MANAGED_BY
@@ -196,6 +196,9 @@ class Reconciler:
     async def _work(self, key: str) -> float | None:
         kind, namespace, name = key.split("/", 2)
         started = time.monotonic()
+        # A drift check of the periodic resync reads the owned objects from the API
+        # server (and refreshes the cache with them); runs woken by events use the cache.
+        read_through(run_class() == RESYNC)
         label = "ProtectedModel" if kind == "pm" else "ModelLicense"
         try:
             if kind == "pm":
@@ -252,9 +255,8 @@ class Reconciler:
     async def resync_all(self) -> None:
         """Enqueue every model and license (periodic drift check, Vault included).
 
-        The watch cache is cleared first: a watch resumed after a gap can miss a deletion,
-        so each owned object is read from the API server again once."""
-        self.cache.clear()
+        These runs read the owned objects from the API server, not the watch cache (a
+        watch resumed after a gap can miss a deletion), and refresh the cache with them."""
         self.memory.gone_secrets.clear()
         scopes: list[str | None] = [*self.settings.namespaces] or [None]
         for ns in scopes:

@@ -35,11 +35,21 @@ import heapq
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
 Worker = Callable[[str], Awaitable[float | None]]
+
+#: The class of the run the current task is (`run_class`), for the worker to see.
+_RUN_CLASS: ContextVar[int | None] = ContextVar("modelseal_run_class", default=None)
+
+
+def run_class() -> int | None:
+    """FOLLOW_UP, FIRST_RUN or RESYNC: the class the worker's current run got its slot in
+    (None outside a run)."""
+    return _RUN_CLASS.get()
 
 
 class RetryLater(Exception):
@@ -195,6 +205,7 @@ class WorkQueue:
 
         try:
             await slots.acquire(entry.klass, waits)
+            _RUN_CLASS.set(entry.klass)
             entry.waiting = None
             entry.background = True  # what asks for the next run decides its class
             try:

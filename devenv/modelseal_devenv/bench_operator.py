@@ -554,6 +554,12 @@ def metric_lines(before: dict[str, float], after: dict[str, float], models: int)
     )
     vault = delta("modelseal_operator_vault_call_duration_seconds_count")
     vault_s = delta("modelseal_operator_vault_call_duration_seconds_sum")
+    wakeups = {
+        k.split('source="', 1)[1].split('"', 1)[0]: v - before.get(k, 0.0)
+        for k, v in after.items()
+        if k.startswith("modelseal_operator_wakeups_total{")
+    }
+    told = ", ".join(f"{src} {n:.0f}" for src, n in sorted(wakeups.items(), key=lambda i: -i[1]))
     return [
         "  the operator's own metrics over the rollout:",
         f"    model reconciles {reconciles:.0f} ({reconciles / max(1, models):.1f} per model), "
@@ -561,6 +567,7 @@ def metric_lines(before: dict[str, float], after: dict[str, float], models: int)
         f"    Kubernetes calls from the reconciler {calls:.0f} "
         f"({calls / max(1.0, reconciles + lic):.1f} per reconcile, {lists:.0f} GET/LIST)",
         f"    Vault operations {vault:.0f}, mean {1000 * vault_s / max(1.0, vault):.0f} ms",
+        f"    reconciles asked for, by what asked: {told or 'none'}",
     ]
 
 

@@ -79,6 +79,11 @@ def test_configure_kopf_installs_it_with_our_prefix() -> None:
     body = kopf.Body(copy.deepcopy(_MODEL))  # type: ignore[arg-type]
     # the annotation it reads and writes is the one kopf stored before this change
     assert storage.fetch(body=body) == {}
+    # listings in pages and idle workers gone soon: kopf holds every listed or waiting
+    # event whole in memory (issue 13 §3)
+    assert kopf_settings.watching.chunk_size == 100
+    assert kopf_settings.queueing.idle_timeout <= 0.1
+    assert kopf_settings.queueing.worker_limit == Settings().operator_kopf_worker_limit
 
 
 @pytest.mark.parametrize(

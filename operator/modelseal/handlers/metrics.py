@@ -81,6 +81,14 @@ class Metrics:
             ["condition", "status"],
             registry=r,
         )
+        self.wakeups = Counter(
+            "modelseal_operator_wakeups_total",
+            "Requests for a reconcile, by what asked: the object's own watch event, an "
+            "event of an owned kind or of a workload running as a model's account "
+            "(identity), a controller (a license re-evaluating its models), the resync.",
+            ["source"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "modelseal_operator_queue_depth",
             "Objects waiting for or in a reconcile.",

@@ -106,7 +106,7 @@ class Reconciler:
         cached = CachedKube(kube, self.cache)
         ctx = Context(settings, cached, vault, metrics, auditor, now)
         self.memory = Memory()
-        enqueue = Enqueue(self.queue.add)
+        enqueue = Enqueue(self._controller_add)
         events = Events(kube, now)
         self.event = events.post
         vault_step = VaultStep(ctx, events)
@@ -127,11 +127,19 @@ class Reconciler:
         self.enqueue = enqueue
 
     # --- queue ---------------------------------------------------------------------------
-    def enqueue_model(self, namespace: str, name: str, delay: float = 0.0) -> None:
-        self.enqueue.model(namespace, name, delay)
+    def enqueue_model(
+        self, namespace: str, name: str, delay: float = 0.0, source: str = "ProtectedModel"
+    ) -> None:
+        self.metrics.wakeups.labels(source).inc()
+        self.queue.add(model_key(namespace, name), delay)
 
     def enqueue_license(self, namespace: str, name: str, delay: float = 0.0) -> None:
-        self.enqueue.license(namespace, name, delay)
+        self.metrics.wakeups.labels("ModelLicense").inc()
+        self.queue.add(license_key(namespace, name), delay)
+
+    def _controller_add(self, key: str, delay: float) -> None:
+        self.metrics.wakeups.labels("controller").inc()
+        self.queue.add(key, delay)
 
     def model_changed(
         self,
@@ -173,7 +181,7 @@ class Reconciler:
         if echo:
             return
         if relevant:
-            self.enqueue_model(namespace, str(model))
+            self.enqueue_model(namespace, str(model), source=kind)
         if filed:
             self.workload_seen(namespace, kind, body)
 
@@ -191,7 +199,7 @@ class Reconciler:
         Cheap (a dict lookup); the reconcile that follows makes the real decision."""
         model = self.memory.accounts.get((namespace, service_account_of(kind, body)))
         if model is not None:
-            self.enqueue_model(namespace, model)
+            self.enqueue_model(namespace, model, source=f"identity:{kind}")
 
     async def _work(self, key: str) -> float | None:
         kind, namespace, name = key.split("/", 2)
@@ -263,6 +271,7 @@ class Reconciler:
             for item in await self.kube.list(MODELS, ns):
                 m = item.get("metadata") or {}
                 key = model_key(str(m.get("namespace")), str(m.get("name")))
+                self.metrics.wakeups.labels("resync").inc()
                 self.queue.add(key, background=True)  # behind every event-driven run
             for item in await self.kube.list(LICENSES, ns):
                 m = item.get("metadata") or {}

@@ -32,8 +32,13 @@ Knobs (environment): ``MODELSEAL_BENCH_MODELS`` (1000), ``MODELSEAL_BENCH_MODELS
 (20; 1000 puts them all in one namespace, as the first measurement did),
 ``MODELSEAL_BENCH_KCM_QPS`` (100: kube-controller-manager's client rate, whose default of
 20 requests/s would make the test cluster's Deployment and ReplicaSet controllers, not the
-operator, the limit; 0 keeps the default), ``MODELSEAL_BENCH_TIMEOUT_S`` (per phase,
-3600; a 1000-model rollout took over 1800 s on this shared 2-core machine),
+operator, the limit; 0 keeps the default), ``MODELSEAL_BENCH_NODE_GRACE_S`` (300:
+kube-controller-manager's ``--node-monitor-grace-period``; its default of 50 s marks the
+kwok nodes unhealthy, and every Pod on them not Ready, whenever the loaded machine delays
+kwok's node heartbeats: at 1,000 models the Ready flips and their repair, not the
+operator's work, drove most reconciles; 0 keeps the default),
+``MODELSEAL_BENCH_TIMEOUT_S`` (per phase, 3600; a 1000-model rollout took over 1800 s on
+this shared 2-core machine),
 ``MODELSEAL_BENCH_KEEP`` (keep the work folder: audit log, logs), and any
 ``MODELSEAL_OPERATOR_*`` setting, passed to the operator as is.
 """
@@ -163,7 +168,7 @@ def model_doc(ns: str, name: str, lic: str) -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, workdir: Path, total_pods: int, kcm_qps: int) -> None:
+    def __init__(self, workdir: Path, total_pods: int, kcm_qps: int, node_grace_s: int = 0) -> None:
         self.workdir = workdir
         self.audit_log = workdir / "audit.log"
         policy = workdir / "audit-policy.yaml"
@@ -181,7 +186,8 @@ class Bench:
             ],
             extra_controller_manager_args=(
                 [f"--kube-api-qps={kcm_qps}", f"--kube-api-burst={2 * kcm_qps}"] if kcm_qps else []
-            ),
+            )
+            + ([f"--node-monitor-grace-period={node_grace_s}s"] if node_grace_s else []),
         )
         self.vault: VaultServer | None = None
         self.api: Any = None
@@ -583,14 +589,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref_n = max(MODELS_PER_LICENSE, n // 10)
     per_ns = int(os.environ.get("MODELSEAL_BENCH_MODELS_PER_NAMESPACE", MODELS_PER_NAMESPACE))
     kcm_qps = int(os.environ.get("MODELSEAL_BENCH_KCM_QPS", "100"))
+    node_grace_s = int(os.environ.get("MODELSEAL_BENCH_NODE_GRACE_S", "300"))
     ref = make_batch("ref", ref_n, per_ns)
     main_b = make_batch("big", n, per_ns)
     late = make_batch("kill", ref_n, per_ns)
     workdir = Path(tempfile.mkdtemp(prefix="modelseal-bench-operator-"))
-    bench = Bench(workdir, ref_n + n + ref_n, kcm_qps)
+    bench = Bench(workdir, ref_n + n + ref_n, kcm_qps, node_grace_s)
     say(
         f"{n} models ({per_ns} per namespace, {MODELS_PER_LICENSE} per license); "
-        f"kube-controller-manager --kube-api-qps={kcm_qps or 'default (20)'}; operator "
+        f"kube-controller-manager --kube-api-qps={kcm_qps or 'default (20)'} "
+        f"--node-monitor-grace-period={f'{node_grace_s}s' if node_grace_s else 'default (50s)'}; "
+        "operator "
         + " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MODELSEAL_OPERATOR_"))
     )
     keep = bool(os.environ.get("MODELSEAL_BENCH_KEEP"))

@@ -249,6 +249,8 @@ class Bench:
             {
                 "KUBECONFIG": str(self.operator_kubeconfig),
                 "PYTHONUNBUFFERED": "1",
+                # as the chart's operator Deployment sets it (glibc arenas per thread)
+                "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
                 "MODELSEAL_VAULT_ADDR": self.vault.addr,
                 "MODELSEAL_VAULT_TOKEN_FILE": str(self.workdir / "operator-vault-token"),
                 "MODELSEAL_OPERATOR_HEALTH_PORT": str(self.health_port),

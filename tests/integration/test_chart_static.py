@@ -140,6 +140,7 @@ def test_operator_runs_one_replica_with_recreate(helm: Path) -> None:
     assert env["MODELSEAL_VAULT_ADDR"].startswith("http")
     assert env["MODELSEAL_NAMESPACES"] == "[]"
     assert env["MODELSEAL_OPERATOR_TOKEN_FILE"] == "/var/run/secrets/modelseal/vault/token"
+    assert env["MALLOC_ARENA_MAX"] == "2"  # glibc arenas per thread (issue 13 §3)
 
 
 @pytest.mark.integration

@@ -98,7 +98,7 @@ class Reconciler:
         # The owned objects' reads come from the watch cache once kopf feeds it
         # (`modelseal.handlers.operator` enables it); everything else from the API server.
         self.cache = WatchCache("app.kubernetes.io/managed-by", MANAGED_BY)
-        #: Pods and Deployments by the account they run as (the watches feed
+        #: Pods and every workload kind by the account they run as (the watches feed
         #: it, `seed_accounts` fills it once at start).
         self.accounts = AccountIndex()
         #: What each watched object last looked like to a reconcile (`policies.wakes`).

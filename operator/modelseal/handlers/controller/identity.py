@@ -121,21 +121,16 @@ class IdentityGuard:
         of them, never more."""
         names = self.ctx.names(spec.namespace, spec.name, spec.uid)
         if self.accounts.ready:
-            found = await self._indexed(spec.namespace, account)
+            found = self._indexed(spec.namespace, account)
             verdict = check_identity(account, spec.uid, names.deployment, found)
             if verdict.clear:
                 return verdict, found
         found = await self.list_all(spec.namespace, account)
         return check_identity(account, spec.uid, names.deployment, found), found
 
-    async def _indexed(self, ns: str, account: str) -> Workloads:
-        kube = self.ctx.kube
-        others = [kind for kind in k8s.WORKLOADS if kind.kind not in INDEXABLE]
-        lists = await asyncio.gather(*(kube.list(kind, ns) for kind in others))
-        found: Workloads = {kind: self.accounts.running_as(kind, ns, account) for kind in INDEXABLE}
-        for kind, items in zip(others, lists, strict=True):
-            found[kind.kind] = items
-        return found
+    def _indexed(self, ns: str, account: str) -> Workloads:
+        """What the index holds as running as `account`: every kind is indexed."""
+        return {kind: self.accounts.running_as(kind, ns, account) for kind in INDEXABLE}
 
     async def list_all(self, ns: str, account: str) -> Workloads:
         """The Pods running as `account` and every workload of the namespace, listed."""

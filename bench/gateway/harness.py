@@ -196,7 +196,7 @@ class GatewayProcess:
     def audit_lines(self) -> list[dict[str, Any]]:
         if not self.audit_file.exists():
             return []
-        return [json.loads(line) for line in self.audit_file.read_bytes().splitlines() if line]
+        return _complete_records(self.audit_file.read_bytes())
 
     def audit_files(self) -> list[Path]:
         """This gateway's audit file and those of its worker processes (``-w<i>``)."""
@@ -204,10 +204,7 @@ class GatewayProcess:
 
     def all_audit_lines(self) -> list[dict[str, Any]]:
         return [
-            json.loads(line)
-            for path in self.audit_files()
-            for line in path.read_bytes().splitlines()
-            if line
+            record for path in self.audit_files() for record in _complete_records(path.read_bytes())
         ]
 
     def wait_audit(self, predicate: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -219,6 +216,15 @@ class GatewayProcess:
                 return lines
             time.sleep(0.05)
         raise AssertionError(f"audit log of {self.name} never matched; last lines: {lines[-5:]}")
+
+
+def _complete_records(data: bytes) -> list[dict[str, Any]]:
+    """The records of an audit file the gateway may be appending to right now: a reader can
+    see one ``write`` half done (Linux does not make a read of a regular file atomic with a
+    write), so the bytes after the last newline are a record still being written, not one
+    to parse."""
+    complete = data[: data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line]
 
 
 def triton_success_count(triton_http_url: str, model: str) -> int:

@@ -821,6 +821,14 @@ class KubeCluster:
 
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
+    def kube_client(self) -> Any:
+        """A new `modelseal.k8s.api.KubeClient` (the operator's own) for the admin
+        kubeconfig; close it in the event loop that used it."""
+        from modelseal.k8s.access import from_kubeconfig
+        from modelseal.k8s.api import KubeClient
+
+        return KubeClient(from_kubeconfig([self.kubeconfig]))
+
     def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
         """Run our kubectl (same version as the server) against the cluster; return stdout."""
         return run_checked(

@@ -21,12 +21,23 @@ ROLES = {
 }
 
 
+def keep_generated_client_out() -> None:
+    """Make ``import kubernetes`` fail in this process. kopf imports the generated
+    Kubernetes client for its type hooks whenever it is installed (~56 MB; a dev
+    dependency, so in a test venv); the operator talks to the API server with its own
+    client (`modelseal.k8s.api`), and this keeps it the same in a test venv as in the
+    image, which lacks the package."""
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ROLES:
         if len(args) > 1 and args[1] in ("-h", "--help"):
             print(__doc__)
             return 0
+        if args[0] == "operator":
+            keep_generated_client_out()
         from modelseal.config import load_settings
 
         module = importlib.import_module(ROLES[args[0]])

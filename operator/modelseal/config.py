@@ -84,8 +84,9 @@ class Settings(BaseSettings):
         8,
         ge=1,
         le=64,
-        description="Kubernetes and Vault calls the reconciler has in flight at once (its "
-        "thread pool; the Kubernetes client keeps up to 10 connections).",
+        description="Kubernetes calls the reconciler has in flight at once (the "
+        "connections of its client; more wait for one), and likewise Vault calls (the "
+        "thread pool its Vault client runs in).",
     )
     operator_coalesce_s: float = Field(
         0.5,

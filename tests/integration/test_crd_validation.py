@@ -381,11 +381,14 @@ def test_models_are_selected_by_their_license(ops_cluster: OpsEnv, crd_ns: str) 
     assert out.split() == ["protectedmodel.modelseal.io/sel-a", "protectedmodel.modelseal.io/sel-c"]
 
     async def select() -> tuple[list[str], bool, int]:
-        kube = Kube(ops_cluster.cluster.api_client())
+        kube = Kube(ops_cluster.cluster.kube_client())
         memory = Memory()
-        found = await models_of_license(kube, memory, crd_ns, "silver")
-        with pytest.raises(ApiError) as refused:
-            await kube.list(MODELS, crd_ns, field_selector="spec.version=1.0.0")
+        try:
+            found = await models_of_license(kube, memory, crd_ns, "silver")
+            with pytest.raises(ApiError) as refused:
+                await kube.list(MODELS, crd_ns, field_selector="spec.version=1.0.0")
+        finally:
+            await kube.close()
         return (
             [m["metadata"]["name"] for m in found],
             memory.license_selectable,

@@ -22,7 +22,7 @@ def test_resync_reads_see_a_deletion_the_cache_missed(ops_cluster: OpsEnv) -> No
     async def scenario() -> list[bool]:
         cache = WatchCache(LABEL, OURS)
         cache.enable()
-        kube = CachedKube(Kube(ops_cluster.cluster.api_client()), cache)
+        kube = CachedKube(Kube(ops_cluster.cluster.kube_client()), cache)
         seen = [await kube.get(k8s.CONFIG_MAP, ns, "m-license") is not None]  # GET, kept
         # deleted with no event fed to the cache (as in a watch's gap)
         ops_cluster.kubectl("delete", "configmap", "m-license", "-n", ns)
@@ -36,6 +36,7 @@ def test_resync_reads_see_a_deletion_the_cache_missed(ops_cluster: OpsEnv) -> No
         # the read-through answer was kept: an ordinary read now says absent too, and
         # the read-through did not leak out of its task
         seen.append(await kube.get(k8s.CONFIG_MAP, ns, "m-license") is not None)
+        await kube.close()
         return seen
 
     assert asyncio.run(scenario()) == [True, True, False, False]

@@ -262,7 +262,7 @@ def test_status_write_rate_is_bounded(ops_env: OpsEnv, redis_server: RedisServer
             return None
 
         async def scenario() -> tuple[int, float, int]:
-            kube = Kube(env.cluster.api_client(), on_call=on_call)
+            kube = Kube(env.cluster.kube_client(), on_call=on_call)
             registry = CollectorRegistry()
             writer = UsageWriter(settings, kube, registry, event)
             store = RedisStore(redis_server.url)
@@ -281,7 +281,7 @@ def test_status_write_rate_is_bounded(ops_env: OpsEnv, redis_server: RedisServer
             finally:
                 await writer.close()
                 await store.close()
-                kube.close()
+                await kube.close()
 
         rounds, elapsed, writes = asyncio.run(scenario())
         bound = n * (1 + int(elapsed // interval))
@@ -319,7 +319,7 @@ def test_store_down_is_unknown_keeps_the_figures_and_gone_licenses_leave_no_seri
                 posted.append(reason)
 
             async def scenario() -> None:
-                kube = Kube(env.cluster.api_client())
+                kube = Kube(env.cluster.kube_client())
                 writer = UsageWriter(settings, kube, registry, event)
                 try:
                     assert await writer.round() == 1
@@ -350,7 +350,7 @@ def test_store_down_is_unknown_keeps_the_figures_and_gone_licenses_leave_no_seri
                     )
                 finally:
                     await writer.close()
-                    kube.close()
+                    await kube.close()
 
             asyncio.run(scenario())
             assert registry.get_sample_value("modelseal_operator_usage_read_errors_total") == 2
@@ -401,7 +401,7 @@ def test_reads_the_charts_redis_as_its_acl_user(ops_env: OpsEnv, tmp_path: Path)
                 return None
 
             async def scenario() -> None:
-                kube = Kube(env.cluster.api_client())
+                kube = Kube(env.cluster.kube_client())
                 writer = UsageWriter(settings, kube, CollectorRegistry(), noop)
                 try:
                     assert await writer.round() == 1
@@ -418,7 +418,7 @@ def test_reads_the_charts_redis_as_its_acl_user(ops_env: OpsEnv, tmp_path: Path)
                     assert "AUTH" in quota["message"]
                 finally:
                     await writer.close()
-                    kube.close()
+                    await kube.close()
 
             asyncio.run(scenario())
             written = json.dumps(env.get_license(ns, "l0"))

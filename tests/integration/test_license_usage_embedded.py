@@ -209,7 +209,7 @@ def test_embedded_usage_is_read_from_the_models_gateway(
         )
 
         async def scenario() -> None:
-            kube = Kube(env.cluster.api_client())
+            kube = Kube(env.cluster.kube_client())
             writer = UsageWriter(settings, kube, CollectorRegistry(), _no_event)
             try:
                 async with gateway:
@@ -244,7 +244,7 @@ def test_embedded_usage_is_read_from_the_models_gateway(
                     assert (quota["status"], quota["reason"]) == ("True", "DailyQuotaExhausted")
             finally:
                 await writer.close()
-                kube.close()
+                await kube.close()
 
         asyncio.run(scenario())
     finally:
@@ -270,7 +270,7 @@ def test_usage_export_token_is_copied_put_back_and_foreign_left(ops_cluster: Ops
         copy_name = names_for(ns, "digits", parse_model(model).uid).usage_export_secret
 
         async def rounds(n: int) -> None:
-            kube = Kube(env.cluster.api_client())
+            kube = Kube(env.cluster.kube_client())
             writer = UsageWriter(settings, kube, CollectorRegistry(), _no_event)
             try:
                 for _ in range(n):
@@ -278,7 +278,7 @@ def test_usage_export_token_is_copied_put_back_and_foreign_left(ops_cluster: Ops
                     await asyncio.sleep(0.02)
             finally:
                 await writer.close()
-                kube.close()
+                await kube.close()
 
         asyncio.run(rounds(1))
         copy = core.read_namespaced_secret(copy_name, ns)
@@ -325,7 +325,7 @@ def test_two_models_with_one_model_name_count_apart(
 
         async def scenario() -> None:
             store = RedisStore(redis_server.url)
-            kube = Kube(env.cluster.api_client())
+            kube = Kube(env.cluster.kube_client())
             writer = UsageWriter(
                 Settings(namespaces=[ns], usage_status_interval_s=0.01),
                 kube,
@@ -349,7 +349,7 @@ def test_two_models_with_one_model_name_count_apart(
             finally:
                 await writer.close()
                 await store.close()
-                kube.close()
+                await kube.close()
 
         asyncio.run(scenario())
         figs = _requests(env, ns, "gold")

@@ -75,38 +75,36 @@ def _from_file(path: str) -> list[Mapping[str, Any]]:
 def _from_cluster(args: argparse.Namespace) -> list[Mapping[str, Any]]:
     import asyncio
 
-    from kubernetes import config as k8s_config
-
-    from modelseal.k8s.api import ApiError, Kube, custom_kind, load_api_client
+    from modelseal.k8s.access import AccessError, load_access
+    from modelseal.k8s.api import ApiError, Kube, KubeClient, custom_kind
     from modelseal.models.resource import GROUP, LICENSE_KIND, LICENSE_PLURAL, VERSION
 
     kind = custom_kind(LICENSE_KIND, GROUP, VERSION, LICENSE_PLURAL)
-    namespace = args.namespace
-    if namespace is None:
-        try:
-            _, context = k8s_config.list_kube_config_contexts(config_file=args.kubeconfig)
-            namespace = (context.get("context") or {}).get("namespace") or "default"
-        except Exception:  # no kubeconfig contexts (in-cluster): the default namespace
-            namespace = "default"
     try:
-        kube = Kube(load_api_client(args.kubeconfig))
-    except Exception as exc:
+        access = load_access(args.kubeconfig)
+    except AccessError as exc:
         raise CommandError(f"cannot load the Kubernetes configuration: {exc}", EXIT_IO) from None
+    # The context's namespace (a Pod's own, in-cluster), else "default", as kubectl does.
+    namespace = args.namespace or access.namespace or "default"
 
     async def fetch() -> list[Mapping[str, Any]]:
-        if args.license:
-            one = await kube.get(kind, namespace, args.license)
-            if one is None:
-                raise CommandError(f"ModelLicense {namespace}/{args.license} does not exist")
-            return [one]
-        return list(await kube.list(kind, namespace))
+        kube = Kube(KubeClient(access))
+        try:
+            if args.license:
+                one = await kube.get(kind, namespace, args.license)
+                if one is None:
+                    raise CommandError(f"ModelLicense {namespace}/{args.license} does not exist")
+                return [one]
+            return list(await kube.list(kind, namespace))
+        finally:
+            await kube.close()
 
     try:
         return asyncio.run(fetch())
     except ApiError as exc:
         raise CommandError(f"the API server refused: {exc}", EXIT_IO) from None
-    finally:
-        kube.close()
+    except AccessError as exc:
+        raise CommandError(f"cannot reach the API server: {exc}", EXIT_IO) from None
 
 
 def _quota(lic: Mapping[str, Any]) -> Mapping[str, Any]:

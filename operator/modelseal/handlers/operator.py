@@ -20,7 +20,8 @@ of its own (we post ours), and runs standalone (no peering objects to write).
 Bounds (issue 13 §3): kopf runs at most ``operator_kopf_worker_limit`` per-object workers
 per watched resource (its default is one task per object with pending events, unbounded);
 the reconciler runs ``operator_workers`` reconciles at once, with at most
-``operator_api_concurrency`` Kubernetes/Vault calls in flight (its thread pool), and folds
+``operator_api_concurrency`` Kubernetes calls in flight (its client's connections) and as
+many Vault calls (their thread pool), and folds
 the events of one object within ``operator_coalesce_s`` into one reconcile.
 """
 
@@ -41,7 +42,8 @@ from modelseal import fastjson
 from modelseal.config import Settings
 from modelseal.handlers.licenses_usage import UsageWriter
 from modelseal.handlers.reconciler import Reconciler
-from modelseal.k8s.api import ApiError
+from modelseal.k8s.access import utc_from_epoch
+from modelseal.k8s.api import ApiError, KubeClient
 from modelseal.models.spec import GROUP, LICENSE_PLURAL, MODEL_PLURAL, VERSION
 from modelseal.vault.auth import VaultError
 
@@ -158,7 +160,8 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> 
 
 def bound_reconciler(reconciler: Reconciler, settings: Settings) -> None:
     """The reconciler's bounds: its queue's workers and coalescing, and (in the running
-    event loop) the thread pool its blocking Kubernetes and Vault clients run in."""
+    event loop) the thread pool its blocking Vault client runs in (the Kubernetes client
+    is bounded by its connections, `KubeClient`)."""
     reconciler.queue.configure(
         concurrency=settings.operator_workers, coalesce_s=settings.operator_coalesce_s
     )
@@ -169,16 +172,36 @@ def bound_reconciler(reconciler: Reconciler, settings: Settings) -> None:
     )
 
 
+def connection_info(client: KubeClient) -> kopf.ConnectionInfo:
+    """kopf's credentials from our client's (a token file read again, an exec plugin's
+    credential renewed: kopf asks again when the server answers 401)."""
+    access = client.access
+    credential = client.tokens.credential(renew=True)
+    token = client.tokens.token(renew=True)
+    return kopf.ConnectionInfo(
+        server=access.server,
+        ca_data=access.ca_pem,
+        insecure=access.insecure or None,
+        scheme="Bearer" if token else None,
+        token=token,
+        certificate_data=(credential.certificate_pem if credential else None)
+        or access.certificate_pem,
+        private_key_data=(credential.key_pem if credential else None) or access.key_pem,
+        default_namespace=access.namespace,
+        expiration=utc_from_epoch(credential.expires if credential else None),
+    )
+
+
 def build_registry(
     settings: Settings, reconciler: Reconciler, background: list[asyncio.Task[None]]
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # In-cluster ServiceAccount, else KUBECONFIG (the same as the reconciler's client).
-        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
-        return info
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # The reconciler's own access (in-cluster, else the kubeconfig), so that kopf's
+        # watches and our calls are one identity; kopf calls this again on a 401.
+        return connection_info(reconciler.kube.api)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from typing import Any
 
@@ -24,7 +23,8 @@ from modelseal.handlers.metrics import Metrics
 from modelseal.handlers.operator import build_registry
 from modelseal.handlers.reconciler import Reconciler
 from modelseal.handlers.vaultio import VaultSession
-from modelseal.k8s.api import Kube, load_api_client
+from modelseal.k8s.access import load_access
+from modelseal.k8s.api import Kube, KubeClient
 from modelseal.logging import setup_logging as json_logging
 
 log = logging.getLogger("modelseal.operator")
@@ -48,8 +48,8 @@ async def operate(
 ) -> None:
     """Run the operator until stopped (SIGTERM/SIGINT, or `stop_flag`)."""
     metrics = metrics or Metrics()
-    api = load_api_client(os.environ.get("KUBECONFIG") or None)
-    kube = Kube(api, on_call=metrics.api_call)
+    client = KubeClient(load_access(), max_connections=settings.operator_api_concurrency)
+    kube = Kube(client, on_call=metrics.api_call)
     vault = VaultSession(settings, metrics)
     auditor = Auditor(settings)
     reconciler = Reconciler(settings, kube, vault, metrics, auditor)
@@ -67,7 +67,7 @@ async def operate(
             ready_flag=ready_flag,
         )
     finally:
-        kube.close()
+        await kube.close()
 
 
 def run(settings: Settings) -> None:

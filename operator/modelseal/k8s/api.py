@@ -1,26 +1,28 @@
 """Kubernetes API I/O for the operator: raw JSON in and out, every write counted.
 
-A thin layer over the official client's `ApiClient.call_api` (the typed models would turn
-camelCase JSON into snake_case objects and lose fields the drift check needs). Blocking
-calls run in a thread so the operator's event loop stays free. Errors surface as
-`ApiError` with the HTTP status and the server's message.
+Our own small REST client over aiohttp (which kopf runs on too), not the generated
+Kubernetes client: that one's typed models would turn camelCase JSON into snake_case
+objects and lose fields the drift check needs, its calls block (they ran in a thread
+each), and importing it costs ~56 MB of the operator's memory (issue 13 §3). Where the
+server is and who we are comes from `modelseal.k8s.access`. Errors surface as `ApiError`
+with the HTTP status and the server's message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
+import aiohttp
+import orjson
 
 from modelseal import fastjson
+from modelseal.k8s.access import ClusterAccess, TokenSource
 
 Json = dict[str, Any]
 #: One page of a listing.
@@ -110,20 +112,17 @@ def custom_kind(kind: str, group: str, version: str, plural: str) -> Kind:
     return Kind(kind, group, version, plural)
 
 
-def load_api_client(kubeconfig: str | Path | None = None) -> k8s_client.ApiClient:
-    """In-cluster config when running in a Pod, else the kubeconfig (KUBECONFIG or ~/.kube)."""
-    configuration = k8s_client.Configuration()
-    if kubeconfig is None:
-        try:
-            k8s_config.load_incluster_config(client_configuration=configuration)
-            return k8s_client.ApiClient(configuration)
-        except k8s_config.ConfigException:
-            pass
-    k8s_config.load_kube_config(
-        config_file=str(kubeconfig) if kubeconfig else None,
-        client_configuration=configuration,
-    )
-    return k8s_client.ApiClient(configuration)
+def _error(code: int, raw: bytes) -> ApiError:
+    """The API server's Status answer as an `ApiError`."""
+    reason = message = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}.get(code, "")
+    try:
+        doc = json.loads(raw or b"{}")
+        if isinstance(doc, dict):
+            message = str(doc.get("message") or message)
+            reason = str(doc.get("reason") or reason)
+    except ValueError:
+        message = raw[:200].decode(errors="replace") or message
+    return ApiError(code, reason or f"HTTP {code}", message)
 
 
 def _decode(raw: bytes) -> Json:
@@ -133,12 +132,93 @@ def _decode(raw: bytes) -> Json:
     return doc if isinstance(doc, dict) else {}
 
 
+def _encode(body: Any) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # an integer past 64 bits
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+class KubeClient:
+    """HTTP to one API server with one set of credentials: a keep-alive connection pool
+    made in the event loop of the first call (`close` it in the same loop)."""
+
+    def __init__(self, access: ClusterAccess, max_connections: int = 32) -> None:
+        self.access = access
+        self.max_connections = max_connections
+        self.tokens = TokenSource(access)
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | bool = False
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._ssl = self.access.ssl_context(self.tokens.credential())
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=self._ssl),
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    def _renew(self) -> None:
+        """Credentials refused: read the token again, or run the exec plugin again. A new
+        client certificate needs new connections: the old pool is closed (a call still in
+        flight on it fails, and its reconcile is retried)."""
+        self.tokens.token(renew=True)
+        cred = self.tokens.credential()
+        if cred is not None and cred.certificate_pem and self._session is not None:
+            old, self._session = self._session, None
+            asyncio.get_running_loop().create_task(old.close())
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        timeout_s: float = 30.0,
+    ) -> tuple[int, bytes]:
+        """One call; a 401 renews the credentials (a rotated token, an expired exec
+        credential) and tries once more."""
+        for attempt in (0, 1):
+            if attempt:
+                self._renew()
+            session = self._open()
+            headers = {
+                "Accept": "application/json",
+                "Content-Type": content_type,
+                "User-Agent": "modelseal-operator",
+            }
+            token = self.tokens.token()
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            async with session.request(
+                method,
+                self.access.server + path,
+                params=dict(query or {}),
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                server_hostname=self.access.tls_server_name,
+            ) as resp:
+                raw = await resp.read()
+                if resp.status != 401 or attempt == 1:
+                    return resp.status, raw
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
 class Kube:
     """Async JSON access to the API server. `on_call(verb, kind, code)` sees every call."""
 
     def __init__(
         self,
-        api: k8s_client.ApiClient,
+        api: KubeClient,
         on_call: Callable[[str, str, int], None] | None = None,
         timeout_s: float = 30.0,
     ) -> None:
@@ -146,7 +226,7 @@ class Kube:
         self.on_call = on_call
         self.timeout_s = timeout_s
 
-    def _call(
+    async def _acall(
         self,
         method: str,
         path: str,
@@ -155,40 +235,26 @@ class Kube:
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Json:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
         code = 0
         try:
-            resp = self.api.call_api(
-                path,
-                method,
-                query_params=list((query or {}).items()),
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
-                _request_timeout=self.timeout_s,
-            )
-            code = int(getattr(resp, "status", 200))
-            raw = resp.data
-            return _decode(raw) if raw else {}
-        except ApiException as exc:
-            code = int(exc.status or 0)
-            message = str(exc.reason)
-            reason = str(exc.reason)
             try:
-                doc = json.loads(exc.body or "{}")
-                message = str(doc.get("message") or message)
-                reason = str(doc.get("reason") or reason)
-            except ValueError:
-                pass
-            raise ApiError(code, reason, message) from None
+                code, raw = await self.api.request(
+                    method,
+                    path,
+                    query=query,
+                    body=None if body is None else _encode(body),
+                    content_type=content_type,
+                    timeout_s=self.timeout_s,
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                detail = str(exc) or type(exc).__name__
+                raise ApiError(0, "Unreachable", f"{method} {path}: {detail}") from None
+            if code >= 400:
+                raise _error(code, raw)
+            return _decode(raw) if raw else {}
         finally:
             if self.on_call is not None:
                 self.on_call(method, kind, code)
-
-    async def _acall(self, *args: Any, **kwargs: Any) -> Json:
-        return await asyncio.to_thread(self._call, *args, **kwargs)
 
     # --- reads ---------------------------------------------------------------------------
     async def get(self, kind: Kind, namespace: str, name: str) -> Json | None:
@@ -270,5 +336,5 @@ class Kube:
                 return False
             raise
 
-    def close(self) -> None:
-        self.api.close()
+    async def close(self) -> None:
+        await self.api.close()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from modelseal.k8s.cache import ABSENT, CACHED_KINDS, UNKNOWN, Echoes, WatchCache, slim
+from modelseal.k8s.cache import ABSENT, CACHED_KINDS, UNKNOWN, Echoes, Seen, WatchCache, slim
 
 LABEL, OURS = "app.kubernetes.io/managed-by", "modelseal-operator"
 
@@ -147,20 +147,20 @@ def test_slim_leaves_the_body_it_was_given_alone() -> None:
 def test_the_event_of_our_own_write_is_told_apart_once() -> None:
     c = cache()
     c.wrote("Deployment", "ns", "m-dep", obj(rv="10"))
-    assert c.observe("Deployment", "MODIFIED", obj(rv="9")) is False  # older, someone's
-    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is True  # ours
-    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is False  # only once
-    assert c.observe("Deployment", "MODIFIED", obj(rv="11")) is False  # a later change
+    assert c.observe("Deployment", "MODIFIED", obj(rv="9")) is Seen.NEWS  # older, someone's
+    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is Seen.ECHO  # ours
+    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is Seen.NEWS  # only once
+    assert c.observe("Deployment", "MODIFIED", obj(rv="11")) is Seen.NEWS  # a later change
 
 
 def test_no_echo_after_a_forget_or_a_clear() -> None:
     c = cache()
     c.wrote("Deployment", "ns", "m-dep", obj(rv="10"))
     c.forget("Deployment", "ns", "m-dep")
-    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is False
+    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is Seen.NEWS
     c.wrote("Deployment", "ns", "m-dep", obj(rv="12"))
     c.clear()
-    assert c.observe("Deployment", "MODIFIED", obj(rv="12")) is False
+    assert c.observe("Deployment", "MODIFIED", obj(rv="12")) is Seen.NEWS
 
 
 def test_echoes_of_status_patches() -> None:
@@ -186,18 +186,86 @@ def test_a_write_answer_is_kept_when_nothing_came_meanwhile() -> None:
     c.written(reading, obj(rv="10"))
     got = c.lookup("Deployment", "ns", "m-dep")
     assert isinstance(got, dict) and got["metadata"]["resourceVersion"] == "10"
-    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is True
+    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is Seen.ECHO
 
 
 def test_an_event_during_our_write_makes_the_key_read_again() -> None:
     """The write's answer may be older than that event (a tenant's edit right after our
-    write): neither is trusted, the next read is a GET."""
-    c = cache()
-    reading = c.begin("Deployment", "ns", "m-dep")
-    c.observe("Deployment", "MODIFIED", obj(rv="10"))
-    c.observe("Deployment", "MODIFIED", obj(rv="11"))  # someone else's, after ours
+    write): neither is trusted, the next read is a GET, and the other event is news."""
+    c, news = cache_with_news()
+    reading = c.begin("Deployment", "ns", "m-dep", write=True)
+    assert c.observe("Deployment", "MODIFIED", obj(rv="10")) is Seen.HELD
+    assert c.observe("Deployment", "MODIFIED", obj(rv="11")) is Seen.HELD  # someone else's
     c.written(reading, obj(rv="10"))
     assert c.lookup("Deployment", "ns", "m-dep") is UNKNOWN
+    assert news == [("Deployment", "11")]
+
+
+def test_our_echo_before_the_writes_answer_keeps_the_answer_quietly() -> None:
+    """The API server sends the event of our create to the watch as it answers us: the
+    event often comes first. It is held, found to be our echo, and nothing is read again
+    or woken."""
+    c, news = cache_with_news()
+    reading = c.begin("Deployment", "ns", "m-dep", write=True)
+    assert c.observe("Deployment", "ADDED", obj(rv="10")) is Seen.HELD
+    c.written(reading, obj(rv="10"))
+    got = c.lookup("Deployment", "ns", "m-dep")
+    assert isinstance(got, dict) and got["metadata"]["resourceVersion"] == "10"
+    assert news == []
+    # the echo came already: a later event of that version is not taken for one again
+    # (it cannot come twice), and the next change is news
+    assert c.observe("Deployment", "MODIFIED", obj(rv="11")) is Seen.NEWS
+
+
+def test_events_held_through_a_failed_write_are_news() -> None:
+    c, news = cache_with_news()
+    reading = c.begin("Deployment", "ns", "m-dep", write=True)
+    assert c.observe("Deployment", "MODIFIED", obj(rv="7")) is Seen.HELD
+    assert c.observe("Deployment", "DELETED", obj(rv="8")) is Seen.HELD
+    c.written(reading, None)
+    assert c.lookup("Deployment", "ns", "m-dep") is UNKNOWN
+    assert news == [("Deployment", "7"), ("Deployment", "8")]
+
+
+def test_a_deletion_held_through_our_write_is_news_even_with_our_version() -> None:
+    c, news = cache_with_news()
+    reading = c.begin("Deployment", "ns", "m-dep", write=True)
+    c.observe("Deployment", "ADDED", obj(rv="10"))
+    c.observe("Deployment", "DELETED", obj(rv="10"))
+    c.written(reading, obj(rv="10"))
+    assert c.lookup("Deployment", "ns", "m-dep") is UNKNOWN
+    assert news == [("Deployment", "10")]
+
+
+def test_only_our_writes_hold_events() -> None:
+    """A GET in flight holds nothing (its answer is dropped, the event is news), and a
+    write of another key holds nothing of this one."""
+    c, news = cache_with_news()
+    get = c.begin("Deployment", "ns", "m-dep")
+    other = c.begin("Deployment", "ns", "other", write=True)
+    assert c.observe("Deployment", "MODIFIED", obj(rv="5")) is Seen.NEWS
+    c.fill(get, obj(rv="4"))
+    c.written(other, obj("other", rv="6"))
+    got = c.lookup("Deployment", "ns", "m-dep")
+    assert isinstance(got, dict) and got["metadata"]["resourceVersion"] == "5"
+    assert news == []
+
+
+def test_a_clear_during_our_write_drops_its_answer_even_after_its_echo() -> None:
+    c, news = cache_with_news()
+    reading = c.begin("Deployment", "ns", "m-dep", write=True)
+    c.observe("Deployment", "ADDED", obj(rv="10"))
+    c.clear()
+    c.written(reading, obj(rv="10"))
+    assert c.lookup("Deployment", "ns", "m-dep") is UNKNOWN
+    assert news == []
+
+
+def cache_with_news() -> tuple[WatchCache, list[tuple[str, str]]]:
+    c = cache()
+    news: list[tuple[str, str]] = []
+    c.on_news = lambda kind, body: news.append((kind, body["metadata"]["resourceVersion"]))
+    return c, news
 
 
 def test_a_failed_write_forgets_the_key() -> None:

@@ -58,6 +58,7 @@ from modelseal.handlers.controller.gc import VaultGarbageCollector
 from modelseal.handlers.controller.identity import AccountIndex, IdentityGuard
 from modelseal.handlers.controller.licenses import LicenseReconciler
 from modelseal.handlers.controller.models import ModelReconciler
+from modelseal.handlers.controller.pods import ModelPods
 from modelseal.handlers.controller.status import StatusWriter
 from modelseal.handlers.controller.vaultstep import VaultStep
 from modelseal.handlers.metrics import Metrics
@@ -65,7 +66,7 @@ from modelseal.handlers.vaultio import VaultSession
 from modelseal.handlers.workqueue import RESYNC, WorkQueue, run_class
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError, Kube
-from modelseal.k8s.cache import CachedKube, WatchCache, read_through
+from modelseal.k8s.cache import CachedKube, Seen, WatchCache, read_through
 from modelseal.models.identity import INDEXABLE, service_account_of
 from modelseal.policies.wakes import WakeFilter
 from modelseal.render.names import LABEL_MODEL, MANAGED_BY
@@ -98,9 +99,12 @@ class Reconciler:
         # The owned objects' reads come from the watch cache once kopf feeds it
         # (`modelseal.handlers.operator` enables it); everything else from the API server.
         self.cache = WatchCache("app.kubernetes.io/managed-by", MANAGED_BY)
+        self.cache.on_news = self.owned_news
         #: Pods and every workload kind by the account they run as (the watches feed
         #: it, `seed_accounts` fills it once at start).
         self.accounts = AccountIndex()
+        #: Each model's Pods (the Pod watch feeds it, `seed_accounts` fills it too).
+        self.pods = ModelPods()
         #: What each watched object last looked like to a reconcile (`policies.wakes`).
         self.wakes = WakeFilter()
         cached = CachedKube(kube, self.cache)
@@ -120,6 +124,7 @@ class Reconciler:
             Applier(ctx, events),
             IdentityGuard(ctx, events, self.accounts),
             status,
+            self.pods,
         )
         self.licenses = LicenseReconciler(ctx, self.memory, enqueue, status)
         self.deletion = ModelDeletion(ctx, self.memory, enqueue, vault_step, self.models.forget)
@@ -171,18 +176,27 @@ class Reconciler:
         (Pods, Deployments) it is also checked for a model's ServiceAccount."""
         meta = body.get("metadata") or {}
         namespace = str(meta.get("namespace"))
-        echo = self.cache.observe(kind, event_type, body)
+        seen = self.cache.observe(kind, event_type, body)
+        if kind == "Pod":
+            self.pods.observe(event_type, body)
         filed = identity and self.accounts.observe(kind, event_type, body)
-        labels = meta.get("labels") or {}
-        model = labels.get(LABEL_MODEL)
-        ours = bool(model) and labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
+        model = _our_model(body)
         # Even an echo goes through the wake filter, so that it knows the latest state.
-        relevant = ours and self.wakes.changed(kind, event_type, body)
-        if echo:
-            return
-        if relevant:
-            self.enqueue_model(namespace, str(model), source=kind)
+        relevant = model is not None and self.wakes.changed(kind, event_type, body)
+        if seen is not Seen.NEWS:
+            return  # our echo, or held until our write in flight ends (`owned_news`)
+        if relevant and model is not None:
+            self.enqueue_model(namespace, model, source=kind)
         if filed:
+            self.workload_seen(namespace, kind, body)
+
+    def owned_news(self, kind: str, body: Mapping[str, Any]) -> None:
+        """An event held while our write of its object was in flight was not that write's
+        echo (the watch cache tells, `WatchCache.written`): wake as for any change."""
+        namespace = str((body.get("metadata") or {}).get("namespace"))
+        if (model := _our_model(body)) is not None:
+            self.enqueue_model(namespace, model, source=kind)
+        if kind in INDEXABLE:
             self.workload_seen(namespace, kind, body)
 
     def identity_changed(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -227,8 +241,9 @@ class Reconciler:
     # --- the watch-fed state ---------------------------------------------------------------
     async def seed_accounts(self) -> None:
         """List the Pods and workloads once (every watched namespace) into the account
-        index, which the watches keep up to date from then on; until then the identity
-        check lists them itself. Retried until it succeeds."""
+        index and the Pods into the index of models' Pods, which the watches keep up to
+        date from then on; until then the identity check and the reconcile list them
+        themselves. Retried until it succeeds."""
         scopes: list[str | None] = [*self.settings.namespaces] or [None]
         kinds = {name: k8s.KINDS[name] for name in INDEXABLE}
         delay = 1.0
@@ -238,12 +253,15 @@ class Reconciler:
                     for ns in scopes:
                         async for page in self.kube.list_pages(kind, ns, limit=50):
                             self.accounts.seed(name, page)
+                            if name == "Pod":
+                                self.pods.seed(page)
                 break
             except ApiError as exc:
                 log.warning("account index not seeded yet: %s; retrying in %.0fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(30.0, delay * 2)
         self.accounts.seeded()
+        self.pods.seeded()
 
     # --- what the kopf handlers call -----------------------------------------------------
     async def reconcile_model(self, namespace: str, name: str) -> float | None:
@@ -277,3 +295,11 @@ class Reconciler:
                 m = item.get("metadata") or {}
                 key = license_key(str(m.get("namespace")), str(m.get("name")))
                 self.queue.add(key, background=True)
+
+
+def _our_model(body: Mapping[str, Any]) -> str | None:
+    """The model an object of ours belongs to (its label), or None for anyone else's."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    model = labels.get(LABEL_MODEL)
+    ours = bool(model) and labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
+    return str(model) if ours else None

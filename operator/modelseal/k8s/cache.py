@@ -21,10 +21,18 @@ those kinds from it. The rules that keep a reconcile's view what a GET would hav
   event-driven ones of a rollout in progress included: at 1,000 models the rollout
   slowed for a minute at each resync.)
 * Our own writes store the server's answer (the write is newer than any event already
-  delivered) unless an event of the key arrived while the write was in flight; a failed
-  write, a delete or a patch forgets the key (the next read is a GET).
+  delivered); a failed write, a delete or a patch forgets the key (the next read is a
+  GET).
 * The watch event of our own write (the resourceVersion that write made) tells nothing
-  new: `observe` says so, and the operator wakes no reconcile for it.
+  new: `observe` says so (`Seen.ECHO`), and the operator wakes no reconcile for it. The
+  event often arrives before the write's own answer does (the API server sends both at
+  once): events of a key that arrive while our write of it is in flight are held
+  (`Seen.HELD`) until the answer says which was our echo. When each held event was the
+  echo, the answer is kept; any other was someone else's change (older or newer than our
+  write, which cannot be told): the key is forgotten (the next read is a GET) and
+  `on_news` is told of it, so that it wakes a reconcile as for any event. (Forgetting the
+  key at every such event, as before, made a fifth of the rollout's reads at 300 models
+  GET objects the cache had just been told of, and each echo woke a reconcile.)
 * Bodies are kept as compact JSON without ``metadata.managedFields`` (most of an
   object's bytes; the API server keeps its own when an update leaves them out), a fourth
   of their size as Python objects, and each `lookup` decodes a fresh copy (no caller
@@ -37,8 +45,9 @@ Only kinds the operator watches belong in `CACHED_KINDS`; Secrets are never watc
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from enum import StrEnum
 from typing import Any, Final
 
 import orjson
@@ -72,6 +81,11 @@ def read_through(enabled: bool = True) -> None:
     """From now on in this task (and the tasks it starts), `CachedKube.get` reads from the
     API server and keeps the answer; the cache answers nothing."""
     _READ_THROUGH.set(enabled)
+
+
+def reading_through() -> bool:
+    """Whether this task reads through (`read_through`)."""
+    return _READ_THROUGH.get()
 
 
 class _Absent:
@@ -114,14 +128,32 @@ def key_of(kind: str, body: Mapping[str, Any]) -> Key | None:
     return (kind, str(namespace), str(name))
 
 
+class Seen(StrEnum):
+    """What a watch event is to the operator (`WatchCache.observe`)."""
+
+    #: a change someone else made (or one the cache cannot place): wake its reconcile
+    NEWS = "news"
+    #: the event of our own last write of the object: nothing new
+    ECHO = "echo"
+    #: came while our write of the object was in flight: the write's end decides
+    #: (`WatchCache.written` keeps it quiet if it was our echo, else tells `on_news`)
+    HELD = "held"
+
+
+def version_of(body: Mapping[str, Any] | None) -> str:
+    return str(((body or {}).get("metadata") or {}).get("resourceVersion") or "")
+
+
 class Reading:
-    """A GET in flight for the cache (`WatchCache.begin`); `WatchCache.fill` ends it."""
+    """A GET or a write in flight for the cache (`WatchCache.begin`); `WatchCache.fill` or
+    `WatchCache.written` ends it."""
 
-    __slots__ = ("epoch", "key")
+    __slots__ = ("epoch", "key", "write")
 
-    def __init__(self, epoch: int, key: Key) -> None:
+    def __init__(self, epoch: int, key: Key, write: bool = False) -> None:
         self.epoch = epoch
         self.key = key
+        self.write = write
 
 
 class WatchCache:
@@ -144,6 +176,12 @@ class WatchCache:
         #: key -> the resourceVersion our last write of it made (its watch event is our
         #: own echo: nothing in it we did not know).
         self._written: dict[Key, str] = {}
+        #: key -> our writes of it in flight; the events that came meanwhile (their
+        #: resourceVersion and body), held until a write's answer tells ours apart.
+        self._writing: dict[Key, int] = {}
+        self._held: dict[Key, list[tuple[str, Mapping[str, Any]]]] = {}
+        #: Told of each held event that was not our echo: (kind, body).
+        self.on_news: Callable[[str, Mapping[str, Any]], None] | None = None
         self.hits = 0
         self.misses = 0
 
@@ -154,30 +192,35 @@ class WatchCache:
         return len(self._answers)
 
     # --- the feed ------------------------------------------------------------------------
-    def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
+    def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> Seen:
         """A watch event (kopf's ``type``: None for a listed object, ADDED, MODIFIED,
-        DELETED) of an object of `kind`. True when it is the echo of our own last write
-        of the object (its resourceVersion is the one that write made)."""
+        DELETED) of an object of `kind`: the echo of our own last write of the object
+        (its resourceVersion is the one that write made), someone's news, or held until
+        our write in flight ends (see `Seen`)."""
         if not self.enabled or kind not in CACHED_KINDS:
-            return False
+            return Seen.NEWS
         key = key_of(kind, body)
         if key is None:
-            return False
+            return Seen.NEWS
         if key in self._reading:
             self._overtaken.add(key)
+        held = key in self._writing
+        if held:
+            version = "" if event_type == "DELETED" else version_of(body)
+            self._held.setdefault(key, []).append((version, body))
         if event_type == "DELETED":
             self._written.pop(key, None)
             if key in self._answers:
                 self._answers[key] = ABSENT
-            return False
+            return Seen.HELD if held else Seen.NEWS
         labels = (body.get("metadata") or {}).get("labels") or {}
         if key in self._answers or labels.get(self.label) == self.value:
             self._answers[key] = pack(body)
-        version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        version = version_of(body)
         if version and self._written.get(key) == version:
             del self._written[key]
-            return True
-        return False
+            return Seen.ECHO
+        return Seen.HELD if held else Seen.NEWS
 
     # --- the reconciler's side -----------------------------------------------------------
     def lookup(self, kind: str, namespace: str, name: str) -> Json | _Absent | None:
@@ -194,11 +237,14 @@ class WatchCache:
             return doc if isinstance(doc, dict) else UNKNOWN
         return answer
 
-    def begin(self, kind: str, namespace: str, name: str) -> Reading:
-        """A GET of the key starts: `fill` keeps its answer only if nothing newer came."""
+    def begin(self, kind: str, namespace: str, name: str, write: bool = False) -> Reading:
+        """A GET of the key starts (`fill` keeps its answer only if nothing newer came), or
+        with `write` one of our writes (`written`: its events are held until it ends)."""
         key = (kind, namespace, name)
         self._reading[key] = self._reading.get(key, 0) + 1
-        return Reading(self._epoch, key)
+        if write:
+            self._writing[key] = self._writing.get(key, 0) + 1
+        return Reading(self._epoch, key, write)
 
     def _end(self, reading: Reading) -> bool:
         """End `reading`; True when nothing (an event, a write, a `clear`) came meanwhile."""
@@ -223,13 +269,35 @@ class WatchCache:
         self._answers[key] = ABSENT if body is None else pack(body)
 
     def written(self, reading: Reading, body: Json | None) -> None:
-        """Our write of `reading`'s key (begun with `begin`) succeeded with the server's
-        answer `body`: kept (and its event expected as our echo) unless an event of the
-        key came while the write was in flight, which may be newer than the write's answer
-        or older; then the key is forgotten (the next read is a GET)."""
+        """Our write of `reading`'s key (begun with `begin(write=True)`) ended with the
+        server's answer `body` (None: it failed). The answer is kept, its event expected
+        as our echo, when nothing came meanwhile. The events held meanwhile: when each was
+        our echo, the answer is kept (the echo came already); any other is news (it may be
+        newer than the write's answer or older): `on_news` hears of it and the key is
+        forgotten (the next read is a GET). A failed write forgets the key, and every
+        event held meanwhile is news."""
+        key = reading.key
+        held: list[tuple[str, Mapping[str, Any]]] = []
+        if reading.write:
+            left = self._writing.get(key, 0) - 1
+            if left > 0:
+                self._writing[key] = left
+                held = list(self._held.get(key, []))
+            else:
+                self._writing.pop(key, None)
+                held = self._held.pop(key, [])
         quiet = self._end(reading)
-        kind, namespace, name = reading.key
-        self.wrote(kind, namespace, name, body if quiet else None)
+        version = version_of(body) if body is not None else ""
+        news = [b for v, b in held if not version or v != version]
+        echoed = bool(held) and not news and reading.epoch == self._epoch
+        kind, namespace, name = key
+        keep = body if (quiet or echoed) else None
+        self.wrote(kind, namespace, name, keep)
+        if echoed and body is not None and self.enabled and kind in CACHED_KINDS:
+            self._written.pop(key, None)  # its echo came already
+        if self.on_news is not None:
+            for event in news:
+                self.on_news(kind, event)
 
     def wrote(self, kind: str, namespace: str, name: str, body: Json | None) -> None:
         """One of our writes succeeded: keep the server's answer (None: forget the key, the
@@ -322,7 +390,7 @@ class CachedKube(Kube):
         name = str((body.get("metadata") or {}).get("name") or "")
         if not self.cache.enabled or kind.kind not in CACHED_KINDS or not name:
             return await super().create(kind, namespace, body)
-        reading = self.cache.begin(kind.kind, namespace, name)
+        reading = self.cache.begin(kind.kind, namespace, name, write=True)
         try:
             out = await super().create(kind, namespace, body)
         except BaseException:
@@ -334,7 +402,7 @@ class CachedKube(Kube):
     async def replace(self, kind: Kind, namespace: str, name: str, body: Json) -> Json:
         if not self.cache.enabled or kind.kind not in CACHED_KINDS:
             return await super().replace(kind, namespace, name, body)
-        reading = self.cache.begin(kind.kind, namespace, name)
+        reading = self.cache.begin(kind.kind, namespace, name, write=True)
         try:
             out = await super().replace(kind, namespace, name, body)
         except BaseException:

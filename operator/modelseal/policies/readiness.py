@@ -7,7 +7,7 @@ from typing import Any
 
 from modelseal.models.spec import ModelSpec
 from modelseal.models.status import ArtifactState, WorkloadState
-from modelseal.render.names import ANNOTATION_DIGEST, LABEL_VERSION
+from modelseal.render.names import ANNOTATION_DIGEST, LABEL_MODEL, LABEL_VERSION
 
 #: How much of an unsealer's termination message is kept in the condition.
 FAILURE_TAIL = 400
@@ -110,3 +110,30 @@ def artifact_state(
             "Unknown", "NotRunning", f"no Pods of version {spec.version} are asked for"
         )
     return ArtifactState("Unknown", "Pending", f"waiting for an unsealer of version {spec.version}")
+
+
+def pod_view(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What `current_pods`, `unsealer_failure` and `unsealed` read of a Pod, as plain data
+    (the operator's index of models' Pods keeps these instead of whole Pods): they decide
+    the same on the view as on the Pod."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    view_meta: dict[str, Any] = {
+        "name": meta.get("name"),
+        "labels": {k: labels[k] for k in (LABEL_MODEL, LABEL_VERSION) if k in labels},
+        "annotations": {k: annotations[k] for k in (ANNOTATION_DIGEST,) if k in annotations},
+    }
+    if meta.get("deletionTimestamp"):
+        view_meta["deletionTimestamp"] = meta["deletionTimestamp"]
+    status = pod.get("status") or {}
+    unsealer = [
+        {k: cs[k] for k in ("name", "started", "ready", "state", "lastState") if k in cs}
+        for cs in status.get("initContainerStatuses") or []
+        if cs.get("name") == UNSEALER_CONTAINER
+    ]
+    ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    return {
+        "metadata": view_meta,
+        "status": {"initContainerStatuses": unsealer, "conditions": ready},
+    }

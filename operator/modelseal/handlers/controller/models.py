@@ -31,11 +31,13 @@ from modelseal.handlers.controller.context import (
 )
 from modelseal.handlers.controller.events import log_about
 from modelseal.handlers.controller.identity import IdentityGuard, Workloads
+from modelseal.handlers.controller.pods import ModelPods
 from modelseal.handlers.controller.status import StatusWriter
 from modelseal.handlers.controller.vaultstep import VaultStep
 from modelseal.handlers.tenancy import TenancySource
 from modelseal.handlers.workqueue import RetryLater
 from modelseal.k8s import api as k8s
+from modelseal.k8s.cache import reading_through
 from modelseal.models import tenancy
 from modelseal.models.identity import IdentityCheck
 from modelseal.models.license import LicenseDecision, decide
@@ -85,8 +87,10 @@ class ModelReconciler:
         applier: Applier,
         identity: IdentityGuard,
         status: StatusWriter,
+        pods: ModelPods,
     ) -> None:
         self.ctx = ctx
+        self.pods = pods
         self.memory = memory
         self.enqueue = enqueue
         self.vault = vault
@@ -139,7 +143,7 @@ class ModelReconciler:
             await self.identity.migrate_service_account(spec, inputs.live, ref)
 
         workload = readiness.workload_state(out.deployment, out.rendered.replicas)
-        pods = await self.ctx.kube.list(k8s.POD, spec.namespace, f"{LABEL_MODEL}={spec.name}")
+        pods = await self._pods(spec)
         obs = ModelObservation(
             meta=meta,
             spec=spec,
@@ -164,6 +168,17 @@ class ModelReconciler:
         if out.error:
             raise RetryLater(out.error)
         return gates.next_look(inputs.decision, inputs.identity.clear, now)
+
+    async def _pods(self, spec: ModelSpec) -> list[dict[str, Any]]:
+        """The model's Pods: from the index of the Pod watch once it is seeded; listed
+        before that, and by the periodic resync (which puts the index right with what it
+        found: a deletion the watch missed while away)."""
+        if self.pods.ready and not reading_through():
+            return self.pods.of(spec.namespace, spec.name)
+        listing = self.pods.begin(spec.namespace, spec.name)
+        found = await self.ctx.kube.list(k8s.POD, spec.namespace, f"{LABEL_MODEL}={spec.name}")
+        self.pods.fill(listing, found)
+        return found
 
     async def _gather(self, spec: ModelSpec, now: datetime) -> Inputs:
         s = self.ctx.settings

@@ -60,6 +60,12 @@ def _scopes(lic_body: dict[str, Any], model_body: dict[str, Any]) -> tuple[Scope
     return scopes_for(lic, model.model_name)
 
 
+#: The tests' own stores only fill the counters the operator reads (the gateways' part):
+#: what they test is the operator, so they wait for Redis longer than a gateway's 1 s. On
+#: a loaded CI machine (a cold build beside the tests) Redis once took longer than that.
+FILL_TIMEOUT_S = 15.0
+
+
 async def _admit_all(store: RedisStore, scopes: list[tuple[Scope, ...]], n: int) -> list[bool]:
     """``n`` requests in each of ``scopes``, counted by the gateway's store code."""
     out = []
@@ -76,7 +82,7 @@ async def _admit_all(store: RedisStore, scopes: list[tuple[Scope, ...]], n: int)
 async def _admit(
     redis_url: str, lic_body: dict[str, Any], model_body: dict[str, Any], n: int
 ) -> list[bool]:
-    store = RedisStore(redis_url)
+    store = RedisStore(redis_url, timeout_s=FILL_TIMEOUT_S)
     try:
         return await _admit_all(store, [_scopes(lic_body, model_body)], n)
     finally:
@@ -265,7 +271,7 @@ def test_status_write_rate_is_bounded(ops_env: OpsEnv, redis_server: RedisServer
             kube = Kube(env.cluster.kube_client(), on_call=on_call)
             registry = CollectorRegistry()
             writer = UsageWriter(settings, kube, registry, event)
-            store = RedisStore(redis_server.url)
+            store = RedisStore(redis_server.url, timeout_s=FILL_TIMEOUT_S)
             rounds = 0
             started = time.monotonic()
             try:
@@ -381,7 +387,9 @@ def test_reads_the_charts_redis_as_its_acl_user(ops_env: OpsEnv, tmp_path: Path)
             env.core().create_namespaced_secret(ns, secret)
 
             async def count() -> None:
-                store = RedisStore(url, username="modelseal", password=password)
+                store = RedisStore(
+                    url, username="modelseal", password=password, timeout_s=FILL_TIMEOUT_S
+                )
                 try:
                     await _admit_all(store, [_scopes(lic_body, model_body)], 4)
                 finally:

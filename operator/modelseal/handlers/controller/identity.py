@@ -12,6 +12,7 @@ from typing import Any
 
 from modelseal.handlers.controller.context import Context
 from modelseal.handlers.controller.events import Events, log_about
+from modelseal.handlers.controller.filing import Filing
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError
 from modelseal.models.identity import (
@@ -31,24 +32,21 @@ Workloads = dict[str, list[dict[str, Any]]]
 class AccountIndex:
     """Pods and the workloads that make them (`INDEXABLE`) by the ServiceAccount they run
     as: their `identity_view`, fed by the operator's watches of those kinds (`observe`) and
-    seeded by one listing at start (`seed`). Complete once seeded: every object that exists
-    is in it, with the state of its latest event. A deletion while a watch was away can
-    leave an object in it that is gone (the identity check then lists, see
-    `IdentityGuard.check`).
-
-    The seed never overrides what an event already said of an object (the event is newer)
-    nor brings back one an event deleted meanwhile."""
+    seeded by one listing at start (`seed`; see `Filing`). Complete once seeded: every
+    object that exists is in it, with the state of its latest event. A deletion while a
+    watch was away can leave an object in it that is gone (the identity check then lists,
+    see `IdentityGuard.check`)."""
 
     def __init__(self) -> None:
-        #: uid -> (kind, namespace, account) it is filed under.
-        self._where: dict[str, tuple[str, str, str]] = {}
-        self._filed: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
-        #: uids deleted by an event while the seed runs.
-        self._deleted: set[str] = set()
-        self.ready = False
+        #: filed under (kind, namespace, account)
+        self._filing: Filing[tuple[str, str, str]] = Filing()
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self._filing)
+
+    @property
+    def ready(self) -> bool:
+        return self._filing.ready
 
     def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
         """File a watch event; True when it changed what the index holds of the object
@@ -58,50 +56,27 @@ class AccountIndex:
         if not uid or kind not in INDEXABLE:
             return False
         if event_type == "DELETED":
-            known = uid in self._where
-            self._drop(uid)
-            if not self.ready:
-                self._deleted.add(uid)
-            return known
+            return self._filing.remove(uid)
         return self._file(kind, uid, body)
 
     def seed(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
         """One listing of `kind` (made after the watches' events began to be observed)."""
         for item in items:
             uid = str((item.get("metadata") or {}).get("uid") or "")
-            if uid and uid not in self._where and uid not in self._deleted:
+            if self._filing.seeds(uid):
                 self._file(kind, uid, item)
 
     def seeded(self) -> None:
         """Every kind was seeded: the index answers from now on."""
-        self.ready = True
-        self._deleted.clear()
+        self._filing.seeded()
 
     def running_as(self, kind: str, namespace: str, account: str) -> list[dict[str, Any]]:
-        return list(self._filed.get((kind, namespace, account), {}).values())
+        return list(self._filing.under((kind, namespace, account)).values())
 
     def _file(self, kind: str, uid: str, body: Mapping[str, Any]) -> bool:
         namespace = str((body.get("metadata") or {}).get("namespace") or "")
         where = (kind, namespace, service_account_of(kind, body))
-        if self._where.get(uid) != where:
-            self._drop(uid)
-            self._where[uid] = where
-        filed = self._filed.setdefault(where, {})
-        view = identity_view(kind, body)
-        if filed.get(uid) == view:
-            return False
-        filed[uid] = view
-        return True
-
-    def _drop(self, uid: str) -> None:
-        where = self._where.pop(uid, None)
-        if where is None:
-            return
-        filed = self._filed.get(where)
-        if filed is not None:
-            filed.pop(uid, None)
-            if not filed:
-                del self._filed[where]
+        return self._filing.put(uid, where, identity_view(kind, body))
 
 
 class IdentityGuard:

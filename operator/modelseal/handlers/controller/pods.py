@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from modelseal.handlers.controller.filing import Filing
 from modelseal.policies.readiness import pod_view
 from modelseal.render.names import LABEL_MODEL
 
@@ -27,58 +28,53 @@ class Listing:
 class ModelPods:
     """Every Pod labelled ``modelseal.io/model=<name>`` (whoever made it: what a listing by
     that label gives), filed by namespace and model as its `pod_view`, fed by the Pod
-    watch (`observe`) and seeded by one listing at start (`seed`, `seeded`). Complete once
-    seeded; like the account index, it can still hold a Pod deleted while the watch was
-    away, so the periodic resync lists each model's Pods (`begin`, `fill`) and files what
-    it found in place of what it held, unless an event of that model's Pods came while
-    the listing was in flight (the event is newer)."""
+    watch (`observe`) and seeded by one listing at start (`seed`, `seeded`; see `Filing`).
+    Complete once seeded; like the account index, it can still hold a Pod deleted while
+    the watch was away, so the periodic resync lists each model's Pods (`begin`, `fill`)
+    and files what it found in place of what it held, unless an event of that model's
+    Pods came while the listing was in flight (the event is newer)."""
 
     def __init__(self) -> None:
-        #: uid -> where it is filed.
-        self._where: dict[str, Where] = {}
-        self._filed: dict[Where, dict[str, dict[str, Any]]] = {}
-        #: uids deleted by an event while the seed runs.
-        self._deleted: set[str] = set()
+        self._filing: Filing[Where] = Filing()
         #: where -> events seen so far (a listing compares before and after).
         self._events: dict[Where, int] = {}
-        self.ready = False
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self._filing)
+
+    @property
+    def ready(self) -> bool:
+        return self._filing.ready
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """One watch event of a Pod."""
-        meta = body.get("metadata") or {}
-        uid = str(meta.get("uid") or "")
+        uid = str((body.get("metadata") or {}).get("uid") or "")
         if not uid:
             return
-        old = self._where.get(uid)
+        old = self._filing.where_of(uid)
         if old is not None:
             self._touch(old)
         if event_type == "DELETED":
-            self._drop(uid)
-            if not self.ready:
-                self._deleted.add(uid)
+            self._filing.remove(uid)
             return
         self._file(uid, body)
 
     def seed(self, items: Iterable[Mapping[str, Any]]) -> None:
         """One page of the listing of every Pod (made after the watch's events began to
-        be observed): never overrides an event, nor brings back a Pod an event deleted."""
+        be observed)."""
         for item in items:
             uid = str((item.get("metadata") or {}).get("uid") or "")
-            if uid and uid not in self._where and uid not in self._deleted:
+            if self._filing.seeds(uid):
                 self._file(uid, item)
 
     def seeded(self) -> None:
-        self.ready = True
-        self._deleted.clear()
+        self._filing.seeded()
 
     def of(self, namespace: str, model: str) -> list[dict[str, Any]]:
         """The views of the model's Pods (fresh copies of the lists they hold)."""
         return [
             {"metadata": dict(v["metadata"]), "status": v["status"]}
-            for v in self._filed.get((namespace, model), {}).values()
+            for v in self._filing.under((namespace, model)).values()
         ]
 
     def begin(self, namespace: str, model: str) -> Listing:
@@ -96,33 +92,19 @@ class ModelPods:
             uid = str((item.get("metadata") or {}).get("uid") or "")
             if uid and _where_of(item) == where:
                 found[uid] = item
-        for uid in [u for u in self._filed.get(where, {}) if u not in found]:
-            self._drop(uid)
+        for uid in [u for u in self._filing.under(where) if u not in found]:
+            self._filing.drop(uid)
         for uid, item in found.items():
             self._file(uid, item)
 
     def _file(self, uid: str, body: Mapping[str, Any]) -> None:
         where = _where_of(body)
-        if self._where.get(uid) != where:
-            self._drop(uid)
-        if where is None:
-            return
-        self._where[uid] = where
-        self._touch(where)
-        self._filed.setdefault(where, {})[uid] = pod_view(body)
+        if where is not None:
+            self._touch(where)
+        self._filing.put(uid, where, pod_view(body))
 
     def _touch(self, where: Where) -> None:
         self._events[where] = self._events.get(where, 0) + 1
-
-    def _drop(self, uid: str) -> None:
-        where = self._where.pop(uid, None)
-        if where is None:
-            return
-        filed = self._filed.get(where)
-        if filed is not None:
-            filed.pop(uid, None)
-            if not filed:
-                del self._filed[where]
 
 
 def _where_of(body: Mapping[str, Any]) -> Where | None:

@@ -348,3 +348,63 @@ def test_operator_role_keeps_the_generated_client_out() -> None:
         check=True,
     )
     assert json.loads(out.stdout) == []
+
+
+def test_kopf_login_runs_an_exec_plugin_once(tmp_path: Path) -> None:
+    """kopf's login (again at each 401) renews the plugin's credential: one run, whose
+    token and expiry kopf gets."""
+    from modelseal.handlers.operator import connection_info
+    from modelseal.k8s.api import KubeClient
+
+    runs = tmp_path / "runs"
+    script = plugin(
+        tmp_path,
+        f"""
+        import json, pathlib
+        runs = pathlib.Path({str(runs)!r})
+        n = int(runs.read_text()) + 1 if runs.exists() else 1
+        runs.write_text(str(n))
+        print(json.dumps({{"status": {{"token": f"tok-{{n}}",
+            "expirationTimestamp": "2999-01-01T00:00:00Z"}}}}))
+        """,
+    )
+    access = ClusterAccess(
+        server="https://k:6443", ca_pem=CA_PEM, exec_plugin=acc.ExecPlugin(command=str(script))
+    )
+    info = connection_info(KubeClient(access))
+    assert runs.read_text() == "1"
+    assert info.token == "tok-1" and info.scheme == "Bearer" and info.server == access.server
+    assert info.ca_data == CA_PEM and info.expiration is not None
+    assert info.expiration.year == 2999
+    assert connection_info(KubeClient(access)).token == "tok-2"  # each login renews
+
+
+def test_api_errors_say_what_happened() -> None:
+    """A Status answer, a proxy's non-JSON page, and a server that is not there."""
+    import asyncio
+
+    from modelseal.k8s import api as k8s
+    from modelseal.k8s.api import ApiError, Kube, KubeClient, _error
+    from modelseal_devenv.common import free_port
+
+    status = _error(409, b'{"kind":"Status","reason":"AlreadyExists","message":"cm exists"}')
+    assert (status.status, status.reason, status.message) == (409, "AlreadyExists", "cm exists")
+    page = _error(502, b"<html>Bad Gateway</html>")
+    assert (page.status, page.reason) == (502, "HTTP 502") and "Bad Gateway" in page.message
+    bare = _error(403, b"")
+    assert (bare.reason, bare.message) == ("Forbidden", "Forbidden")
+
+    async def unreachable() -> ApiError:
+        port = free_port()
+        kube = Kube(KubeClient(ClusterAccess(server=f"http://127.0.0.1:{port}")), timeout_s=5)
+        try:
+            await kube.get(k8s.CONFIG_MAP, "ns", "cm")
+        except ApiError as exc:
+            return exc
+        finally:
+            await kube.close()
+        raise AssertionError("a closed port answered")
+
+    gone = asyncio.run(unreachable())
+    assert gone.status == 0 and gone.reason == "Unreachable"
+    assert "GET /api/v1/namespaces/ns/configmaps/cm" in gone.message

@@ -176,8 +176,8 @@ def connection_info(client: KubeClient) -> kopf.ConnectionInfo:
     """kopf's credentials from our client's (a token file read again, an exec plugin's
     credential renewed: kopf asks again when the server answers 401)."""
     access = client.access
-    credential = client.tokens.credential(renew=True)
-    token = client.tokens.token(renew=True)
+    token = client.tokens.token(renew=True)  # runs an exec plugin again, once
+    credential = client.tokens.credential()
     return kopf.ConnectionInfo(
         server=access.server,
         ca_data=access.ca_pem,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -148,13 +147,12 @@ class KubeClient:
         self.max_connections = max_connections
         self.tokens = TokenSource(access)
         self._session: aiohttp.ClientSession | None = None
-        self._ssl: ssl.SSLContext | bool = False
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._ssl = self.access.ssl_context(self.tokens.credential())
+            tls = self.access.ssl_context(self.tokens.credential())
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=self._ssl),
+                connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=tls),
                 skip_auto_headers=("User-Agent",),
             )
         return self._session

@@ -287,13 +287,13 @@ class WatchCache:
                 self._writing.pop(key, None)
                 held = self._held.pop(key, [])
         quiet = self._end(reading)
-        version = version_of(body) if body is not None else ""
+        version = version_of(body)
         news = [b for v, b in held if not version or v != version]
         echoed = bool(held) and not news and reading.epoch == self._epoch
         kind, namespace, name = key
         keep = body if (quiet or echoed) else None
         self.wrote(kind, namespace, name, keep)
-        if echoed and body is not None and self.enabled and kind in CACHED_KINDS:
+        if echoed:
             self._written.pop(key, None)  # its echo came already
         if self.on_news is not None:
             for event in news:

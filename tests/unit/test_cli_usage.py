@@ -95,3 +95,31 @@ def test_not_read_yet_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "cannot read" in capsys.readouterr().err
     assert cli_main.main(["usage", "-f", str(path), "other"]) == 1
     assert "no ModelLicense found" in capsys.readouterr().err
+
+
+def test_cluster_access_problems_say_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No usable kubeconfig, or no API server behind it: exit 4 with the reason."""
+    from modelseal_devenv.common import free_port
+
+    assert cli_main.main(["usage", "--kubeconfig", str(tmp_path / "absent")]) == 4
+    err = capsys.readouterr().err
+    assert "cannot load the Kubernetes configuration" in err and "absent" in err
+    config = tmp_path / "config"
+    config.write_text(
+        json.dumps(
+            {
+                "current-context": "c",
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "c"}}],
+                "clusters": [
+                    {"name": "c", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}
+                ],
+                "users": [{"name": "c", "user": {"token": "secret-token-value"}}],
+            }
+        )
+    )
+    assert cli_main.main(["usage", "--kubeconfig", str(config), "-n", "team-a"]) == 4
+    err = capsys.readouterr().err
+    assert "the API server refused" in err and "Unreachable" in err
+    assert "secret-token-value" not in err

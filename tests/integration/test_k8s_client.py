@@ -44,6 +44,15 @@ def test_answers_the_reconciler_relies_on(ops_cluster: OpsEnv) -> None:
             assert [o["metadata"]["name"] for o in await kube.list(k8s.CONFIG_MAP, ns, "a=1")] == [
                 "cm"
             ]
+            # metadata only (what the watch cache's listing at start reads): no data
+            slim = [
+                o
+                async for page in kube.list_pages(k8s.CONFIG_MAP, ns, limit=4, metadata_only=True)
+                for o in page
+            ]
+            assert sorted(o["metadata"]["name"] for o in slim) == sorted(names)
+            assert all("data" not in o and o["metadata"]["namespace"] == ns for o in slim)
+            assert {o.get("kind") for o in slim} == {"PartialObjectMetadata"}
             assert await kube.delete(k8s.CONFIG_MAP, ns, "cm", uid=made["metadata"]["uid"])
             assert not await kube.delete(k8s.CONFIG_MAP, ns, "cm")
         finally:

@@ -273,3 +273,81 @@ def test_a_failed_write_forgets_the_key() -> None:
     c.observe("Deployment", "ADDED", obj(rv="3"))
     c.written(c.begin("Deployment", "ns", "m-dep"), None)
     assert c.lookup("Deployment", "ns", "m-dep") is UNKNOWN
+
+
+# --- absent keys: which objects exist, once a kind is listed ---------------------------
+
+
+def test_before_its_kind_is_listed_an_unknown_key_is_read() -> None:
+    c = cache()
+    c.seed_present("Deployment", [obj("other", ours=False)])
+    assert c.lookup("Deployment", "ns", "new") is UNKNOWN
+    c.listed("Deployment")
+    assert c.lookup("Deployment", "ns", "new") is ABSENT
+    # other kinds are not listed yet
+    assert c.lookup("Service", "ns", "new") is UNKNOWN
+    assert "Deployment" not in c.listed_kinds_missing()
+    assert "Service" in c.listed_kinds_missing()
+
+
+def test_someone_elses_object_listed_or_seen_is_read_not_answered_absent() -> None:
+    c = cache()
+    c.seed_present("Deployment", [obj("listed", ours=False)])
+    c.listed("Deployment")
+    c.observe("Deployment", "ADDED", obj("seen", ours=False))
+    # not tracked (not ours), but known to exist: a GET decides
+    assert c.lookup("Deployment", "ns", "listed") is UNKNOWN
+    assert c.lookup("Deployment", "ns", "seen") is UNKNOWN
+    assert c.present() == 2
+
+
+def test_a_deletion_event_makes_an_untracked_key_absent() -> None:
+    c = cache()
+    c.listed("Deployment")
+    c.observe("Deployment", "ADDED", obj("theirs", ours=False))
+    c.observe("Deployment", "DELETED", obj("theirs", ours=False))
+    assert c.lookup("Deployment", "ns", "theirs") is ABSENT
+
+
+def test_a_deletion_during_the_listing_is_not_brought_back_by_it() -> None:
+    c = cache()
+    c.observe("Deployment", "DELETED", obj("gone", ours=False))
+    c.seed_present("Deployment", [obj("gone", ours=False)])  # a page read before it
+    c.listed("Deployment")
+    assert c.lookup("Deployment", "ns", "gone") is ABSENT
+    # once listed, a later creation of the name is known again
+    c.observe("Deployment", "ADDED", obj("gone", ours=False))
+    assert c.lookup("Deployment", "ns", "gone") is UNKNOWN
+
+
+def test_a_conflict_on_create_makes_the_key_present() -> None:
+    c = cache()
+    c.listed("Service")
+    assert c.lookup("Service", "ns", "svc") is ABSENT
+    reading = c.begin("Service", "ns", "svc", write=True)
+    c.written(reading, None)  # the create failed ...
+    c.exists("Service", "ns", "svc")  # ... as a conflict: someone made it meanwhile
+    assert c.lookup("Service", "ns", "svc") is UNKNOWN
+
+
+def test_our_create_a_get_and_a_quiet_not_found_keep_presence_right() -> None:
+    c = cache()
+    c.listed("Deployment")
+    reading = c.begin("Deployment", "ns", "m-dep", write=True)
+    c.written(reading, obj(rv="4"))
+    assert c.present() == 1
+    # forgotten after a patch: still exists, so read again rather than answered absent
+    c.forget("Deployment", "ns", "m-dep")
+    assert c.lookup("Deployment", "ns", "m-dep") is UNKNOWN
+    c.fill(c.begin("Deployment", "ns", "m-dep"), None)  # a GET: not found after all
+    assert c.lookup("Deployment", "ns", "m-dep") is ABSENT
+    assert c.present() == 0
+
+
+def test_secrets_and_other_uncached_kinds_are_never_answered_absent() -> None:
+    c = cache()
+    c.listed("Secret")
+    c.seed_present("Secret", [obj("s")])
+    c.exists("Secret", "ns", "s")
+    assert c.lookup("Secret", "ns", "other") is UNKNOWN
+    assert c.present() == 0

@@ -1,5 +1,5 @@
-"""kopf's diff base is built only for kinds with change handlers (ProtectedModel), and the
-reconciler's client decodes the API server's JSON with orjson, the standard library where
+"""kopf keeps no diff base (the operator's only change handler is a deletion handler), and
+the reconciler's client decodes the API server's JSON with orjson, the standard library where
 orjson refuses; both behave as before for what they keep."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 from modelseal.config import Settings
 from modelseal.handlers.operator import (
-    CHANGE_HANDLED_KINDS,
-    ChangeHandledDiffBaseStorage,
+    NoDiffBaseStorage,
+    changing_handlers_are_deletions_only,
     configure_kopf,
 )
 from modelseal.k8s.api import _decode
@@ -40,45 +40,44 @@ _MODEL: dict[str, Any] = {
 }
 
 
-def _storages() -> tuple[kopf.AnnotationsDiffBaseStorage, ChangeHandledDiffBaseStorage]:
-    args: dict[str, Any] = {"prefix": "modelseal.io", "key": "last-handled-configuration"}
-    return kopf.AnnotationsDiffBaseStorage(**args), ChangeHandledDiffBaseStorage(**args)
-
-
-def test_models_get_kopfs_own_essence() -> None:
-    assert "ProtectedModel" in CHANGE_HANDLED_KINDS
-    base, ours = _storages()
-    body = kopf.Body(copy.deepcopy(_MODEL))  # type: ignore[arg-type]
-    assert ours.build(body=body) == base.build(body=body)
-    assert ours.build(body=body)["spec"] == _MODEL["spec"]
-
-
-@pytest.mark.parametrize("kind", ["Pod", "Deployment", "ModelLicense", "Secret", None])
-def test_other_kinds_get_an_empty_essence_without_copying(
-    kind: str | None, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("body", [_MODEL, _POD, {}], ids=["model", "pod", "empty"])
+def test_every_essence_is_empty_and_nothing_is_stored(
+    body: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, ours = _storages()
-    body = copy.deepcopy(_POD)
-    if kind is None:
-        del body["kind"]
-    else:
-        body["kind"] = kind
+    storage = NoDiffBaseStorage()
 
     def no_copy(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the body was copied")
 
     monkeypatch.setattr(copy, "deepcopy", no_copy)
-    assert ours.build(body=kopf.Body(body)) == {}  # type: ignore[arg-type]
+    kbody = kopf.Body(dict(body))  # type: ignore[arg-type]
+    # fetched (even with an earlier version's annotation) and built alike: no change
+    assert storage.fetch(body=kbody) == storage.build(body=kbody) == {}
+    patch = kopf.Patch()
+    storage.store(body=kbody, patch=patch, essence=kopf.BodyEssence(spec={"a": 1}))
+    assert not patch  # no PATCH of the object for kopf's bookkeeping
 
 
-def test_configure_kopf_installs_it_with_our_prefix() -> None:
+def test_registry_check_finds_a_change_handler_other_than_deletion() -> None:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.delete("modelseal.io", "v1alpha1", "protectedmodels", registry=registry)
+    async def deleted(**_: Any) -> None: ...
+
+    assert changing_handlers_are_deletions_only(registry)
+
+    @kopf.on.update("modelseal.io", "v1alpha1", "protectedmodels", registry=registry)
+    async def updated(**_: Any) -> None: ...
+
+    assert not changing_handlers_are_deletions_only(registry)
+
+
+def test_configure_kopf_installs_it() -> None:
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings, Settings())
     storage = kopf_settings.persistence.diffbase_storage
-    assert isinstance(storage, ChangeHandledDiffBaseStorage)
-    body = kopf.Body(copy.deepcopy(_MODEL))  # type: ignore[arg-type]
-    # the annotation it reads and writes is the one kopf stored before this change
-    assert storage.fetch(body=body) == {}
+    assert isinstance(storage, NoDiffBaseStorage)
+    assert kopf_settings.persistence.finalizer == "modelseal.io/finalizer"
     # listings in pages and idle workers gone soon: kopf holds every listed or waiting
     # event whole in memory (issue 13 §3)
     assert kopf_settings.watching.chunk_size == 100

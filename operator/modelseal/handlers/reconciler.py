@@ -33,9 +33,10 @@ what the kopf handlers call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -101,9 +102,9 @@ class Reconciler:
         self.cache = WatchCache("app.kubernetes.io/managed-by", MANAGED_BY)
         self.cache.on_news = self.owned_news
         #: Pods and every workload kind by the account they run as (the watches feed
-        #: it, `seed_accounts` fills it once at start).
+        #: it, `seed_indexes` fills it once at start).
         self.accounts = AccountIndex()
-        #: Each model's Pods (the Pod watch feeds it, `seed_accounts` fills it too).
+        #: Each model's Pods (the Pod watch feeds it, `seed_indexes` fills it too).
         self.pods = ModelPods()
         #: What each watched object last looked like to a reconcile (`policies.wakes`).
         self.wakes = WakeFilter()
@@ -239,29 +240,39 @@ class Reconciler:
         return result
 
     # --- the watch-fed state ---------------------------------------------------------------
-    async def seed_accounts(self) -> None:
-        """List the Pods and workloads once (every watched namespace) into the account
-        index and the Pods into the index of models' Pods, which the watches keep up to
-        date from then on; until then the identity check and the reconcile list them
-        themselves. Retried until it succeeds."""
-        scopes: list[str | None] = [*self.settings.namespaces] or [None]
-        kinds = {name: k8s.KINDS[name] for name in INDEXABLE}
-        delay = 1.0
-        while True:
-            try:
-                for name, kind in kinds.items():
-                    for ns in scopes:
-                        async for page in self.kube.list_pages(kind, ns, limit=50):
-                            self.accounts.seed(name, page)
-                            if name == "Pod":
-                                self.pods.seed(page)
-                break
-            except ApiError as exc:
-                log.warning("account index not seeded yet: %s; retrying in %.0fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(30.0, delay * 2)
+    async def seed_indexes(self) -> None:
+        """List once (every watched namespace) what the watches keep up to date from then
+        on: the Pods and workloads into the account index, the Pods into the index of
+        models' Pods, and which objects of the cached kinds exist into the watch cache
+        (their metadata only; Deployments come with the workloads). Until each is seeded,
+        the identity check and the reconcile list or GET for themselves. Each listing is
+        retried until it succeeds."""
+        await _until_done("account index", self._seed_workloads)
         self.accounts.seeded()
         self.pods.seeded()
+        for name in self.cache.listed_kinds_missing():
+            await _until_done(f"{name} listing", functools.partial(self._seed_present, name))
+            self.cache.listed(name)
+
+    def _scopes(self) -> list[str | None]:
+        return [*self.settings.namespaces] or [None]
+
+    async def _seed_workloads(self) -> None:
+        for name in INDEXABLE:
+            for ns in self._scopes():
+                async for page in self.kube.list_pages(k8s.KINDS[name], ns, limit=50):
+                    self.accounts.seed(name, page)
+                    self.cache.seed_present(name, page)
+                    if name == "Pod":
+                        self.pods.seed(page)
+        for name in INDEXABLE:
+            self.cache.listed(name)
+
+    async def _seed_present(self, name: str) -> None:
+        for ns in self._scopes():
+            pages = self.kube.list_pages(k8s.KINDS[name], ns, limit=500, metadata_only=True)
+            async for page in pages:
+                self.cache.seed_present(name, page)
 
     # --- what the kopf handlers call -----------------------------------------------------
     async def reconcile_model(self, namespace: str, name: str) -> float | None:
@@ -303,3 +314,16 @@ def _our_model(body: Mapping[str, Any]) -> str | None:
     model = labels.get(LABEL_MODEL)
     ours = bool(model) and labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
     return str(model) if ours else None
+
+
+async def _until_done(what: str, attempt: Callable[[], Awaitable[None]]) -> None:
+    """Run `attempt` until it raises no `ApiError` (waits doubling to 30 s between)."""
+    delay = 1.0
+    while True:
+        try:
+            await attempt()
+            return
+        except ApiError as exc:
+            log.warning("%s not seeded yet: %s; retrying in %.0fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(30.0, delay * 2)

@@ -107,6 +107,10 @@ KINDS = {
 }
 
 
+#: What a listing of only the objects' metadata asks for (and JSON where that is not served).
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+
+
 def custom_kind(kind: str, group: str, version: str, plural: str) -> Kind:
     return Kind(kind, group, version, plural)
 
@@ -176,6 +180,7 @@ class KubeClient:
         body: bytes | None = None,
         content_type: str = "application/json",
         timeout_s: float = 30.0,
+        accept: str = "application/json",
     ) -> tuple[int, bytes]:
         """One call; a 401 renews the credentials (a rotated token, an expired exec
         credential) and tries once more."""
@@ -184,7 +189,7 @@ class KubeClient:
                 self._renew()
             session = self._open()
             headers = {
-                "Accept": "application/json",
+                "Accept": accept,
                 "Content-Type": content_type,
                 "User-Agent": "modelseal-operator",
             }
@@ -232,6 +237,7 @@ class Kube:
         body: Any = None,
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> Json:
         code = 0
         try:
@@ -243,6 +249,7 @@ class Kube:
                     body=None if body is None else _encode(body),
                     content_type=content_type,
                     timeout_s=self.timeout_s,
+                    accept=accept,
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 detail = str(exc) or type(exc).__name__
@@ -291,14 +298,21 @@ class Kube:
         return [i for i in items if isinstance(i, dict)]
 
     async def list_pages(
-        self, kind: Kind, namespace: str | None = None, limit: int = 500
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        limit: int = 500,
+        metadata_only: bool = False,
     ) -> AsyncIterator[Page]:
         """Every object of `kind`, `limit` at a time (a large listing without holding all of
-        its JSON at once); a continuation that expired raises `ApiError` (410)."""
+        its JSON at once); a continuation that expired raises `ApiError` (410). With
+        `metadata_only`, each object is only its ``metadata`` (the API server's
+        PartialObjectMetadata: no spec, data or status to send or decode)."""
         path = kind.path(namespace) if namespace is not None else kind.cluster_path()
         query = {"limit": str(limit)}
+        accept = METADATA_LIST if metadata_only else "application/json"
         while True:
-            doc = await self._acall("GET", path, kind.kind, query=query)
+            doc = await self._acall("GET", path, kind.kind, query=query, accept=accept)
             yield [i for i in doc.get("items") or [] if isinstance(i, dict)]
             token = (doc.get("metadata") or {}).get("continue")
             if not token:

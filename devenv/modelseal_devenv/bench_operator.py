@@ -39,7 +39,10 @@ kwok's node heartbeats: at 1,000 models the Ready flips and their repair, not th
 operator's work, drove most reconciles; 0 keeps the default),
 ``MODELSEAL_BENCH_TIMEOUT_S`` (per phase, 3600; a 1000-model rollout took over 1800 s on
 this shared 2-core machine),
-``MODELSEAL_BENCH_KEEP`` (keep the work folder: audit log, logs), and any
+``MODELSEAL_BENCH_KEEP`` (keep the work folder: audit log, logs),
+``MODELSEAL_BENCH_APISERVER_PROFILE_S`` (0: off; N: the kube-apiserver runs with
+``--profiling=true`` and a CPU profile of its first N s of the rollout is taken, kept as
+``apiserver-cpu.pprof`` and summarised by ``go tool pprof -top``), and any
 ``MODELSEAL_OPERATOR_*`` setting, passed to the operator as is.
 """
 
@@ -51,8 +54,10 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -168,7 +173,14 @@ def model_doc(ns: str, name: str, lic: str) -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, workdir: Path, total_pods: int, kcm_qps: int, node_grace_s: int = 0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        total_pods: int,
+        kcm_qps: int,
+        node_grace_s: int = 0,
+        profiling: bool = False,
+    ) -> None:
         self.workdir = workdir
         self.audit_log = workdir / "audit.log"
         policy = workdir / "audit-policy.yaml"
@@ -183,7 +195,8 @@ class Bench:
                 "--audit-log-mode=blocking",
                 # MB; 0 would mean the library's default of 100 MB, and a rotation mid-run
                 "--audit-log-maxsize=100000",
-            ],
+            ]
+            + (["--profiling=true"] if profiling else []),
             extra_controller_manager_args=(
                 [f"--kube-api-qps={kcm_qps}", f"--kube-api-burst={2 * kcm_qps}"] if kcm_qps else []
             )
@@ -196,6 +209,45 @@ class Bench:
         self.health_port = 0
         self.peak_rss_kb = 0
         self.operator_runs = 0
+
+    def profile_apiserver(self, seconds: int) -> threading.Thread:
+        """Take a CPU profile of the kube-apiserver for `seconds` in the background (into
+        ``apiserver-cpu.pprof`` in the work folder)."""
+        out = self.workdir / "apiserver-cpu.pprof"
+
+        def take() -> None:
+            try:
+                out.write_bytes(
+                    self.cluster.fetch_bytes(
+                        f"/debug/pprof/profile?seconds={seconds}", timeout=seconds + 60
+                    )
+                )
+            except OSError as exc:
+                say(f"  kube-apiserver profile not taken: {exc}")
+
+        thread = threading.Thread(target=take, name="apiserver-profile", daemon=True)
+        thread.start()
+        return thread
+
+    def profile_lines(self, top: int = 30) -> list[str]:
+        """`go tool pprof -top` of the profile taken (flat and cumulative), or why not."""
+        profile = self.workdir / "apiserver-cpu.pprof"
+        if not profile.exists():
+            return ["  kube-apiserver CPU profile: none"]
+        lines: list[str] = []
+        for order in ("-flat", "-cum"):
+            done = subprocess.run(
+                ["go", "tool", "pprof", "-top", order, f"-nodecount={top}", str(profile)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            if done.returncode != 0:
+                return [f"  kube-apiserver CPU profile: go tool pprof failed: {done.stderr[-300:]}"]
+            lines.append(f"  kube-apiserver CPU profile ({order[1:]}), {profile}:")
+            lines += ["    " + line for line in done.stdout.splitlines() if line.strip()]
+        return lines
 
     def start(self) -> None:
         say("starting the control plane and Vault")
@@ -596,7 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_b = make_batch("big", n, per_ns)
     late = make_batch("kill", ref_n, per_ns)
     workdir = Path(tempfile.mkdtemp(prefix="modelseal-bench-operator-"))
-    bench = Bench(workdir, ref_n + n + ref_n, kcm_qps, node_grace_s)
+    profile_s = int(os.environ.get("MODELSEAL_BENCH_APISERVER_PROFILE_S", "0"))
+    bench = Bench(workdir, ref_n + n + ref_n, kcm_qps, node_grace_s, profiling=profile_s > 0)
     say(
         f"{n} models ({per_ns} per namespace, {MODELS_PER_LICENSE} per license); "
         f"kube-controller-manager --kube-api-qps={kcm_qps or 'default (20)'} "
@@ -625,6 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         m_before = bench.operator_metrics()
         cpu_before = bench.cpu_seconds()
         t0 = time.time()
+        profiler = bench.profile_apiserver(profile_s) if profile_s else None
         bench.create(main_b)
         created_s = time.time() - t0
         ready = bench.wait_ready(main_b.keys, timeout)
@@ -652,6 +706,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{sum(reasons.values()) / max(1, n):.1f} per model): "
             + ", ".join(f"{r} {c}" for r, c in reasons.most_common())
         )
+        if profiler is not None:
+            profiler.join()
+            for line in bench.profile_lines():
+                print(line)
         print(f"  CPU seconds during the rollout ({os.cpu_count()} cores x {ready_s:.0f} s):")
         for name in sorted(cpu_after, key=lambda k: cpu_before.get(k, 0.0) - cpu_after[k]):
             used = cpu_after[name] - cpu_before.get(name, 0.0)

@@ -798,6 +798,13 @@ class KubeCluster:
         with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:  # noqa: S310
             return str(resp.read().decode())
 
+    def fetch_bytes(self, path: str, timeout: float = 30.0) -> bytes:
+        """An admin GET of `path` on the API server, its answer as bytes (a profile)."""
+        with urllib.request.urlopen(  # noqa: S310 - our own https URL
+            f"{self.server}{path}", timeout=timeout, context=self._ssl
+        ) as resp:
+            return bytes(resp.read())
+
     def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """An admin request to the API server; returns the decoded JSON answer."""
         data = json.dumps(body).encode() if body is not None else None

@@ -11,7 +11,7 @@ import pytest
 
 from modelseal.config import Settings
 from modelseal.models.identity import REASON_IN_USE, IdentityCheck, Intruder
-from modelseal.models.license import LicenseDecision
+from modelseal.models.license import LicenseDecision, SeatGrant
 from modelseal.models.spec import ModelSpec, ObjectMeta, parse_license, parse_model
 from modelseal.models.status import KeyState
 from modelseal.policies import gates, licensing
@@ -367,3 +367,29 @@ def test_license_next_look(
 )
 def test_license_ref_name(given: dict[str, Any], expected: str | None) -> None:
     assert licensing.license_ref_name(given) == expected
+
+
+def _said(status: str, reason: str) -> dict[str, Any]:
+    return {"conditions": [{"type": "LicenseValid", "status": status, "reason": reason}]}
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "granted", "moved"),
+    [
+        ("True", "LicenseGranted", False, True),  # serving without a seat: revoke
+        ("False", "SeatsExceeded", True, True),  # refused for seats, a seat is free
+        ("True", "LicenseGranted", True, False),
+        ("False", "SeatsExceeded", False, False),
+        ("False", "LicenseExpired", True, False),  # refused for another reason
+        ("Unknown", "NotEvaluated", True, False),
+        (None, None, False, False),  # not decided yet: its own reconcile does it
+    ],
+)
+def test_seats_moved(status: str | None, reason: str | None, granted: bool, moved: bool) -> None:
+    item = body("b")
+    if status is not None and reason is not None:
+        item["status"] = _said(status, reason)
+    grants = {"team-a/b": SeatGrant(granted, "")}
+    assert licensing.seats_moved([item], grants) == (["b"] if moved else [])
+    # a model the allocation does not know (not eligible) is not its business
+    assert licensing.seats_moved([item], {}) == []

@@ -7,7 +7,16 @@ from typing import Any
 
 import pytest
 
-from modelseal.k8s.cache import ABSENT, CACHED_KINDS, UNKNOWN, Echoes, Seen, WatchCache, slim
+from modelseal.k8s.cache import (
+    ABSENT,
+    CACHED_KINDS,
+    REMEMBERED_KINDS,
+    UNKNOWN,
+    Echoes,
+    Seen,
+    WatchCache,
+    slim,
+)
 
 LABEL, OURS = "app.kubernetes.io/managed-by", "modelseal-operator"
 
@@ -351,3 +360,49 @@ def test_secrets_and_other_uncached_kinds_are_never_answered_absent() -> None:
     c.exists("Secret", "ns", "s")
     assert c.lookup("Secret", "ns", "other") is UNKNOWN
     assert c.present() == 0
+
+
+# --- Secrets: not watched, remembered from our own reads and writes ----------------------
+
+
+def secret(name: str = "m-control", rv: str = "1") -> dict[str, Any]:
+    meta = {"name": name, "namespace": "ns", "resourceVersion": rv}
+    return {"kind": "Secret", "metadata": meta, "data": {"token": "dG9rZW4="}}
+
+
+def test_a_secret_found_or_written_is_remembered_until_our_delete() -> None:
+    c = cache()
+    assert "Secret" in REMEMBERED_KINDS and "Secret" not in CACHED_KINDS
+    assert c.lookup("Secret", "ns", "m-control") is UNKNOWN
+    c.fill(c.begin("Secret", "ns", "m-control"), secret(rv="3"))
+    got = c.lookup("Secret", "ns", "m-control")
+    assert isinstance(got, dict) and got["data"] == {"token": "dG9rZW4="}
+    got["data"]["token"] = "changed by the caller"
+    again = c.lookup("Secret", "ns", "m-control")
+    assert isinstance(again, dict) and again["data"] == {"token": "dG9rZW4="}
+    # our replace: its answer is remembered (no watch event will echo it)
+    reading = c.begin("Secret", "ns", "m-control", write=True)
+    c.written(reading, secret(rv="4"))
+    got = c.lookup("Secret", "ns", "m-control")
+    assert isinstance(got, dict) and got["metadata"]["resourceVersion"] == "4"
+    c.forget("Secret", "ns", "m-control")  # our delete or patch
+    assert c.lookup("Secret", "ns", "m-control") is UNKNOWN
+
+
+def test_a_secret_found_absent_is_read_again() -> None:
+    """A missing source of credentials is read at each retry, so that it is found once
+    the platform makes it (not only at the next resync)."""
+    c = cache()
+    c.fill(c.begin("Secret", "ns", "source"), None)
+    assert c.lookup("Secret", "ns", "source") is UNKNOWN
+    c.listed("Secret")  # never listed: no presence knowledge for Secrets
+    assert c.lookup("Secret", "ns", "source") is UNKNOWN
+
+
+def test_a_secret_read_while_our_write_of_it_ran_is_not_remembered() -> None:
+    c = cache()
+    reading = c.begin("Secret", "ns", "m-control")
+    c.written(c.begin("Secret", "ns", "m-control", write=True), secret(rv="5"))
+    c.fill(reading, secret(rv="4"))  # the GET began before the write: older
+    got = c.lookup("Secret", "ns", "m-control")
+    assert isinstance(got, dict) and got["metadata"]["resourceVersion"] == "5"

@@ -260,9 +260,9 @@ def build_registry(
             raise kopf.TemporaryError(f"cannot stop serving yet: {exc}", delay=5) from exc
 
     @kopf.on.event(GROUP, VERSION, LICENSE_PLURAL, registry=registry)
-    async def license_event(body: kopf.Body, **_: Any) -> None:
+    async def license_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata") or {}
-        reconciler.license_changed(str(meta.get("namespace")), str(meta.get("name")), body)
+        reconciler.license_changed(str(meta.get("namespace")), str(meta.get("name")), body, type)
 
     # Every event of the owned kinds (ours or not: the cache follows a key it answers
     # for whoever changes it, `modelseal.k8s.cache`) goes to the reconciler's watch cache;

@@ -57,6 +57,7 @@ from modelseal.handlers.controller.deletion import ModelDeletion
 from modelseal.handlers.controller.events import Events
 from modelseal.handlers.controller.gc import VaultGarbageCollector
 from modelseal.handlers.controller.identity import AccountIndex, IdentityGuard
+from modelseal.handlers.controller.licensebook import LicenseBook
 from modelseal.handlers.controller.licenses import LicenseReconciler
 from modelseal.handlers.controller.models import ModelReconciler
 from modelseal.handlers.controller.pods import ModelPods
@@ -106,6 +107,8 @@ class Reconciler:
         self.accounts = AccountIndex()
         #: Each model's Pods (the Pod watch feeds it, `seed_indexes` fills it too).
         self.pods = ModelPods()
+        #: The licenses and their models as the watches show them (`licensebook`).
+        self.book = LicenseBook()
         #: What each watched object last looked like to a reconcile (`policies.wakes`).
         self.wakes = WakeFilter()
         cached = CachedKube(kube, self.cache)
@@ -126,6 +129,7 @@ class Reconciler:
             IdentityGuard(ctx, events, self.accounts),
             status,
             self.pods,
+            self.book,
         )
         self.licenses = LicenseReconciler(ctx, self.memory, enqueue, status)
         self.deletion = ModelDeletion(ctx, self.memory, enqueue, vault_step, self.models.forget)
@@ -157,6 +161,7 @@ class Reconciler:
         """A ProtectedModel's watch event: reconcile it, unless the event is only the echo
         of our own status patch (the reconcile that made it knew all of it) or changed
         nothing a reconcile reads (kopf's own annotations: `modelseal.policies.wakes`)."""
+        self.book.observe_model(event_type, body)
         relevant = self.wakes.changed("ProtectedModel", event_type, body)
         if event_type == "DELETED":
             return  # the finalizer's handler saw it first
@@ -164,8 +169,15 @@ class Reconciler:
         if relevant and not echo:
             self.enqueue_model(namespace, name)
 
-    def license_changed(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+    def license_changed(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        event_type: str | None = None,
+    ) -> None:
         """A ModelLicense's watch event (as `model_changed`)."""
+        self.book.observe_license(event_type, body)
         if not self.status.license_echoes.is_echo(namespace, name, body):
             self.enqueue_license(namespace, name)
 
@@ -250,6 +262,8 @@ class Reconciler:
         await _until_done("account index", self._seed_workloads)
         self.accounts.seeded()
         self.pods.seeded()
+        await _until_done("license book", self._seed_book)
+        self.book.seeded()
         for name in self.cache.listed_kinds_missing():
             await _until_done(f"{name} listing", functools.partial(self._seed_present, name))
             self.cache.listed(name)
@@ -267,6 +281,13 @@ class Reconciler:
                         self.pods.seed(page)
         for name in INDEXABLE:
             self.cache.listed(name)
+
+    async def _seed_book(self) -> None:
+        for ns in self._scopes():
+            async for page in self.kube.list_pages(LICENSES, ns, limit=100):
+                self.book.seed_licenses(page)
+            async for page in self.kube.list_pages(MODELS, ns, limit=100):
+                self.book.seed_models(page)
 
     async def _seed_present(self, name: str) -> None:
         for ns in self._scopes():

@@ -48,8 +48,14 @@ those kinds from it. The rules that keep a reconcile's view what a GET would hav
   late (its event still on its way) is what a GET followed by a create risks too: the
   create is refused (409), the key becomes present, and the retry reads it.
 
-Only kinds the operator watches belong in `CACHED_KINDS`; Secrets are never watched
-(the chart grants get by name only) and stay uncached.
+Only kinds the operator watches belong in `CACHED_KINDS`. Secrets are never watched (the
+chart grants get by name only): `REMEMBERED_KINDS` keeps the objects our own reads found
+and our writes made, until our delete or patch of them, and the periodic resync reads them
+through like the rest. A Secret changed or deleted behind the operator's back is seen at
+the next resync, as it was before unless some other event happened to wake its model (no
+event of a Secret ever does). A Secret found absent is not remembered: a missing source
+of credentials is read again at each retry. (Each pass GET the model's control Secret and
+its Redis credentials' copy and source again: a sixth of a rollout's requests.)
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ from modelseal.k8s.api import (
     CONFIG_MAP,
     DEPLOYMENT,
     NETWORK_POLICY,
+    SECRET,
     SERVICE,
     SERVICE_ACCOUNT,
     ApiError,
@@ -80,6 +87,12 @@ from modelseal.k8s.api import (
 CACHED_KINDS: Final = frozenset(
     k.kind for k in (SERVICE_ACCOUNT, CONFIG_MAP, SERVICE, NETWORK_POLICY, DEPLOYMENT)
 )
+
+#: The kinds not watched whose objects the cache keeps from our own reads and writes
+#: (see the module's rules).
+REMEMBERED_KINDS: Final = frozenset({SECRET.kind})
+#: Every kind `CachedKube` answers from the cache.
+ANSWERED_KINDS: Final = CACHED_KINDS | REMEMBERED_KINDS
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -250,7 +263,7 @@ class WatchCache:
     # --- the reconciler's side -----------------------------------------------------------
     def lookup(self, kind: str, namespace: str, name: str) -> Json | _Absent | None:
         """The cached answer: the object, ABSENT, or UNKNOWN (None: read it)."""
-        if not self.enabled or kind not in CACHED_KINDS:
+        if not self.enabled or kind not in ANSWERED_KINDS:
             return UNKNOWN
         key = (kind, namespace, name)
         answer = self._answers.get(key)
@@ -293,7 +306,13 @@ class WatchCache:
         meanwhile."""
         quiet = self._end(reading)
         key = reading.key
-        if not ok or not quiet or not self.enabled or key[0] not in CACHED_KINDS:
+        if not ok or not quiet or not self.enabled or key[0] not in ANSWERED_KINDS:
+            return
+        if key[0] in REMEMBERED_KINDS:
+            if body is None:
+                self._answers.pop(key, None)
+            else:
+                self._answers[key] = pack(body)
             return
         self._answers[key] = ABSENT if body is None else pack(body)
         if body is None:
@@ -338,11 +357,13 @@ class WatchCache:
         key = (kind, namespace, name)
         if key in self._reading:
             self._overtaken.add(key)
-        if not self.enabled or kind not in CACHED_KINDS:
+        if not self.enabled or kind not in ANSWERED_KINDS:
             return
         if body is None:
             self._answers.pop(key, None)
             self._written.pop(key, None)
+        elif kind in REMEMBERED_KINDS:
+            self._answers[key] = pack(body)  # no watch event to expect
         else:
             self._answers[key] = pack(body)
             self._present.add(key)
@@ -433,7 +454,7 @@ class CachedKube(Kube):
         self.cache = cache
 
     async def get(self, kind: Kind, namespace: str, name: str) -> Json | None:
-        if not self.cache.enabled or kind.kind not in CACHED_KINDS:
+        if not self.cache.enabled or kind.kind not in ANSWERED_KINDS:
             return await super().get(kind, namespace, name)
         if not _READ_THROUGH.get():
             answer = self.cache.lookup(kind.kind, namespace, name)
@@ -453,7 +474,7 @@ class CachedKube(Kube):
 
     async def create(self, kind: Kind, namespace: str, body: Json) -> Json:
         name = str((body.get("metadata") or {}).get("name") or "")
-        if not self.cache.enabled or kind.kind not in CACHED_KINDS or not name:
+        if not self.cache.enabled or kind.kind not in ANSWERED_KINDS or not name:
             return await super().create(kind, namespace, body)
         reading = self.cache.begin(kind.kind, namespace, name, write=True)
         try:
@@ -467,7 +488,7 @@ class CachedKube(Kube):
         return out
 
     async def replace(self, kind: Kind, namespace: str, name: str, body: Json) -> Json:
-        if not self.cache.enabled or kind.kind not in CACHED_KINDS:
+        if not self.cache.enabled or kind.kind not in ANSWERED_KINDS:
             return await super().replace(kind, namespace, name, body)
         reading = self.cache.begin(kind.kind, namespace, name, write=True)
         try:

@@ -7,8 +7,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from modelseal.models.license import license_state
+from modelseal.models.license import LicenseDecision, Reason, SeatGrant, license_state
 from modelseal.models.spec import LicenseSpec, ModelSpec, ObjectMeta, SpecError, parse_model
+from modelseal.models.status import LICENSE_VALID
 from modelseal.policies.gates import seconds_until
 
 INVALID_SPEC = "InvalidSpec"
@@ -33,6 +34,48 @@ def readable(models: Iterable[Mapping[str, Any]]) -> list[ModelSpec]:
         except SpecError:
             continue
     return out
+
+
+def license_condition(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The LicenseValid condition of a model's status, if it has one."""
+    for c in status.get("conditions") or []:
+        if isinstance(c, Mapping) and c.get("type") == LICENSE_VALID:
+            return c
+    return None
+
+
+def confirms(decision: LicenseDecision, status: Mapping[str, Any]) -> bool:
+    """Whether `decision` is what the model's status says already (its LicenseValid
+    condition: granted or not, reason and message alike). Only then may a decision made
+    on the watch's view of the license and its models stand (`LicenseBook`)."""
+    said = license_condition(status)
+    return (
+        said is not None
+        and said.get("status") == ("True" if decision.granted else "False")
+        and said.get("reason") == decision.reason
+        and said.get("message") == decision.message
+    )
+
+
+def seats_moved(models: Iterable[Mapping[str, Any]], grants: Mapping[str, SeatGrant]) -> list[str]:
+    """The names of the models whose seat, as the license now allocates its seats, is not
+    what their status says: serving (LicenseValid True) without a seat, or refused for
+    seats (SeatsExceeded) with one. An older model that grew, or one that left, moves
+    seats without any change to the license or to the models whose seat moved; these are
+    the models to decide again. A model not decided yet, or refused for another reason,
+    is left to its own reconcile."""
+    moved: list[str] = []
+    for m in models:
+        meta = m.get("metadata") or {}
+        grant = grants.get(f"{meta.get('namespace')}/{meta.get('name')}")
+        said = license_condition(m.get("status") or {})
+        if grant is None or said is None:
+            continue
+        serving = said.get("status") == "True"
+        refused_for_seats = said.get("status") == "False" and said.get("reason") == Reason.SEATS
+        if (serving and not grant.granted) or (refused_for_seats and grant.granted):
+            moved.append(str(meta.get("name")))
+    return moved
 
 
 def state(

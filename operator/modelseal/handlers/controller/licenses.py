@@ -43,7 +43,7 @@ class LicenseReconciler:
         now = self.ctx.now()
         lic, error = gates.parsed_license(body)
         parsed = licensing.readable(named)
-        usage = license_usage(lic, parsed, now)[0] if lic is not None else None
+        usage, grants = license_usage(lic, parsed, now) if lic is not None else (None, {})
         before = dict(body.get("status") or {})
         after = license_status(lic, meta.generation, error, usage, before, now)
         await self.status.write_license(ref, lic, before, after)
@@ -54,4 +54,8 @@ class LicenseReconciler:
             self.memory.license_seen[key] = seen
             for m in named:
                 self.enqueue.model(namespace, m["metadata"]["name"])
+        else:
+            # Seats moved between its models (one grew, or left): those decide again.
+            for model in licensing.seats_moved(named, grants):
+                self.enqueue.model(namespace, model)
         return licensing.next_look(moment, now, self.ctx.settings.expiry_check_interval_s)

@@ -31,6 +31,7 @@ from modelseal.handlers.controller.context import (
 )
 from modelseal.handlers.controller.events import log_about
 from modelseal.handlers.controller.identity import IdentityGuard, Workloads
+from modelseal.handlers.controller.licensebook import LicenseBook
 from modelseal.handlers.controller.pods import ModelPods
 from modelseal.handlers.controller.status import StatusWriter
 from modelseal.handlers.controller.vaultstep import VaultStep
@@ -43,7 +44,7 @@ from modelseal.models.identity import IdentityCheck
 from modelseal.models.license import LicenseDecision, decide
 from modelseal.models.spec import MODEL_KIND, LicenseSpec, ModelSpec, ObjectMeta, parse_meta
 from modelseal.models.status import KeyState, ModelObservation, WorkloadState
-from modelseal.policies import gates, objects, readiness, reporting
+from modelseal.policies import gates, licensing, objects, readiness, reporting
 from modelseal.policies.gates import LEGACY_ACCOUNT, REDIS_AUTH, Gate
 from modelseal.render import manifests
 from modelseal.render.model import Rendered, render_model
@@ -88,9 +89,11 @@ class ModelReconciler:
         identity: IdentityGuard,
         status: StatusWriter,
         pods: ModelPods,
+        book: LicenseBook,
     ) -> None:
         self.ctx = ctx
         self.pods = pods
+        self.book = book
         self.memory = memory
         self.enqueue = enqueue
         self.vault = vault
@@ -133,7 +136,7 @@ class ModelReconciler:
             await self.status.write_model(ref, obs, before, now, None)
             return None
 
-        inputs = await self._gather(spec, now)
+        inputs = await self._gather(spec, now, before)
         if inputs.identity.pods_to_delete:
             await self.identity.delete_intruders(spec, inputs.identity, ref)
         preview = render_model(spec, inputs.lic, inputs.decision.granted, self.ctx.settings)
@@ -180,35 +183,51 @@ class ModelReconciler:
         self.pods.fill(listing, found)
         return found
 
-    async def _gather(self, spec: ModelSpec, now: datetime) -> Inputs:
-        s = self.ctx.settings
+    async def _gather(self, spec: ModelSpec, now: datetime, status: dict[str, Any]) -> Inputs:
         names = self.ctx.names(spec.namespace, spec.name, spec.uid)
         self.memory.accounts[(spec.namespace, names.service_account)] = spec.name
-        lic, lic_error = gates.parsed_license(
-            await self.ctx.kube.get(LICENSES, spec.namespace, spec.license_name)
-        )
-        peers = (
-            gates.peers(
-                spec,
-                await models_of_license(
-                    self.ctx.kube, self.memory, spec.namespace, spec.license_name
-                ),
-            )
-            if lic is not None
-            else []
-        )
-        decision = decide(
-            spec,
-            lic,
-            peers,
-            now,
-            lic_error,
-            require_durable_quota_state=s.quota_require_durable_state,
-        )
+        lic, decision = await self._license_decision(spec, now, status)
         live = await self._live_objects(spec, names)
         # Who else runs as the model's ServiceAccount (checked before every grant).
         identity, workloads = await self.identity.check(spec, names.service_account)
         return Inputs(spec, names, lic, decision, live, identity, workloads)
+
+    async def _license_decision(
+        self, spec: ModelSpec, now: datetime, status: dict[str, Any]
+    ) -> tuple[LicenseSpec | None, LicenseDecision]:
+        """The license and the decision on it: on the watch's view of the license and its
+        models when that confirms what the status says (`licensebook`), else (a change,
+        the view not seeded, the resync) on a fresh GET of the license and LIST of its
+        models."""
+        ns, name = spec.namespace, spec.license_name
+        if self.book.ready and not reading_through():
+            lic, lic_error = gates.parsed_license(self.book.license(ns, name))
+            models = self.book.models_naming(ns, name) if lic is not None else []
+            decision = self._decide(spec, now, lic, lic_error, models)
+            if licensing.confirms(decision, status):
+                return lic, decision
+        lic, lic_error = gates.parsed_license(await self.ctx.kube.get(LICENSES, ns, name))
+        models = (
+            await models_of_license(self.ctx.kube, self.memory, ns, name) if lic is not None else []
+        )
+        return lic, self._decide(spec, now, lic, lic_error, models)
+
+    def _decide(
+        self,
+        spec: ModelSpec,
+        now: datetime,
+        lic: LicenseSpec | None,
+        lic_error: str | None,
+        models: list[dict[str, Any]],
+    ) -> LicenseDecision:
+        return decide(
+            spec,
+            lic,
+            gates.peers(spec, models),
+            now,
+            lic_error,
+            require_durable_quota_state=self.ctx.settings.quota_require_durable_state,
+        )
 
     async def _act(
         self,

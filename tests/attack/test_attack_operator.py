@@ -63,11 +63,24 @@ def ns(ops_env: OpsEnv, op: Operator) -> Iterator[str]:
     ops_env.drop_namespaces()  # while the operator runs: finalizers honoured
 
 
+#: The clients `as_tenant` made, closed when the module ends (a client left to the
+#: garbage collector with its TLS connection open is a ResourceWarning, an error here).
+_TENANT_CLIENTS: list[Any] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_tenant_clients() -> Iterator[None]:
+    yield
+    while _TENANT_CLIENTS:
+        _TENANT_CLIENTS.pop().close()
+
+
 def as_tenant(env: OpsEnv, ns: str) -> Any:
     """mallory: admin of the namespace (the usual rights of a tenant team)."""
     bind_mallory_admin(env.api, ns)
     api = env.cluster.api_client()
     api.set_default_header("Impersonate-User", "mallory")
+    _TENANT_CLIENTS.append(api)
     return api
 
 

@@ -32,6 +32,7 @@ from modelseal_devenv.kube import KubeCluster, ensure_binaries
 from tests.integration.test_admission import (
     bind_mallory_admin,
     client_as,
+    close_clients,
     kubectl,
     pod_body,
     refused,
@@ -64,7 +65,10 @@ ENABLED = {"modelseal.io/enabled": "true"}
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[KubeCluster]:
     with KubeCluster(nodes=1, bin_dir=ensure_binaries()) as c:
-        yield c
+        try:
+            yield c
+        finally:
+            close_clients()
 
 
 @pytest.fixture(scope="module")

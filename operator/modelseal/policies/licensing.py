@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from modelseal.models.conditions import find
 from modelseal.models.license import LicenseDecision, Reason, SeatGrant, license_state
 from modelseal.models.spec import LicenseSpec, ModelSpec, ObjectMeta, SpecError, parse_model
 from modelseal.models.status import LICENSE_VALID
@@ -36,19 +37,11 @@ def readable(models: Iterable[Mapping[str, Any]]) -> list[ModelSpec]:
     return out
 
 
-def license_condition(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The LicenseValid condition of a model's status, if it has one."""
-    for c in status.get("conditions") or []:
-        if isinstance(c, Mapping) and c.get("type") == LICENSE_VALID:
-            return c
-    return None
-
-
 def confirms(decision: LicenseDecision, status: Mapping[str, Any]) -> bool:
     """Whether `decision` is what the model's status says already (its LicenseValid
     condition: granted or not, reason and message alike). Only then may a decision made
     on the watch's view of the license and its models stand (`LicenseBook`)."""
-    said = license_condition(status)
+    said = find(status.get("conditions"), LICENSE_VALID)
     return (
         said is not None
         and said.get("status") == ("True" if decision.granted else "False")
@@ -68,7 +61,7 @@ def seats_moved(models: Iterable[Mapping[str, Any]], grants: Mapping[str, SeatGr
     for m in models:
         meta = m.get("metadata") or {}
         grant = grants.get(f"{meta.get('namespace')}/{meta.get('name')}")
-        said = license_condition(m.get("status") or {})
+        said = find((m.get("status") or {}).get("conditions"), LICENSE_VALID)
         if grant is None or said is None:
             continue
         serving = said.get("status") == "True"

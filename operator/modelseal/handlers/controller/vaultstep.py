@@ -97,6 +97,7 @@ class VaultStep:
                 wanted = _wanted(spec, access, s.vault_transit_mount)
                 if not reading_through() and self._provisioned.get(access.role_name) == wanted:
                     return gates.key_provisioned(spec, s, access.role_name), None
+                # Forgotten before any call, so that a Vault error leaves it forgotten.
                 self._provisioned.pop(access.role_name, None)
                 exists = await self.ctx.vault.run(
                     "key_check",
@@ -112,11 +113,9 @@ class VaultStep:
             await self.withdraw(access.policy_name, access.role_name, ref, plan.why)
             return plan.key, None
         except VaultUnreachableError as exc:
-            self._provisioned.pop(access.role_name, None)
             self.ctx.metrics.errors.labels("ProtectedModel", "vault").inc()
             return gates.vault_failed(exc, unreachable=True), str(exc)
         except VaultError as exc:
-            self._provisioned.pop(access.role_name, None)
             self.ctx.metrics.errors.labels("ProtectedModel", "vault").inc()
             return gates.vault_failed(exc, unreachable=False), str(exc)
 

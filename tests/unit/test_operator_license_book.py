@@ -14,12 +14,21 @@ from modelseal.policies import licensing
 
 
 def model(
-    name: str, license_name: str | None = "gold", ns: str = "ns", **spec: Any
+    name: str,
+    license_name: str | None = "gold",
+    ns: str = "ns",
+    uid: str | None = None,
+    **spec: Any,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "apiVersion": "modelseal.io/v1alpha1",
         "kind": "ProtectedModel",
-        "metadata": {"name": name, "namespace": ns, "managedFields": [{"manager": "x"}]},
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "uid": uid or f"uid-{ns}-{name}",
+            "managedFields": [{"manager": "x"}],
+        },
         "spec": dict(spec),
         "status": {"conditions": [{"type": "Ready", "status": "True"}]},
     }
@@ -28,10 +37,12 @@ def model(
     return body
 
 
-def lic(name: str = "gold", ns: str = "ns", seats: int = 2) -> dict[str, Any]:
+def lic(
+    name: str = "gold", ns: str = "ns", seats: int = 2, uid: str | None = None
+) -> dict[str, Any]:
     return {
         "kind": "ModelLicense",
-        "metadata": {"name": name, "namespace": ns},
+        "metadata": {"name": name, "namespace": ns, "uid": uid or f"uid-{ns}-{name}"},
         "spec": {"seats": {"maxReplicas": seats}},
         "status": {"usage": {}},
     }
@@ -103,12 +114,63 @@ def test_the_seed_never_overrides_an_event_nor_brings_back_a_deletion() -> None:
     assert names(book) == ["listed", "newer-by-event"]
 
 
-def test_objects_without_a_name_are_ignored() -> None:
+def test_objects_without_a_name_or_uid_are_ignored() -> None:
     book = LicenseBook()
-    book.observe_model("ADDED", {"metadata": {"namespace": "ns"}, "spec": {}})
-    book.observe_license("ADDED", {"metadata": {"name": "x"}})
-    book.seed_models([{"spec": {"licenseRef": {"name": "gold"}}}])
+    book.observe_model("ADDED", {"metadata": {"namespace": "ns", "uid": "u"}, "spec": {}})
+    book.observe_license("ADDED", {"metadata": {"name": "x", "uid": "u"}})
+    unlisted = model("a")
+    del unlisted["metadata"]["uid"]
+    book.observe_model("ADDED", unlisted)
+    book.seed_models([{"spec": {"licenseRef": {"name": "gold"}}}, unlisted])
     assert len(book) == 0
+
+
+def test_a_license_made_again_keeps_answering_when_the_old_ones_deletion_comes_late() -> None:
+    # kopf handles each object (uid) in its own worker: the old license's DELETED can be
+    # handled after the new one's ADDED. Keyed by name, it took the new one out.
+    book = LicenseBook()
+    book.seeded()
+    book.observe_license("ADDED", lic(seats=2, uid="old"))
+    book.observe_license("ADDED", lic(seats=5, uid="new"))
+    got = book.license("ns", "gold")
+    assert got is not None and got["spec"]["seats"]["maxReplicas"] == 5  # the newer answers
+    book.observe_license("DELETED", lic(seats=2, uid="old"))
+    got = book.license("ns", "gold")
+    assert got is not None and got["spec"]["seats"]["maxReplicas"] == 5
+    book.observe_license("DELETED", lic(uid="new"))
+    assert book.license("ns", "gold") is None
+
+
+def test_a_model_made_again_is_counted_once_and_its_old_deletion_leaves_it() -> None:
+    book = LicenseBook()
+    book.seeded()
+    book.observe_model("ADDED", model("a", uid="old", replicas=1))
+    book.observe_model("ADDED", model("a", uid="new", replicas=2))
+    book.observe_model("ADDED", model("b"))
+    assert [
+        (m["metadata"]["name"], m["spec"].get("replicas")) for m in book.models_naming("ns", "gold")
+    ] == [
+        ("a", 2),
+        ("b", None),
+    ]
+    book.observe_model("DELETED", model("a", uid="old"))
+    assert names(book) == ["a", "b"]
+    assert book.models_naming("ns", "gold")[0]["spec"]["replicas"] == 2
+    # the old one, changed late, still does not answer for the name
+    book.observe_model("DELETED", model("a", uid="new"))
+    assert names(book) == ["b"]
+
+
+def test_a_deletion_during_the_seed_is_of_that_object_only() -> None:
+    book = LicenseBook()
+    book.observe_license("DELETED", lic(uid="old"))
+    book.observe_license("ADDED", lic(seats=7, uid="new"))
+    book.seed_licenses([lic(seats=2, uid="old")])  # a listing older than both events
+    book.seed_models([model("a", uid="gone-a")])
+    book.seeded()
+    got = book.license("ns", "gold")
+    assert got is not None and got["spec"]["seats"]["maxReplicas"] == 7
+    assert names(book) == ["a"]
 
 
 GRANTED = LicenseDecision(True, "LicenseGranted", "license gold of tenant acme is valid")

@@ -4,10 +4,13 @@ the license with a GET and its models with a LIST, a fifth of a rollout's reques
 
 Fed by kopf's events of both kinds (`observe_model`, `observe_license`) and seeded by one
 listing of each at start (`seed_models`, `seed_licenses`, then `seeded`); until then it
-answers nothing. The seed never overrides what an event already said of an object (the
-event is newer) nor brings back one an event deleted meanwhile. Each entry is the
-object's metadata (without managedFields) and spec as compact JSON; status is not kept
-(nothing here reads it) and a change of status alone changes nothing here.
+answers nothing. Both kinds are filed by uid (`Filing`): the seed never overrides what an
+event already said of an object nor brings back one an event deleted meanwhile, and an
+object deleted and made again under the same name is two objects. kopf handles each
+object in its own worker, so the old one's DELETED may come after the new one's ADDED;
+until it does, the one filed last answers for the name. Each entry is the object's
+metadata (without managedFields) and spec as compact JSON; status is not kept (nothing
+here reads it) and a change of status alone changes nothing here.
 
 A watch is a little behind the API server. The model reconcile therefore lets these
 answers only confirm what the model's status already says (`gates.confirms`): a license
@@ -21,126 +24,109 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from modelseal import fastjson
+from modelseal.handlers.controller.filing import Filing
 from modelseal.k8s.cache import pack
 from modelseal.policies.licensing import license_ref_name
 
 Where = tuple[str, str]  # (namespace, name)
 
 
-def _essence(body: Mapping[str, Any]) -> bytes:
-    """What is kept of an object: apiVersion, kind, metadata, spec (no status)."""
-    return pack({k: v for k, v in body.items() if k != "status"})
+def _kept(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What is filed of an object: apiVersion, kind, metadata, spec (no status), packed."""
+    return {"packed": pack({k: v for k, v in body.items() if k != "status"})}
 
 
-def _where(body: Mapping[str, Any]) -> Where | None:
+def _identity(body: Mapping[str, Any]) -> tuple[str, Where] | None:
+    """(uid, (namespace, name)), or None for an object without them."""
     meta = body.get("metadata")
-    if not isinstance(meta, Mapping) or not meta.get("namespace") or not meta.get("name"):
+    if not isinstance(meta, Mapping):
         return None
-    return (str(meta["namespace"]), str(meta["name"]))
+    uid, ns, name = meta.get("uid"), meta.get("namespace"), meta.get("name")
+    if not uid or not ns or not name:
+        return None
+    return str(uid), (str(ns), str(name))
 
 
-def _unpack(raw: bytes) -> dict[str, Any]:
-    doc = fastjson.loads(raw)
+def _unpack(kept: Mapping[str, Any]) -> dict[str, Any]:
+    doc = fastjson.loads(kept["packed"])
     return doc if isinstance(doc, dict) else {}
+
+
+def _newest_by_name(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One object per name, the one filed last (filings keep the order things were filed)."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        name = str((doc.get("metadata") or {}).get("name"))
+        by_name.pop(name, None)
+        by_name[name] = doc
+    return list(by_name.values())
 
 
 class LicenseBook:
     def __init__(self) -> None:
-        self._licenses: dict[Where, bytes] = {}
-        #: (namespace, license) -> model name -> the model as kept.
-        self._models: dict[Where, dict[str, bytes]] = {}
-        #: (namespace, model) -> the license it names (where it is filed).
-        self._filed: dict[Where, str] = {}
-        #: ("ProtectedModel" | "ModelLicense", namespace, name) deleted by an event while
-        #: the seed runs.
-        self._deleted: set[tuple[str, str, str]] = set()
-        self.ready = False
+        #: licenses filed under their (namespace, name).
+        self._licenses: Filing[Where] = Filing()
+        #: models filed under (namespace, the license their licenseRef names).
+        self._models: Filing[Where] = Filing()
+
+    @property
+    def ready(self) -> bool:
+        return self._licenses.ready and self._models.ready
 
     # --- the feed ------------------------------------------------------------------------
     def observe_model(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event of a ProtectedModel (kopf's type: None for a listed one)."""
-        where = _where(body)
-        if where is None:
+        found = _identity(body)
+        if found is None:
             return
+        uid, (ns, _) = found
         if event_type == "DELETED":
-            self._unfile(where)
-            if not self.ready:
-                self._deleted.add(("ProtectedModel", *where))
+            self._models.remove(uid)
             return
-        self._file(where, body)
+        license_name = license_ref_name(body)
+        self._models.put(uid, None if license_name is None else (ns, license_name), _kept(body))
 
     def observe_license(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A watch event of a ModelLicense."""
-        where = _where(body)
-        if where is None:
+        found = _identity(body)
+        if found is None:
             return
+        uid, where = found
         if event_type == "DELETED":
-            self._licenses.pop(where, None)
-            if not self.ready:
-                self._deleted.add(("ModelLicense", *where))
+            self._licenses.remove(uid)
             return
-        self._licenses[where] = _essence(body)
+        self._licenses.put(uid, where, _kept(body))
 
     def seed_models(self, items: Iterable[Mapping[str, Any]]) -> None:
         """One page of the listing of every ProtectedModel (begun after the watch's events
         began to be observed)."""
         for item in items:
-            where = _where(item)
-            if (
-                where is not None
-                and where not in self._filed
-                and not self._gone("ProtectedModel", where)
-            ):
-                self._file(where, item)
+            found = _identity(item)
+            if found is not None and self._models.seeds(found[0]):
+                self.observe_model(None, item)
 
     def seed_licenses(self, items: Iterable[Mapping[str, Any]]) -> None:
         """One page of the listing of every ModelLicense."""
         for item in items:
-            where = _where(item)
-            if (
-                where is not None
-                and where not in self._licenses
-                and not self._gone("ModelLicense", where)
-            ):
-                self._licenses[where] = _essence(item)
+            found = _identity(item)
+            if found is not None and self._licenses.seeds(found[0]):
+                self.observe_license(None, item)
 
     def seeded(self) -> None:
         """Both listings are complete: the book answers from now on."""
-        self.ready = True
-        self._deleted.clear()
+        self._licenses.seeded()
+        self._models.seeded()
 
     # --- the reconciler's side -----------------------------------------------------------
     def license(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The license as last seen (a fresh copy), or None when there is none."""
-        raw = self._licenses.get((namespace, name))
-        return None if raw is None else _unpack(raw)
+        filed = list(self._licenses.under((namespace, name)).values())
+        return _unpack(filed[-1]) if filed else None
 
     def models_naming(self, namespace: str, license_name: str) -> list[dict[str, Any]]:
         """The models of `namespace` whose licenseRef names `license_name` (fresh copies)."""
-        return [_unpack(raw) for raw in self._models.get((namespace, license_name), {}).values()]
+        filed = self._models.under((namespace, license_name))
+        return _newest_by_name(_unpack(kept) for kept in filed.values())
 
     def __len__(self) -> int:
-        return len(self._filed) + len(self._licenses)
-
-    # --- inside --------------------------------------------------------------------------
-    def _gone(self, kind: str, where: Where) -> bool:
-        return (kind, *where) in self._deleted
-
-    def _file(self, where: Where, body: Mapping[str, Any]) -> None:
-        license_name = license_ref_name(body)
-        if self._filed.get(where) != license_name:
-            self._unfile(where)
-        if license_name is None:
-            return
-        self._filed[where] = license_name
-        self._models.setdefault((where[0], license_name), {})[where[1]] = _essence(body)
-
-    def _unfile(self, where: Where) -> None:
-        license_name = self._filed.pop(where, None)
-        if license_name is None:
-            return
-        filed = self._models.get((where[0], license_name))
-        if filed is not None:
-            filed.pop(where[1], None)
-            if not filed:
-                del self._models[(where[0], license_name)]
+        return len(self._models) + len(self._licenses)

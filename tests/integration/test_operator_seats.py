@@ -53,6 +53,10 @@ def test_an_older_model_that_grows_takes_the_seat_of_a_newer_one(
             60,
         )
         resynced = seats_op.metrics()[resyncs]
+        # The license's reconcile counts the models it wakes because seats moved (before,
+        # a pass that woke them for another reason decided them, some seconds later).
+        seats = 'modelseal_operator_wakeups_total{source="seats"}'
+        woken = seats_op.metrics().get(seats, 0)
 
         # The older one grows to both GPUs: the newer one loses its seat (not the older).
         apply(env, model_doc(ns, "older", key, serving={"replicas": 1, "gpusPerReplica": 2}))
@@ -67,11 +71,14 @@ def test_an_older_model_that_grows_takes_the_seat_of_a_newer_one(
         assert condition(older, "LicenseValid")["status"] == "True"
         deployment = env.raw("Deployment", ns, "newer")
         assert deployment is not None and deployment["spec"]["replicas"] == 0
+        assert seats_op.metrics().get(seats, 0) >= woken + 1
+        woken = seats_op.metrics()[seats]
 
         # It shrinks again: the newer one gets its seat back.
         apply(env, model_doc(ns, "older", key))
         wait_reason(env, ns, "newer", "Serving", timeout=120)
         assert env.vault_role(vault_name(ns, "newer")) is not None
         assert seats_op.metrics()[resyncs] == resynced  # no resync did it
+        assert seats_op.metrics()[seats] >= woken + 1
     finally:
         env.drop_namespaces()

@@ -85,7 +85,8 @@ class Metrics:
             "modelseal_operator_wakeups_total",
             "Requests for a reconcile, by what asked: the object's own watch event, an "
             "event of an owned kind or of a workload running as a model's account "
-            "(identity), a controller (a license re-evaluating its models), the resync.",
+            "(identity), a controller (a license re-evaluating its models; `seats` when seats "
+            "moved between a license's models), the resync.",
             ["source"],
             registry=r,
         )

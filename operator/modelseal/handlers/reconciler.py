@@ -49,6 +49,7 @@ from modelseal.handlers.controller.context import (
     Context,
     Enqueue,
     Memory,
+    WakeupCause,
     license_key,
     model_key,
     utc_now,
@@ -147,8 +148,8 @@ class Reconciler:
         self.metrics.wakeups.labels("ModelLicense").inc()
         self.queue.add(license_key(namespace, name), delay)
 
-    def _controller_add(self, key: str, delay: float) -> None:
-        self.metrics.wakeups.labels("controller").inc()
+    def _controller_add(self, key: str, delay: float, cause: WakeupCause) -> None:
+        self.metrics.wakeups.labels(cause).inc()
         self.queue.add(key, delay)
 
     def model_changed(

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from modelseal.config import Settings
@@ -114,17 +115,32 @@ async def models_of_license(
     return await kube.list(MODELS, namespace)
 
 
+class WakeupCause(StrEnum):
+    """Why a controller asks for a reconcile (the wakeups metric's `source`)."""
+
+    #: A license re-evaluates its models, or a model its license.
+    CONTROLLER = "controller"
+    #: Seats moved between a license's models without a change of the license.
+    SEATS = "seats"
+
+
 @dataclass(frozen=True)
 class Enqueue:
     """How a controller asks for another reconcile (the work queue's keys)."""
 
-    add: Callable[[str, float], None]
+    add: Callable[[str, float, WakeupCause], None]
 
-    def model(self, namespace: str, name: str, delay: float = 0.0) -> None:
-        self.add(model_key(namespace, name), delay)
+    def model(
+        self,
+        namespace: str,
+        name: str,
+        delay: float = 0.0,
+        cause: WakeupCause = WakeupCause.CONTROLLER,
+    ) -> None:
+        self.add(model_key(namespace, name), delay, cause)
 
     def license(self, namespace: str, name: str, delay: float = 0.0) -> None:
-        self.add(license_key(namespace, name), delay)
+        self.add(license_key(namespace, name), delay, WakeupCause.CONTROLLER)
 
 
 def model_key(namespace: str, name: str) -> str:

@@ -8,6 +8,7 @@ from modelseal.handlers.controller.context import (
     Context,
     Enqueue,
     Memory,
+    WakeupCause,
     models_of_license,
 )
 from modelseal.handlers.controller.status import StatusWriter
@@ -57,5 +58,5 @@ class LicenseReconciler:
         else:
             # Seats moved between its models (one grew, or left): those decide again.
             for model in licensing.seats_moved(named, grants):
-                self.enqueue.model(namespace, model)
+                self.enqueue.model(namespace, model, cause=WakeupCause.SEATS)
         return licensing.next_look(moment, now, self.ctx.settings.expiry_check_interval_s)

@@ -17,7 +17,7 @@ from tests.unit.test_models_license import lic, model
 
 from modelseal.gateway.core import Gateway
 from modelseal.gateway.usage_read import usage_handler
-from modelseal.handlers.usage_pods import pick_pod
+from modelseal.handlers.usage_pods import pick_pod, usage_pod_view
 from modelseal.quota.license import parse_licenses
 from modelseal.render.license_config import license_document
 from modelseal.store.base import scopes_for
@@ -153,3 +153,33 @@ def test_the_newest_running_pod_of_the_deployment_is_asked() -> None:
     other_sa = _pod("other", "2026-06-03T00:00:00Z", spec__serviceAccountName="default")
     assert pick_pod([old, pending, going, planted, other_sa], sa) is old
     assert pick_pod([pending, planted], sa) is None
+
+
+def test_the_kept_view_of_a_pod_picks_as_the_whole_pod_does() -> None:
+    sa = "fraud-5b1e2c3d"
+    pods = [
+        _pod("old", "2026-06-01T00:00:00Z"),
+        _pod("new", "2026-06-02T00:00:00Z"),
+        _pod("pending", "2026-06-03T00:00:00Z", status__phase="Pending"),
+        _pod("going", "2026-06-03T00:00:00Z", metadata__deletionTimestamp="2026-06-03T01:00Z"),
+        _pod("planted", "2026-06-03T00:00:00Z", metadata__ownerReferences=[]),
+        _pod("other", "2026-06-03T00:00:00Z", spec__serviceAccountName="default"),
+        _pod("no-ip", "2026-06-04T00:00:00Z", status__podIP=None),
+        _pod(
+            "not-controller",
+            "2026-06-04T00:00:00Z",
+            metadata__ownerReferences=[{"kind": "ReplicaSet", "controller": False}],
+        ),
+    ]
+    for pod in pods:
+        pod["metadata"]["labels"] = {"modelseal.io/model": "fraud"}
+        pod["spec"]["containers"] = [{"name": "triton", "image": "x", "env": [{"name": "A"}]}]
+        pod["status"]["containerStatuses"] = [{"name": "triton", "ready": True}]
+    for n in range(len(pods) + 1):
+        for chosen in (pods[:n], pods[n:], pods[::-1][:n]):
+            whole = pick_pod(chosen, sa)
+            view = pick_pod([usage_pod_view(p) for p in chosen], sa)
+            assert (whole and whole["metadata"]["name"]) == (view and view["metadata"]["name"])
+    kept = usage_pod_view(pods[0])
+    assert "containers" not in kept["spec"] and "containerStatuses" not in kept["status"]
+    assert kept["metadata"]["labels"] == {"modelseal.io/model": "fraud"}

@@ -200,10 +200,15 @@ class UsageWriter:
 
     async def round(self) -> int:
         """Read every license's usage once and write what changed; returns the writes."""
+        try:
+            return await self._round()
+        finally:
+            self.gateways.end_round()
+
+    async def _round(self) -> int:
         writes = 0
         seen: set[tuple[str, str, str]] = set()
         self._credentials = None  # read again each round: a new password is picked up
-        self.gateways.new_round()
         model_uids: set[str] = set()
         scopes: list[str | None] = [*self.settings.namespaces] or [None]
         token_source = None

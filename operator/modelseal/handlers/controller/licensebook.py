@@ -9,8 +9,8 @@ event already said of an object nor brings back one an event deleted meanwhile, 
 object deleted and made again under the same name is two objects. kopf handles each
 object in its own worker, so the old one's DELETED may come after the new one's ADDED;
 until it does, the one filed last answers for the name. Each entry is the object's
-metadata (without managedFields) and spec as compact JSON; status is not kept (nothing
-here reads it) and a change of status alone changes nothing here.
+metadata (without managedFields) and spec as compressed compact JSON (`pack`); status
+is not kept (nothing here reads it) and a change of status alone changes nothing here.
 
 A watch is a little behind the API server. The model reconcile therefore lets these
 answers only confirm what the model's status already says (`gates.confirms`): a license
@@ -23,9 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from modelseal import fastjson
 from modelseal.handlers.controller.filing import Filing
-from modelseal.k8s.cache import pack
+from modelseal.k8s.cache import pack, unpack
 from modelseal.policies.licensing import license_ref_name
 
 Where = tuple[str, str]  # (namespace, name)
@@ -48,7 +47,7 @@ def _identity(body: Mapping[str, Any]) -> tuple[str, Where] | None:
 
 
 def _unpack(kept: Mapping[str, Any]) -> dict[str, Any]:
-    doc = fastjson.loads(kept["packed"])
+    doc = unpack(kept["packed"])
     return doc if isinstance(doc, dict) else {}
 
 

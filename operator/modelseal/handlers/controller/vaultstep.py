@@ -13,6 +13,7 @@ Kubernetes objects is. Any Vault error or withdrawal forgets the model."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -33,16 +34,19 @@ from modelseal.vault.auth import VaultError, VaultUnreachableError
 
 
 def _wanted(spec: ModelSpec, access: VaultAccess, transit_mount: str) -> bytes:
-    """Everything the Vault step of `spec` checks, as one comparable value."""
-    return orjson.dumps(
-        {
-            "uid": spec.uid,
-            "key": f"{transit_mount}/{spec.transit_key}",
-            "policy": [access.policy_name, access.policy],
-            "role": [access.role_name, access.role],
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
+    """Everything the Vault step of `spec` checks, as one comparable value: the SHA-256
+    of it (the policy text alone is kilobytes; 32 bytes are kept per model)."""
+    return hashlib.sha256(
+        orjson.dumps(
+            {
+                "uid": spec.uid,
+                "key": f"{transit_mount}/{spec.transit_key}",
+                "policy": [access.policy_name, access.policy],
+                "role": [access.role_name, access.role],
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+    ).digest()
 
 
 class VaultStep:

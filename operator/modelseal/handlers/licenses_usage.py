@@ -49,6 +49,7 @@ from modelseal.handlers.usage_export_secret import (
 from modelseal.handlers.usage_pods import GatewayUnreadable, GatewayUsageReader
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import ApiError, Kube
+from modelseal.k8s.cache import slim
 from modelseal.models import conditions as cond
 from modelseal.models import usage
 from modelseal.models.license import check_terms
@@ -216,7 +217,7 @@ class UsageWriter:
             token_source = await read_source(self.kube, self.settings)
         for ns in scopes:
             licenses = await self.kube.list(LICENSES, ns)
-            models = await self.kube.list(MODELS, ns)
+            models = await self._models_of(ns)
             model_uids |= {str((m.get("metadata") or {}).get("uid")) for m in models}
             if token_source is not None:
                 await self.copy_usage_token(models, token_source)
@@ -244,6 +245,15 @@ class UsageWriter:
         return writes
 
     # --- the usage export's token ------------------------------------------------------
+    async def _models_of(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Every model of `namespace` (None: all), without status and managedFields, which
+        nothing here reads: listed whole, the 1,000 models of a large cluster were tens of
+        megabytes of Python objects at every round."""
+        out: list[dict[str, Any]] = []
+        async for page in self.kube.list_pages(MODELS, namespace, limit=100):
+            out.extend(slim({k: v for k, v in m.items() if k != "status"}) for m in page)
+        return out
+
     async def copy_usage_token(self, bodies: Sequence[Mapping[str, Any]], source: Source) -> None:
         """Each model's copy of the usage export token (``usage_export_secret``), which its
         gateway mounts as a file. A problem (the platform's Secret missing) is logged once

@@ -63,38 +63,9 @@ def test_not_ready_until_seeded() -> None:
     index = AccountIndex()
     index.observe("Pod", "ADDED", pod("a", "sa-1"))
     assert not index.ready
-    index.seed("Pod", [])
-    assert not index.ready
     index.seeded()
     assert index.ready
-
-
-def test_the_seed_adds_what_no_event_told_of() -> None:
-    index = AccountIndex()
-    index.seed("Pod", [pod("a", "sa-1"), pod("b", "sa-1")])
-    index.seeded()
-    assert names(index, "Pod", "sa-1") == ["a", "b"]
-
-
-def test_the_seed_never_overrides_a_newer_event() -> None:
-    """An event during the seed's listing says more recent things than the listing."""
-    index = AccountIndex()
-    index.observe("Deployment", "MODIFIED", dep("r", "sa-1"))  # moved to the model's account
-    index.seed("Deployment", [dep("r", "other")])  # listed before the move
-    index.seeded()
-    assert names(index, "Deployment", "sa-1") == ["r"]
-    assert names(index, "Deployment", "other") == []
-
-
-def test_the_seed_never_brings_back_an_object_deleted_meanwhile() -> None:
-    index = AccountIndex()
-    index.observe("Pod", "DELETED", pod("gone", "sa-1"))
-    index.seed("Pod", [pod("gone", "sa-1")])
-    index.seeded()
-    assert names(index, "Pod", "sa-1") == []
-    # After the seed, a new object of the same uid is followed again (no lasting tombstone).
-    index.observe("Pod", "ADDED", pod("gone", "sa-1"))
-    assert names(index, "Pod", "sa-1") == ["gone"]
+    assert names(index, "Pod", "sa-1") == ["a"]
 
 
 def test_views_not_whole_objects_are_kept() -> None:

@@ -98,17 +98,18 @@ def test_the_latest_event_is_what_is_held() -> None:
     assert state.reason != "Verified"  # the Pod is not of the spec's version: not current
 
 
-def test_seed_then_events_and_readiness() -> None:
+def test_events_then_readiness() -> None:
     index = ModelPods()
     assert not index.ready
-    index.observe("ADDED", pod("new", "2", ready=True))
+    index.observe(None, pod("old", "1"))  # listed
+    index.observe(None, pod("new", "2"))
+    index.observe("MODIFIED", pod("new", "2", ready=True))
     index.observe("DELETED", pod("gone", "3"))
-    index.seed([pod("old", "1"), pod("new", "2"), pod("gone", "3")])
     index.seeded()
     assert index.ready
     assert names(index) == ["new", "old"]
     (new,) = [p for p in index.of("ns", "m") if p["metadata"]["name"] == "new"]
-    assert new["status"]["conditions"][0]["status"] == "True"  # the event, not the seed
+    assert new["status"]["conditions"][0]["status"] == "True"
 
 
 def test_a_listing_puts_right_a_deletion_the_watch_missed() -> None:

@@ -38,6 +38,13 @@ class Metrics:
             ["verb", "kind", "code"],
             registry=r,
         )
+        self.watch_restarts = Counter(
+            "modelseal_operator_watch_restarts_total",
+            "The operator's own watches started over, by kind and why (expired: listed "
+            "again; failed: the connection or the server failed, resumed after a pause).",
+            ["kind", "reason"],
+            registry=r,
+        )
         self.api_writes = Counter(
             "modelseal_operator_api_writes_total",
             "Kubernetes API write calls (POST, PUT, PATCH, DELETE) made by the reconciler.",

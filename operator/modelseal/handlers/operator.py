@@ -10,9 +10,13 @@
   model: a drifted Deployment is put back within a watch event's delay. Every event of
   the owned kinds also feeds the reconciler's watch cache (`modelseal.k8s.cache`), which
   answers the reconcile's reads of those objects instead of a GET each.
-* Events of any Pod or Deployment that runs as a model's ServiceAccount → reconcile that
+* Events of any Pod or workload that runs as a model's ServiceAccount → reconcile that
   model: an intruder loses the model's Vault role (and its Pods) within a watch event's
   delay rather than at the next resync.
+
+The last two are not kopf's watches but our own followers (`modelseal.k8s.watch`,
+started with the operator): they hand each object on as it is decoded, so that a
+listing of thousands of Pods is never queued whole in kopf's per-object backlogs.
 
 kopf's own persistence uses our prefix (annotations ``<api_group>/…``), posts no Events
 of its own (we post ours), and runs standalone (no peering objects to write).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -42,8 +47,10 @@ from modelseal import fastjson
 from modelseal.config import Settings
 from modelseal.handlers.licenses_usage import UsageWriter
 from modelseal.handlers.reconciler import Reconciler
+from modelseal.k8s import api as k8s
 from modelseal.k8s.access import utc_from_epoch
 from modelseal.k8s.api import ApiError, KubeClient
+from modelseal.k8s.watch import Follower, OnEvent, Restart
 from modelseal.models.spec import GROUP, LICENSE_PLURAL, MODEL_PLURAL, VERSION
 from modelseal.vault.auth import VaultError
 
@@ -226,6 +233,9 @@ def build_registry(
         background.append(asyncio.create_task(_periodic(reconciler, _resync_s), name="resync"))
         background.append(asyncio.create_task(usage_writer.run(), name="license-usage"))
         background.append(asyncio.create_task(reconciler.seed_indexes(), name="indexes"))
+        for follower in followers(reconciler, [*_settings.namespaces] or [None]):
+            name = f"follow-{follower.kind.plural}"
+            background.append(asyncio.create_task(follower.run(), name=name))
 
     _settings = settings
     usage_writer = UsageWriter(
@@ -264,21 +274,15 @@ def build_registry(
         meta = body.get("metadata") or {}
         reconciler.license_changed(str(meta.get("namespace")), str(meta.get("name")), body, type)
 
-    # Every event of the owned kinds (ours or not: the cache follows a key it answers
-    # for whoever changes it, `modelseal.k8s.cache`) goes to the reconciler's watch cache;
-    # one of ours wakes its model (a drifted Deployment is put back within a watch
-    # event's delay); any Pod or workload (not only ours) that runs as a model's
-    # ServiceAccount wakes that model's check at once, and the account index follows
-    # every one of them, so that the check reads no lists.
+    # The owned kinds (ours or not: the cache follows a key it answers for whoever
+    # changes it, `modelseal.k8s.cache`), Pods and every workload kind are followed by
+    # our own list-and-watch (`modelseal.k8s.watch`), not kopf: each object goes to the
+    # reconciler as it is decoded. One of ours wakes its model (a drifted Deployment is
+    # put back within a watch event's delay); any Pod or workload (not only ours) that
+    # runs as a model's ServiceAccount wakes that model's check at once, and the account
+    # index follows every one of them, so that the check reads no lists.
     reconciler.cache.enable()
-    for group, version, plural, kind in OWNED:
-        kopf.on.event(group, version, plural, registry=registry, id=f"owned-{plural}")(
-            _owned_handler(reconciler, kind)
-        )
-    for group, version, plural, kind in IDENTITY_ONLY:
-        kopf.on.event(group, version, plural, registry=registry, id=f"identity-{plural}")(
-            _identity_handler(reconciler, kind)
-        )
+    reconciler.follow(kind for _, _, _, kind in FOLLOWED)
 
     @kopf.on.probe(id="queue", registry=registry)
     def queue_probe(**_: Any) -> int:
@@ -289,20 +293,44 @@ def build_registry(
     return registry
 
 
-def _owned_handler(reconciler: Reconciler, kind: str) -> Any:
-    identity = kind in IDENTITY_KINDS
-
-    async def owned_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        reconciler.owned_changed(kind, type, body, identity)
-
-    return owned_event
+#: What the operator follows with its own list-and-watch (group, version, plural, kind).
+FOLLOWED = OWNED + IDENTITY_ONLY
 
 
-def _identity_handler(reconciler: Reconciler, kind: str) -> Any:
-    async def identity_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        reconciler.identity_changed(kind, type, body)
+def followers(reconciler: Reconciler, scopes: list[str | None]) -> list[Follower]:
+    """A follower of each followed kind in each scope, feeding the reconciler."""
+    out: list[Follower] = []
+    for group, version, plural, kind in FOLLOWED:
+        api_kind = k8s.Kind(kind, group, version, plural)
+        on_event = (
+            _owned_handler(reconciler, kind)
+            if (group, version, plural, kind) in OWNED
+            else _identity_handler(reconciler, kind)
+        )
+        for scope in scopes:
+            out.append(
+                Follower(
+                    reconciler.kube,
+                    api_kind,
+                    scope,
+                    on_event,
+                    on_listed=functools.partial(reconciler.scope_listed, kind, scope),
+                    on_restart=functools.partial(_count_restart, reconciler, kind),
+                )
+            )
+    return out
 
-    return identity_event
+
+def _count_restart(reconciler: Reconciler, kind: str, why: Restart) -> None:
+    reconciler.metrics.watch_restarts.labels(kind, why).inc()
+
+
+def _owned_handler(reconciler: Reconciler, kind: str) -> OnEvent:
+    return functools.partial(reconciler.owned_changed, kind, identity=kind in IDENTITY_KINDS)
+
+
+def _identity_handler(reconciler: Reconciler, kind: str) -> OnEvent:
+    return functools.partial(reconciler.identity_changed, kind)
 
 
 async def _periodic(reconciler: Reconciler, interval_s: float) -> None:

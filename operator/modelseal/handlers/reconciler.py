@@ -36,7 +36,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -103,10 +103,10 @@ class Reconciler:
         # (`modelseal.handlers.operator` enables it); everything else from the API server.
         self.cache = WatchCache("app.kubernetes.io/managed-by", MANAGED_BY)
         self.cache.on_news = self.owned_news
-        #: Pods and every workload kind by the account they run as (the watches feed
-        #: it, `seed_indexes` fills it once at start).
+        #: Pods and every workload kind by the account they run as (the followers feed
+        #: it; their first listings seed it, `scope_listed`).
         self.accounts = AccountIndex()
-        #: Each model's Pods (the Pod watch feeds it, `seed_indexes` fills it too).
+        #: Each model's Pods (the Pod follower feeds it).
         self.pods = ModelPods()
         #: The licenses and their models as the watches show them (`licensebook`).
         self.book = LicenseBook()
@@ -136,6 +136,9 @@ class Reconciler:
         self.deletion = ModelDeletion(ctx, self.memory, enqueue, vault_step, self.models.forget)
         self.garbage = VaultGarbageCollector(ctx, self.memory)
         self.enqueue = enqueue
+        self._unlisted: set[tuple[str, str | None]] = set()
+        self._followed: frozenset[str] = frozenset()
+        self._indexes_seeded = False
 
     # --- queue ---------------------------------------------------------------------------
     def enqueue_model(
@@ -253,35 +256,43 @@ class Reconciler:
         return result
 
     # --- the watch-fed state ---------------------------------------------------------------
+    def follow(self, kinds: Iterable[str]) -> None:
+        """`kinds` are listed, then watched, by our own followers (`modelseal.k8s.watch`),
+        in every scope: their first listings seed the indexes (`scope_listed`)."""
+        self._unlisted = {(kind, scope) for kind in kinds for scope in self._scopes()}
+        self._followed = frozenset(kinds)
+
+    def scope_listed(self, kind: str, scope: str | None) -> None:
+        """The follower of `kind` in `scope` finished a listing: the callbacks saw each
+        object. Once every scope of a kind has been listed, the watch cache answers
+        "absent" for it; once every workload kind has, the account index and the index
+        of models' Pods answer instead of listing."""
+        if (kind, scope) not in self._unlisted:
+            return  # a listing again after a watch expired
+        self._unlisted.discard((kind, scope))
+        if any(k == kind for k, _ in self._unlisted):
+            return
+        self.cache.listed(kind)
+        if not any(k in INDEXABLE for k, _ in self._unlisted) and not self._indexes_seeded:
+            self._indexes_seeded = True
+            self.accounts.seeded()
+            self.pods.seeded()
+            log.info("account and Pod indexes seeded from the first listings")
+
     async def seed_indexes(self) -> None:
-        """List once (every watched namespace) what the watches keep up to date from then
-        on: the Pods and workloads into the account index, the Pods into the index of
-        models' Pods, and which objects of the cached kinds exist into the watch cache
-        (their metadata only; Deployments come with the workloads). Until each is seeded,
-        the identity check and the reconcile list or GET for themselves. Each listing is
-        retried until it succeeds."""
-        await _until_done("account index", self._seed_workloads)
-        self.accounts.seeded()
-        self.pods.seeded()
+        """List once what no follower lists: the licenses and models into the license
+        book (kopf watches them), and which objects exist of any cached kind not
+        followed. Each listing is retried until it succeeds."""
         await _until_done("license book", self._seed_book)
         self.book.seeded()
         for name in self.cache.listed_kinds_missing():
+            if name in self._followed:
+                continue
             await _until_done(f"{name} listing", functools.partial(self._seed_present, name))
             self.cache.listed(name)
 
     def _scopes(self) -> list[str | None]:
         return [*self.settings.namespaces] or [None]
-
-    async def _seed_workloads(self) -> None:
-        for name in INDEXABLE:
-            for ns in self._scopes():
-                async for page in self.kube.list_pages(k8s.KINDS[name], ns, limit=50):
-                    self.accounts.seed(name, page)
-                    self.cache.seed_present(name, page)
-                    if name == "Pod":
-                        self.pods.seed(page)
-        for name in INDEXABLE:
-            self.cache.listed(name)
 
     async def _seed_book(self) -> None:
         for ns in self._scopes():

@@ -11,10 +11,11 @@ with the HTTP status and the server's message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
@@ -28,6 +29,27 @@ Json = dict[str, Any]
 Page = list[Json]
 
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class ListChunk(NamedTuple):
+    """One page of a listing: its objects, the next page's continuation ("" after the
+    last) and the version of the state it shows (to watch from)."""
+
+    items: list[Json]
+    token: str
+    version: str
+
+
+class LineSplitter:
+    """A watch's body, as the chunks come, in its lines (one event each; a line may span
+    chunks: a ConfigMap can hold a megabyte)."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        *lines, self._rest = (self._rest + chunk).split(b"\n")
+        return [line for line in lines if line.strip()]
 
 
 class ApiError(Exception):
@@ -210,6 +232,39 @@ class KubeClient:
                     return resp.status, raw
         raise AssertionError("unreachable")
 
+    async def stream(
+        self, path: str, *, query: Mapping[str, str], read_timeout_s: float
+    ) -> AsyncGenerator[bytes, None]:
+        """A long GET (a watch) as the chunks of its body as they come; an answer other
+        than 200 raises `ApiError` (a 401 renews the credentials and tries once more).
+        Iterate it inside ``contextlib.aclosing`` so that the connection is given back
+        when the reader stops early."""
+        for attempt in (0, 1):
+            if attempt:
+                self._renew()
+            session = self._open()
+            headers = {"Accept": "application/json", "User-Agent": "modelseal-operator"}
+            token = self.tokens.token()
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            async with session.get(
+                self.access.server + path,
+                params=dict(query),
+                headers=headers,
+                # No total: a watch lasts as long as the server keeps it (its
+                # timeoutSeconds); a silent connection is dropped after read_timeout_s.
+                timeout=aiohttp.ClientTimeout(total=None, connect=30.0, sock_read=read_timeout_s),
+                server_hostname=self.access.tls_server_name,
+            ) as resp:
+                if resp.status == 401 and attempt == 0:
+                    await resp.read()
+                    continue
+                if resp.status != 200:
+                    raise _error(resp.status, await resp.read())
+                async for chunk in resp.content.iter_any():
+                    yield chunk
+                return
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -318,6 +373,56 @@ class Kube:
             if not token:
                 return
             query = {"limit": str(limit), "continue": str(token)}
+
+    async def list_chunk(
+        self, kind: Kind, namespace: str | None, limit: int, token: str | None = None
+    ) -> ListChunk:
+        """One page of a listing of `kind` (`token`: the previous page's continuation)."""
+        path = kind.path(namespace) if namespace is not None else kind.cluster_path()
+        query = {"limit": str(limit)}
+        if token:
+            query["continue"] = token
+        doc = await self._acall("GET", path, kind.kind, query=query)
+        meta = doc.get("metadata") or {}
+        return ListChunk(
+            [i for i in doc.get("items") or [] if isinstance(i, dict)],
+            str(meta.get("continue") or ""),
+            str(meta.get("resourceVersion") or ""),
+        )
+
+    async def watch(
+        self, kind: Kind, namespace: str | None, version: str, timeout_s: int
+    ) -> AsyncGenerator[Json, None]:
+        """The watch events of `kind` after `version` (each ``{"type", "object"}``, with
+        bookmarks), until the server ends the watch after about `timeout_s`. A refused
+        watch raises `ApiError` (410: `version` is too old, list again)."""
+        path = kind.path(namespace) if namespace is not None else kind.cluster_path()
+        query = {
+            "watch": "1",
+            "resourceVersion": version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_s),
+        }
+        code = 0
+        lines = LineSplitter()
+        try:
+            chunks = self.api.stream(path, query=query, read_timeout_s=timeout_s + 30.0)
+            async with contextlib.aclosing(chunks):
+                code = 200
+                async for chunk in chunks:
+                    for line in lines.feed(chunk):
+                        doc = fastjson.loads(line)
+                        if isinstance(doc, dict):
+                            yield doc
+        except ApiError as exc:
+            code = exc.status
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            detail = str(exc) or type(exc).__name__
+            raise ApiError(0, "Unreachable", f"WATCH {path}: {detail}") from None
+        finally:
+            if self.on_call is not None:
+                self.on_call("WATCH", kind.kind, code)
 
     # --- writes --------------------------------------------------------------------------
     async def create(self, kind: Kind, namespace: str, body: Json) -> Json:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from modelseal.handlers.controller.context import Context
@@ -31,11 +31,11 @@ Workloads = dict[str, list[dict[str, Any]]]
 
 class AccountIndex:
     """Pods and the workloads that make them (`INDEXABLE`) by the ServiceAccount they run
-    as: their `identity_view`, fed by the operator's watches of those kinds (`observe`) and
-    seeded by one listing at start (`seed`; see `Filing`). Complete once seeded: every
-    object that exists is in it, with the state of its latest event. A deletion while a
-    watch was away can leave an object in it that is gone (the identity check then lists,
-    see `IdentityGuard.check`)."""
+    as: their `identity_view`, fed by the operator's followers of those kinds (`observe`:
+    their listings, then their watches; `modelseal.k8s.watch`). Complete once each kind
+    was listed (`seeded`): every object that exists is in it, with the state of its
+    latest event. It can still name an object that is gone (a deletion not yet seen; the
+    identity check then lists, see `IdentityGuard.check`)."""
 
     def __init__(self) -> None:
         #: filed under (kind, namespace, account)
@@ -59,15 +59,9 @@ class AccountIndex:
             return self._filing.remove(uid)
         return self._file(kind, uid, body)
 
-    def seed(self, kind: str, items: Iterable[Mapping[str, Any]]) -> None:
-        """One listing of `kind` (made after the watches' events began to be observed)."""
-        for item in items:
-            uid = str((item.get("metadata") or {}).get("uid") or "")
-            if self._filing.seeds(uid):
-                self._file(kind, uid, item)
-
     def seeded(self) -> None:
-        """Every kind was seeded: the index answers from now on."""
+        """Every kind was listed once (each object observed): the index answers from now
+        on."""
         self._filing.seeded()
 
     def running_as(self, kind: str, namespace: str, account: str) -> list[dict[str, Any]]:

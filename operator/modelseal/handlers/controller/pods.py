@@ -27,10 +27,11 @@ class Listing:
 
 class ModelPods:
     """Every Pod labelled ``modelseal.io/model=<name>`` (whoever made it: what a listing by
-    that label gives), filed by namespace and model as its `pod_view`, fed by the Pod
-    watch (`observe`) and seeded by one listing at start (`seed`, `seeded`; see `Filing`).
-    Complete once seeded; like the account index, it can still hold a Pod deleted while
-    the watch was away, so the periodic resync lists each model's Pods (`begin`, `fill`)
+    that label gives), filed by namespace and model as its `pod_view`, fed by the
+    operator's Pod follower (`observe`: its listings, then its watch;
+    `modelseal.k8s.watch`), complete once the first listing was observed (`seeded`). A
+    follower's listing again hands on a Pod gone meanwhile as deleted; as a safeguard the
+    periodic resync still lists each model's Pods (`begin`, `fill`)
     and files what it found in place of what it held, unless an event of that model's
     Pods came while the listing was in flight (the event is newer)."""
 
@@ -58,14 +59,6 @@ class ModelPods:
             self._filing.remove(uid)
             return
         self._file(uid, body)
-
-    def seed(self, items: Iterable[Mapping[str, Any]]) -> None:
-        """One page of the listing of every Pod (made after the watch's events began to
-        be observed)."""
-        for item in items:
-            uid = str((item.get("metadata") or {}).get("uid") or "")
-            if self._filing.seeds(uid):
-                self._file(uid, item)
 
     def seeded(self) -> None:
         self._filing.seeded()

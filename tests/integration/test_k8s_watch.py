@@ -1,0 +1,160 @@
+"""The operator's own list-and-watch (`modelseal.k8s.watch.Follower`) against a real API
+server: a listing in pages, then the watch from the listing's version; an object deleted
+while nothing watched is handed on as DELETED by the next listing; a dropped connection
+resumes without losing what changed meanwhile; a version the server no longer has lists
+again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from tests.integration.operator_helpers import OpsEnv
+
+from modelseal.k8s import api as k8s
+from modelseal.k8s.api import Json, Kube
+from modelseal.k8s.watch import Follower, Restart
+
+Seen = list[tuple[str | None, str]]
+
+
+def _recorder() -> tuple[Seen, Callable[[str | None, Json], None]]:
+    seen: Seen = []
+
+    def on_event(event_type: str | None, obj: Json) -> None:
+        seen.append((event_type, str(obj["metadata"]["name"])))
+
+    return seen, on_event
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def _configmap(env: OpsEnv, ns: str, name: str) -> None:
+    env.kubectl("create", "configmap", name, "-n", ns, f"--from-literal=k={name}")
+
+
+def test_a_listing_in_pages_then_the_watch_from_its_version(ops_cluster: OpsEnv) -> None:
+    ns = ops_cluster.namespace("watch")
+    for name in ("a", "b", "c"):
+        _configmap(ops_cluster, ns, name)
+
+    async def scenario() -> tuple[Seen, int]:
+        seen, on_event = _recorder()
+        listings: list[int] = []
+        kube = Kube(ops_cluster.cluster.kube_client())
+        follower = Follower(
+            kube,
+            k8s.CONFIG_MAP,
+            ns,
+            on_event,
+            on_listed=lambda: listings.append(len(seen)),
+            page_size=1,  # every object its own page: the continuation is followed
+        )
+        task = asyncio.create_task(follower.run())
+        await _until(lambda: bool(listings))
+        ops_cluster.kubectl("label", "configmap", "a", "-n", ns, "x=1")
+        ops_cluster.kubectl("delete", "configmap", "b", "-n", ns)
+        _configmap(ops_cluster, ns, "d")
+        await _until(lambda: len(seen) >= 7)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await kube.close()
+        return seen, listings[0]
+
+    seen, listed = asyncio.run(scenario())
+    # the namespace's own kube-root-ca.crt is listed too
+    assert sorted(seen[:listed]) == [(None, n) for n in ("a", "b", "c", "kube-root-ca.crt")]
+    assert seen[listed:] == [("MODIFIED", "a"), ("DELETED", "b"), ("ADDED", "d")]
+
+
+def test_an_object_gone_between_two_listings_is_handed_on_as_deleted(ops_cluster: OpsEnv) -> None:
+    ns = ops_cluster.namespace("watch")
+    ops_cluster.kubectl("create", "configmap", "kept", "-n", ns, "--from-literal=k=1")
+    ops_cluster.kubectl("create", "configmap", "gone", "-n", ns, "--from-literal=k=1")
+    ops_cluster.kubectl("label", "configmap", "gone", "-n", ns, "app=m")
+
+    async def scenario() -> tuple[Seen, list[Json]]:
+        seen, on_event = _recorder()
+        bodies: list[Json] = []
+
+        def keep(event_type: str | None, obj: Json) -> None:
+            on_event(event_type, obj)
+            if event_type == "DELETED":
+                bodies.append(obj)
+
+        kube = Kube(ops_cluster.cluster.kube_client())
+        follower = Follower(kube, k8s.CONFIG_MAP, ns, keep)
+        await follower.relist()
+        # while nothing watches (a watch that expired): one deleted, one made
+        ops_cluster.kubectl("delete", "configmap", "gone", "-n", ns)
+        _configmap(ops_cluster, ns, "new")
+        del seen[:]
+        await follower.relist()
+        await kube.close()
+        return seen, bodies
+
+    seen, bodies = asyncio.run(scenario())
+    assert sorted(e for e in seen if e[0] is None) == [
+        (None, "kept"),
+        (None, "kube-root-ca.crt"),
+        (None, "new"),
+    ]
+    assert [e for e in seen if e[0] is not None] == [("DELETED", "gone")]
+    meta = bodies[0]["metadata"]
+    assert (meta["namespace"], meta["labels"], bool(meta["uid"])) == (ns, {"app": "m"}, True)
+
+
+def test_a_dropped_watch_resumes_and_loses_nothing(ops_cluster: OpsEnv) -> None:
+    ns = ops_cluster.namespace("watch")
+
+    async def scenario() -> tuple[Seen, list[Restart]]:
+        seen, on_event = _recorder()
+        restarts: list[Restart] = []
+        listed = asyncio.Event()
+        kube = Kube(ops_cluster.cluster.kube_client())
+        follower = Follower(
+            kube,
+            k8s.CONFIG_MAP,
+            ns,
+            on_event,
+            on_listed=listed.set,
+            on_restart=restarts.append,
+            retry_s=0.5,
+        )
+        task = asyncio.create_task(follower.run())
+        await listed.wait()
+        _configmap(ops_cluster, ns, "before")
+        await _until(lambda: ("ADDED", "before") in seen)
+        # the connection goes (as when the API server restarts); a change meanwhile
+        await kube.api.close()
+        _configmap(ops_cluster, ns, "meanwhile")
+        await _until(lambda: ("ADDED", "meanwhile") in seen)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await kube.close()
+        return seen, restarts
+
+    seen, restarts = asyncio.run(scenario())
+    assert [e for e in seen if e[0] is not None] == [("ADDED", "before"), ("ADDED", "meanwhile")]
+    assert restarts == [Restart.FAILED]
+
+
+def test_a_version_the_server_no_longer_has_ends_the_watch_for_a_listing(
+    ops_cluster: OpsEnv,
+) -> None:
+    ns = ops_cluster.namespace("watch")
+
+    async def scenario() -> None:
+        kube = Kube(ops_cluster.cluster.kube_client())
+        follower = Follower(kube, k8s.CONFIG_MAP, ns, lambda _t, _o: None)
+        # "1" is older than anything the API server's watch cache keeps: 410 Gone.
+        # follow() returns (run() then lists again) instead of retrying forever.
+        await asyncio.wait_for(follower.follow("1"), timeout=20)
+        await kube.close()
+
+    asyncio.run(scenario())

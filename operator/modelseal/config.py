@@ -100,8 +100,9 @@ class Settings(BaseSettings):
         128,
         ge=1,
         description="kopf's per-object event workers at once, per watched resource "
-        "(kopf's own default is unbounded: one task per object that has events). Events "
-        "of objects waiting for a worker are held whole in memory (~100 KB a Pod).",
+        "(kopf's own default is unbounded: one task per object that has events). kopf "
+        "watches only ProtectedModels and ModelLicenses; events of objects waiting for a "
+        "worker are held whole in memory.",
     )
     quota_require_durable_state: bool = Field(
         False,

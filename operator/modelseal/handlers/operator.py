@@ -49,7 +49,7 @@ from modelseal.handlers.licenses_usage import UsageWriter
 from modelseal.handlers.reconciler import Reconciler
 from modelseal.k8s import api as k8s
 from modelseal.k8s.access import utc_from_epoch
-from modelseal.k8s.api import ApiError, KubeClient
+from modelseal.k8s.api import ApiError, Kube, KubeClient
 from modelseal.k8s.watch import Follower, OnEvent, Restart
 from modelseal.models.spec import GROUP, LICENSE_PLURAL, MODEL_PLURAL, VERSION
 from modelseal.vault.auth import VaultError
@@ -233,11 +233,16 @@ def build_registry(
         background.append(asyncio.create_task(_periodic(reconciler, _resync_s), name="resync"))
         background.append(asyncio.create_task(usage_writer.run(), name="license-usage"))
         background.append(asyncio.create_task(reconciler.seed_indexes(), name="indexes"))
-        for follower in followers(reconciler, [*_settings.namespaces] or [None]):
+        for follower in followers(reconciler, watch_kube, [*_settings.namespaces] or [None]):
             name = f"follow-{follower.kind.plural}"
             background.append(asyncio.create_task(follower.run(), name=name))
 
     _settings = settings
+    # The followers' own connections: each watch holds one for as long as it lasts, so
+    # they must not take the reconciler's bounded pool (`operator_api_concurrency`).
+    watch_kube = Kube(
+        KubeClient(reconciler.kube.api.access, max_connections=0), reconciler.kube.on_call
+    )
     usage_writer = UsageWriter(
         settings, reconciler.kube, reconciler.metrics.registry, reconciler.event, reconciler.now
     )
@@ -251,6 +256,7 @@ def build_registry(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await usage_writer.close()
+        await watch_kube.close()
         await reconciler.queue.close()
         await reconciler.auditor.close()
         reconciler.vault.close()
@@ -297,8 +303,9 @@ def build_registry(
 FOLLOWED = OWNED + IDENTITY_ONLY
 
 
-def followers(reconciler: Reconciler, scopes: list[str | None]) -> list[Follower]:
-    """A follower of each followed kind in each scope, feeding the reconciler."""
+def followers(reconciler: Reconciler, kube: Kube, scopes: list[str | None]) -> list[Follower]:
+    """A follower of each followed kind in each scope (over `kube`), feeding the
+    reconciler."""
     out: list[Follower] = []
     for group, version, plural, kind in FOLLOWED:
         api_kind = k8s.Kind(kind, group, version, plural)
@@ -310,7 +317,7 @@ def followers(reconciler: Reconciler, scopes: list[str | None]) -> list[Follower
         for scope in scopes:
             out.append(
                 Follower(
-                    reconciler.kube,
+                    kube,
                     api_kind,
                     scope,
                     on_event,

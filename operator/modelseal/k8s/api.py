@@ -166,7 +166,8 @@ def _encode(body: Any) -> bytes:
 
 class KubeClient:
     """HTTP to one API server with one set of credentials: a keep-alive connection pool
-    made in the event loop of the first call (`close` it in the same loop)."""
+    of at most `max_connections` (0: no bound) made in the event loop of the first call
+    (`close` it in the same loop)."""
 
     def __init__(self, access: ClusterAccess, max_connections: int = 32) -> None:
         self.access = access

@@ -329,16 +329,20 @@ class Reconciler:
         watch resumed after a gap can miss a deletion), and refresh the cache with them."""
         self.memory.gone_secrets.clear()
         scopes: list[str | None] = [*self.settings.namespaces] or [None]
+        # Only the names are needed: metadata-only pages, not every model whole at once
+        # (1,000 models with their status were tens of MB of Python objects; issue 13 §3).
         for ns in scopes:
-            for item in await self.kube.list(MODELS, ns):
-                m = item.get("metadata") or {}
-                key = model_key(str(m.get("namespace")), str(m.get("name")))
-                self.metrics.wakeups.labels("resync").inc()
-                self.queue.add(key, background=True)  # behind every event-driven run
-            for item in await self.kube.list(LICENSES, ns):
-                m = item.get("metadata") or {}
-                key = license_key(str(m.get("namespace")), str(m.get("name")))
-                self.queue.add(key, background=True)
+            async for page in self.kube.list_pages(MODELS, ns, limit=500, metadata_only=True):
+                for item in page:
+                    m = item.get("metadata") or {}
+                    key = model_key(str(m.get("namespace")), str(m.get("name")))
+                    self.metrics.wakeups.labels("resync").inc()
+                    self.queue.add(key, background=True)  # behind every event-driven run
+            async for page in self.kube.list_pages(LICENSES, ns, limit=500, metadata_only=True):
+                for item in page:
+                    m = item.get("metadata") or {}
+                    key = license_key(str(m.get("namespace")), str(m.get("name")))
+                    self.queue.add(key, background=True)
 
 
 def _our_model(body: Mapping[str, Any]) -> str | None:

@@ -103,16 +103,21 @@ class Follower:
         while True:
             try:
                 version = await self.relist()
-            except ApiError as exc:
+                delay = self.retry_s
+                self.on_listed()
+                await self.follow(version)
+                self.on_restart(Restart.EXPIRED)
+            except (ApiError, ValueError) as exc:  # ValueError: an answer that is no JSON
                 log.warning("listing %s failed (again in %.0f s): %s", self.kind.kind, delay, exc)
                 self.on_restart(Restart.FAILED)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_s)
-                continue
-            delay = self.retry_s
-            self.on_listed()
-            await self.follow(version)
-            self.on_restart(Restart.EXPIRED)
+            except Exception:
+                # A follower that stopped would leave the indexes silently stale: never.
+                log.exception("following %s failed (again in %.0f s)", self.kind.kind, delay)
+                self.on_restart(Restart.FAILED)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_s)
 
     async def relist(self) -> str:
         """Hand on every object (type None) and, as DELETED, every object known before
@@ -170,8 +175,8 @@ class Follower:
                         if kind in ("ADDED", "MODIFIED", "DELETED"):
                             self._hand_on(str(kind), obj)
                         delay = self.retry_s
-            except ApiError as exc:
-                if exc.status == 410:
+            except (ApiError, ValueError) as exc:
+                if isinstance(exc, ApiError) and exc.status == 410:
                     log.info("watch of %s expired; listing again", self.kind.kind)
                     return
                 log.warning(

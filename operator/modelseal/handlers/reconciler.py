@@ -33,6 +33,7 @@ what the kopf handlers call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -75,6 +76,12 @@ from modelseal.policies.wakes import WakeFilter
 from modelseal.render.names import LABEL_MODEL, MANAGED_BY
 
 log = logging.getLogger("modelseal.operator")
+
+#: How long a reconcile waits for the followers' first listings (`Reconciler.synced`)
+#: before it reads for itself: a listing of every Pod takes seconds, not minutes, even
+#: at thousands of objects; a follower whose listing keeps failing must not stop the
+#: operator.
+SYNC_WAIT_S = 60.0
 
 
 class Reconciler:
@@ -139,6 +146,9 @@ class Reconciler:
         self._unlisted: set[tuple[str, str | None]] = set()
         self._followed: frozenset[str] = frozenset()
         self._indexes_seeded = False
+        #: Set once every followed kind was listed in every scope (set while none is).
+        self.synced = asyncio.Event()
+        self.synced.set()
 
     # --- queue ---------------------------------------------------------------------------
     def enqueue_model(
@@ -234,6 +244,14 @@ class Reconciler:
 
     async def _work(self, key: str) -> float | None:
         kind, namespace, name = key.split("/", 2)
+        if not self.synced.is_set():
+            # As controller-runtime waits for its caches to sync before its workers start:
+            # a reconcile before the followers' first listings would list the namespace's
+            # Pods and workloads and GET the owned objects itself, every one of the first
+            # hundreds at once (after a restart at 1,000 models the operator's memory
+            # jumped by 50 MB in two seconds; issue 13 §3). Past the bound, it does so.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.synced.wait(), SYNC_WAIT_S)
         started = time.monotonic()
         # A drift check of the periodic resync reads the owned objects from the API
         # server (and refreshes the cache with them); runs woken by events use the cache.
@@ -260,7 +278,9 @@ class Reconciler:
         """`kinds` are listed, then watched, by our own followers (`modelseal.k8s.watch`),
         in every scope: their first listings seed the indexes (`scope_listed`)."""
         self._unlisted = {(kind, scope) for kind in kinds for scope in self._scopes()}
-        self._followed = frozenset(kinds)
+        self._followed = frozenset(k for k, _ in self._unlisted)
+        if self._unlisted:
+            self.synced.clear()
 
     def scope_listed(self, kind: str, scope: str | None) -> None:
         """The follower of `kind` in `scope` finished a listing: the callbacks saw each
@@ -270,6 +290,8 @@ class Reconciler:
         if (kind, scope) not in self._unlisted:
             return  # a listing again after a watch expired
         self._unlisted.discard((kind, scope))
+        if not self._unlisted:
+            self.synced.set()
         if any(k == kind for k, _ in self._unlisted):
             return
         self.cache.listed(kind)

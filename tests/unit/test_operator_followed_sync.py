@@ -1,11 +1,13 @@
 """The reconciler's start: its reconciles wait for the followers' first listings
-(`Reconciler.synced`), and the indexes answer once every workload kind was listed in
-every scope, not before (a second listing of a scope after a watch expired counts for
-nothing)."""
+(`Reconciler.synced`), whose objects wake no model; the indexes answer once every
+workload kind was listed in every scope, not before (a second listing of a scope after
+a watch expired counts for nothing)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 from modelseal.handlers.auditing import Auditor
 from modelseal.handlers.metrics import Metrics
@@ -13,6 +15,7 @@ from modelseal.handlers.reconciler import Reconciler
 from modelseal.handlers.vaultio import VaultSession
 from modelseal.k8s.access import ClusterAccess
 from modelseal.k8s.api import Kube, KubeClient
+from modelseal.render.names import LABEL_MODEL, MANAGED_BY
 from modelseal.testing import settings_for_tests
 
 
@@ -46,3 +49,29 @@ def test_synced_and_seeded_once_every_kind_is_listed_in_every_scope(tmp_path: Pa
     r.scope_listed("ConfigMap", "b")
     assert r.synced.is_set()
     assert "ConfigMap" not in r.cache.listed_kinds_missing()
+
+
+def _deployment(replicas: int) -> dict[str, Any]:
+    labels = {LABEL_MODEL: "m", "app.kubernetes.io/managed-by": MANAGED_BY}
+    meta = {"namespace": "a", "name": "m", "uid": "u1", "labels": labels}
+    return {"metadata": meta, "spec": {"replicas": replicas}}
+
+
+def test_the_first_listings_wake_no_model_later_events_do(tmp_path: Path) -> None:
+    """Before the first listings are complete, a listed object of a model's wakes
+    nothing (kopf's listing of the models wakes each model once); after, a change does."""
+
+    async def scenario() -> list[float]:
+        r = _reconciler(tmp_path, ["a"])
+        r.follow(["Deployment"])
+        woken = r.metrics.wakeups.labels("Deployment")
+        r.owned_changed("Deployment", None, _deployment(1), identity=True)
+        seen = [woken._value.get()]
+        r.scope_listed("Deployment", "a")
+        r.owned_changed("Deployment", "MODIFIED", _deployment(0), identity=True)
+        seen.append(woken._value.get())
+        await r.queue.close()
+        await r.kube.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [0.0, 1.0]

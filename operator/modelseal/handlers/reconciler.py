@@ -212,6 +212,11 @@ class Reconciler:
         relevant = model is not None and self.wakes.changed(kind, event_type, body)
         if seen is not Seen.NEWS:
             return  # our echo, or held until our write in flight ends (`owned_news`)
+        if event_type is None and not self.synced.is_set():
+            # The followers' first listings: kopf's listing of the models wakes every
+            # model, to run once they are done; a wake-up per listed object would run
+            # most of them twice (1,100 reconciles more after a restart at 1,000 models).
+            return
         if relevant and model is not None:
             self.enqueue_model(namespace, model, source=kind)
         if filed:

@@ -272,4 +272,5 @@ def call(
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
             return int(resp.status), dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
-        return int(exc.code), dict(exc.headers), exc.read()
+        with exc:  # its connection is closed here, not whenever it is collected
+            return int(exc.code), dict(exc.headers), exc.read()

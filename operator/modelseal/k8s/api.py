@@ -262,8 +262,19 @@ class KubeClient:
                     continue
                 if resp.status != 200:
                     raise _error(resp.status, await resp.read())
-                async for chunk in resp.content.iter_any():
-                    yield chunk
+                done = False
+                try:
+                    async for chunk in resp.content.iter_any():
+                        yield chunk
+                    done = True
+                finally:
+                    if not done and resp.connection is not None:
+                        # A watch left midway (cancelled, closed early): cut it. Its TLS
+                        # goodbye would wait for the server's answer and outlive a loop
+                        # that is closing, leaving the socket open to the GC.
+                        transport = resp.connection.transport
+                        if transport is not None:
+                            transport.abort()
                 return
 
     async def close(self) -> None:

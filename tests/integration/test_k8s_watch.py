@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Callable
+from typing import Any
 
 from tests.integration.operator_helpers import OpsEnv
 
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import Json, Kube
-from modelseal.k8s.watch import Follower, Restart
+from modelseal.k8s.watch import Follower, OnEvent, Restart
 
 Seen = list[tuple[str | None, str]]
 
@@ -38,6 +39,17 @@ async def _until(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def _follower(env: OpsEnv, ns: str, on_event: OnEvent, **options: Any) -> Follower:
+    """A follower of the ConfigMaps of `ns`, on a client of its own."""
+    return Follower(Kube(env.cluster.kube_client()), k8s.CONFIG_MAP, ns, on_event, **options)
+
+
+async def _stop(follower: Follower, task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await follower.kube.close()
+
+
 def _configmap(env: OpsEnv, ns: str, name: str) -> None:
     env.kubectl("create", "configmap", name, "-n", ns, f"--from-literal=k={name}")
 
@@ -50,10 +62,8 @@ def test_a_listing_in_pages_then_the_watch_from_its_version(ops_cluster: OpsEnv)
     async def scenario() -> tuple[Seen, int]:
         seen, on_event = _recorder()
         listings: list[int] = []
-        kube = Kube(ops_cluster.cluster.kube_client())
-        follower = Follower(
-            kube,
-            k8s.CONFIG_MAP,
+        follower = _follower(
+            ops_cluster,
             ns,
             on_event,
             on_listed=lambda: listings.append(len(seen)),
@@ -65,9 +75,7 @@ def test_a_listing_in_pages_then_the_watch_from_its_version(ops_cluster: OpsEnv)
         ops_cluster.kubectl("delete", "configmap", "b", "-n", ns)
         _configmap(ops_cluster, ns, "d")
         await _until(lambda: len(seen) >= 7)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await kube.close()
+        await _stop(follower, task)
         return seen, listings[0]
 
     seen, listed = asyncio.run(scenario())
@@ -92,15 +100,14 @@ def test_an_object_gone_between_two_listings_is_handed_on_as_deleted(ops_cluster
             if event_type == "DELETED":
                 bodies.append(obj)
 
-        kube = Kube(ops_cluster.cluster.kube_client())
-        follower = Follower(kube, k8s.CONFIG_MAP, ns, keep)
+        follower = _follower(ops_cluster, ns, keep)
         await follower.relist()
         # while nothing watches (a watch that expired): one deleted, one made
         ops_cluster.kubectl("delete", "configmap", "gone", "-n", ns)
         _configmap(ops_cluster, ns, "new")
         del seen[:]
         await follower.relist()
-        await kube.close()
+        await follower.kube.close()
         return seen, bodies
 
     seen, bodies = asyncio.run(scenario())
@@ -135,10 +142,8 @@ def test_a_watch_ended_or_cut_resumes_and_loses_nothing(ops_cluster: OpsEnv) -> 
         seen, on_event = _recorder()
         restarts: list[Restart] = []
         listed = asyncio.Event()
-        kube = Kube(ops_cluster.cluster.kube_client())
-        follower = Follower(
-            kube,
-            k8s.CONFIG_MAP,
+        follower = _follower(
+            ops_cluster,
             ns,
             on_event,
             on_listed=listed.set,
@@ -152,12 +157,10 @@ def test_a_watch_ended_or_cut_resumes_and_loses_nothing(ops_cluster: OpsEnv) -> 
         await asyncio.sleep(5)  # two watches ended by the server meanwhile
         _configmap(ops_cluster, ns, "second")
         await _until(lambda: ("ADDED", "second") in seen)
-        cut = _drop_connections(kube)
+        cut = _drop_connections(follower.kube)
         _configmap(ops_cluster, ns, "third")
         await _until(lambda: ("ADDED", "third") in seen)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await kube.close()
+        await _stop(follower, task)
         return seen, restarts, cut
 
     seen, restarts, cut = asyncio.run(scenario())

@@ -145,7 +145,6 @@ class Reconciler:
         self.enqueue = enqueue
         self._unlisted: set[tuple[str, str | None]] = set()
         self._followed: frozenset[str] = frozenset()
-        self._indexes_seeded = False
         #: Set once every followed kind was listed in every scope (set while none is).
         self.synced = asyncio.Event()
         self.synced.set()
@@ -300,8 +299,7 @@ class Reconciler:
         if any(k == kind for k, _ in self._unlisted):
             return
         self.cache.listed(kind)
-        if not any(k in INDEXABLE for k, _ in self._unlisted) and not self._indexes_seeded:
-            self._indexes_seeded = True
+        if not any(k in INDEXABLE for k, _ in self._unlisted) and not self.accounts.ready:
             self.accounts.seeded()
             self.pods.seeded()
             log.info("account and Pod indexes seeded from the first listings")

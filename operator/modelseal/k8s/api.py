@@ -92,6 +92,10 @@ class Kind:
         base = "/api/v1" if not self.group else f"/apis/{self.group}/{self.version}"
         return f"{base}/{self.plural}"
 
+    def scope_path(self, namespace: str | None) -> str:
+        """The collection in `namespace`, or in the whole cluster (None)."""
+        return self.path(namespace) if namespace is not None else self.cluster_path()
+
 
 SERVICE_ACCOUNT = Kind("ServiceAccount", "", "v1", "serviceaccounts")
 CONFIG_MAP = Kind("ConfigMap", "", "v1", "configmaps")
@@ -194,6 +198,15 @@ class KubeClient:
             old, self._session = self._session, None
             asyncio.get_running_loop().create_task(old.close())
 
+    def _headers(self, accept: str, content_type: str | None = None) -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": "modelseal-operator"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        token = self.tokens.token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
     async def request(
         self,
         method: str,
@@ -211,14 +224,7 @@ class KubeClient:
             if attempt:
                 self._renew()
             session = self._open()
-            headers = {
-                "Accept": accept,
-                "Content-Type": content_type,
-                "User-Agent": "modelseal-operator",
-            }
-            token = self.tokens.token()
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
+            headers = self._headers(accept, content_type)
             async with session.request(
                 method,
                 self.access.server + path,
@@ -244,10 +250,7 @@ class KubeClient:
             if attempt:
                 self._renew()
             session = self._open()
-            headers = {"Accept": "application/json", "User-Agent": "modelseal-operator"}
-            token = self.tokens.token()
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
+            headers = self._headers("application/json")
             async with session.get(
                 self.access.server + path,
                 params=dict(query),
@@ -359,7 +362,7 @@ class Kube:
             query["labelSelector"] = label_selector
         if field_selector:
             query["fieldSelector"] = field_selector
-        path = kind.path(namespace) if namespace is not None else kind.cluster_path()
+        path = kind.scope_path(namespace)
         doc = await self._acall("GET", path, kind.kind, query=query)
         items = doc.get("items") or []
         return [i for i in items if isinstance(i, dict)]
@@ -375,26 +378,30 @@ class Kube:
         its JSON at once); a continuation that expired raises `ApiError` (410). With
         `metadata_only`, each object is only its ``metadata`` (the API server's
         PartialObjectMetadata: no spec, data or status to send or decode)."""
-        path = kind.path(namespace) if namespace is not None else kind.cluster_path()
-        query = {"limit": str(limit)}
-        accept = METADATA_LIST if metadata_only else "application/json"
+        token: str | None = None
         while True:
-            doc = await self._acall("GET", path, kind.kind, query=query, accept=accept)
-            yield [i for i in doc.get("items") or [] if isinstance(i, dict)]
-            token = (doc.get("metadata") or {}).get("continue")
-            if not token:
+            chunk = await self.list_chunk(kind, namespace, limit, token, metadata_only)
+            yield chunk.items
+            if not chunk.token:
                 return
-            query = {"limit": str(limit), "continue": str(token)}
+            token = chunk.token
 
     async def list_chunk(
-        self, kind: Kind, namespace: str | None, limit: int, token: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None,
+        limit: int,
+        token: str | None = None,
+        metadata_only: bool = False,
     ) -> ListChunk:
-        """One page of a listing of `kind` (`token`: the previous page's continuation)."""
-        path = kind.path(namespace) if namespace is not None else kind.cluster_path()
+        """One page of a listing of `kind` (`token`: the previous page's continuation;
+        `metadata_only`: as in `list_pages`)."""
+        path = kind.scope_path(namespace)
         query = {"limit": str(limit)}
         if token:
             query["continue"] = token
-        doc = await self._acall("GET", path, kind.kind, query=query)
+        accept = METADATA_LIST if metadata_only else "application/json"
+        doc = await self._acall("GET", path, kind.kind, query=query, accept=accept)
         meta = doc.get("metadata") or {}
         return ListChunk(
             [i for i in doc.get("items") or [] if isinstance(i, dict)],
@@ -408,7 +415,7 @@ class Kube:
         """The watch events of `kind` after `version` (each ``{"type", "object"}``, with
         bookmarks), until the server ends the watch after about `timeout_s`. A refused
         watch raises `ApiError` (410: `version` is too old, list again)."""
-        path = kind.path(namespace) if namespace is not None else kind.cluster_path()
+        path = kind.scope_path(namespace)
         query = {
             "watch": "1",
             "resourceVersion": version,

@@ -107,14 +107,14 @@ class Follower:
                 self.on_listed()
                 await self.follow(version)
                 self.on_restart(Restart.EXPIRED)
-            except (ApiError, ValueError) as exc:  # ValueError: an answer that is no JSON
-                log.warning("listing %s failed (again in %.0f s): %s", self.kind.kind, delay, exc)
-                self.on_restart(Restart.FAILED)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_retry_s)
-            except Exception:
+            except Exception as exc:
                 # A follower that stopped would leave the indexes silently stale: never.
-                log.exception("following %s failed (again in %.0f s)", self.kind.kind, delay)
+                if isinstance(exc, ApiError | ValueError):  # ValueError: an answer not JSON
+                    log.warning(
+                        "listing %s failed (again in %.0f s): %s", self.kind.kind, delay, exc
+                    )
+                else:
+                    log.exception("following %s failed (again in %.0f s)", self.kind.kind, delay)
                 self.on_restart(Restart.FAILED)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry_s)

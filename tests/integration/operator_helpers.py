@@ -224,7 +224,16 @@ class OpsEnv:
 
     def events(self, ns: str, name: str) -> list[dict[str, Any]]:
         items = self.core().list_namespaced_event(ns, field_selector=f"involvedObject.name={name}")
-        return [{"reason": e.reason, "type": e.type, "message": e.message} for e in items.items]
+        return [
+            {
+                "reason": e.reason,
+                "type": e.type,
+                "message": e.message,
+                "kind": e.involved_object.kind,
+                "component": e.reporting_component or (e.source.component if e.source else None),
+            }
+            for e in items.items
+        ]
 
     def namespace(self, prefix: str = "t") -> str:
         from kubernetes import client

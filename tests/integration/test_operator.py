@@ -27,6 +27,8 @@ from tests.integration.operator_helpers import (
     wait_for,
 )
 
+from modelseal.policies.reporting import COMPONENT
+
 pytestmark = pytest.mark.integration
 
 DIGEST_A = "sha256tree:" + "a1" * 32
@@ -241,8 +243,11 @@ def test_create_to_ready(ops_env: OpsEnv, op: Operator, ns: str) -> None:
     reasons = {e["reason"] for e in events}
     assert {"Created", "VaultAccessProvisioned", "Serving"} <= reasons
     # a healthy creation is told by what happened, without a Warning for each first
-    # "not yet" (issue 13 §3); the license's grant is in the condition and the audit
-    assert [e for e in events if e["type"] == "Warning"] == []
+    # "not yet" (issue 13 §3); the license's grant is in the condition and the audit.
+    # Only ours: the API server's ClusterIP repair loop may warn about the fresh Service
+    # ("ClusterIPNotAllocated ... repairing", its own race, seen once in CI).
+    assert [e for e in events if e["type"] == "Warning" and e["component"] == COMPONENT] == []
+    assert any(e["component"] == COMPONENT for e in events)
     actions = [r.get("action") for r in op.audit_records()]
     assert "key_access.provisioned" in actions and "license.decision" in actions
     lic = env.get_license(ns, "gold")

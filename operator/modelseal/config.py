@@ -229,7 +229,8 @@ class Settings(BaseSettings):
     )
     bundle_digest: str = Field(
         "",
-        description="Pinned bundle digest ('sha256tree:<64 hex>'); the unsealer refuses "
+        description="Pinned bundle digest ('blake3tree:<64 hex>' or 'sha256tree:<64 hex>'); "
+        "the unsealer refuses "
         "any other bundle. Required.",
     )
     bundle_transit_key: str = Field(

@@ -65,7 +65,7 @@ def _assert_serves(story: Stack) -> None:
 
 def test_model_owner_seals_and_publishes(story: Stack) -> None:
     bundle = story.seal_model()
-    assert bundle.digest.startswith("sha256tree:")
+    assert bundle.digest.startswith("blake3tree:")  # the default
     assert bundle.plaintext_bytes > 0
     head = story.s3.client().head_object(Bucket="models", Key=bundle.uri.split("/", 3)[3])
     assert head["ContentLength"] == bundle.size

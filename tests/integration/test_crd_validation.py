@@ -137,6 +137,16 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "spec.source.digest in body should match",
     ),
     (
+        "pm: blake3 digest without its tree",
+        model(source=_src(digest="blake3:" + "ab" * 32)),
+        "spec.source.digest in body should match",
+    ),
+    (
+        "pm: upper-case algorithm",
+        model(source=_src(digest="BLAKE3TREE:" + "ab" * 32)),
+        "spec.source.digest in body should match",
+    ),
+    (
         "pm: negative size",
         model(source=_src(plaintextSize="-5Mi")),
         "plaintextSize must be a positive",
@@ -291,7 +301,7 @@ def test_good_input_is_accepted_and_defaulted(ops_cluster: OpsEnv, crd_ns: str) 
 
 def test_integer_byte_sizes_and_multi_replica_with_redis(ops_cluster: OpsEnv, crd_ns: str) -> None:
     doc = model(
-        source=_src(plaintextSize=1048576),
+        source=_src(plaintextSize=1048576, digest="blake3tree:" + "ab" * 32),
         serving={"replicas": 3, "gpusPerReplica": 1},
         gateway={"quotaStore": "redis", "redisUrl": "redis://redis.quota.svc:6379/0"},
         rollout={"maxSurge": "25%", "maxUnavailable": 0},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import http.server
 import io
 import json
@@ -174,7 +175,7 @@ def test_round_trip_seal_inspect_verify_rewrap_unseal(
     assert sealed["file_count"] == len(files)
     assert sealed["key_version"] == 1
     digest = sealed["digest"]
-    assert re.fullmatch(r"sha256tree:[0-9a-f]{64}", digest)
+    assert re.fullmatch(r"blake3tree:[0-9a-f]{64}", digest)  # the default
     assert MARKER not in bundle.read_bytes()  # the plaintext is not in the bundle
 
     code, out, err = cli("inspect", str(bundle), "--json", "--no-progress")
@@ -192,6 +193,19 @@ def test_round_trip_seal_inspect_verify_rewrap_unseal(
     )
     assert code == 0, err
     assert out.startswith("ok:")
+    # its SHA-256 tree digest pins it too; the signature covers the BLAKE3 one, and says so
+    code, out, err = cli(
+        "inspect", "--digest-only", "--digest-algorithm", "sha256tree", str(bundle), "--no-progress"
+    )
+    assert code == 0, err
+    sha_pin = out.strip()
+    assert re.fullmatch(r"sha256tree:[0-9a-f]{64}", sha_pin)
+    code, out, err = cli("verify", str(bundle), "--digest", sha_pin, "--no-progress")
+    assert code == 0 and sha_pin in out, err
+    code, out, err = cli(
+        "verify", str(bundle), "--digest", sha_pin, "--trust-key", str(pub), "--no-progress"
+    )
+    assert code != 0 and "signatures cover its blake3tree digest" in err, err
 
     # rotate the Transit key, rewrap, then forbid the old version
     admin = vault_server.client()
@@ -514,7 +528,7 @@ def test_bad_signature(
     h, _, tail = records(bytes(data))
     trailer = fmt.parse_trailer_body(tail[fmt.TRAILER_HEAD_SIZE :])
     sig = trailer.signatures[0]
-    forged = fmt.Trailer((fmt.SignatureEntry(sig.key_id, sig.public_key, bytes(64)),))
+    forged = fmt.Trailer((dataclasses.replace(sig, signature=bytes(64)),))
     signed.write_bytes(bytes(data[: h.trailer_offset]) + forged.pack())
     code, _, err = cli(
         "unseal", str(signed), "--to", str(target / "repo"), "--trust-key", f"{other}.pub"

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from modelseal.cli import main as cli_main
+from modelseal.crypto import format as fmt
 from modelseal.crypto.stream import SecretBytes
-from modelseal.crypto.testing import make_bundle
+from modelseal.crypto.testing import make_bundle, open_bytes
 
 
 def test_each_command_has_its_module() -> None:
@@ -67,10 +68,17 @@ def test_keygen_and_inspect_local(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cli_main.main(["inspect", str(path), "--json", "--no-progress"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["plaintext_size"] == 5000
-    assert info["digest"].startswith("sha256tree:")
+    assert info["digest"] == str(bundle.digest)
+    assert info["digest"].startswith("blake3tree:")  # the default
     assert raw.hex() not in json.dumps(info)
     assert cli_main.main(["inspect", str(path), "--digest-only"]) == 0
     assert capsys.readouterr().out.strip() == info["digest"]
+    # the same bundle, pinned by its SHA-256 tree digest (either pins it)
+    args = ["inspect", str(path), "--digest-only", "--digest-algorithm", "sha256tree"]
+    assert cli_main.main(args) == 0
+    sha_pin = capsys.readouterr().out.strip()
+    assert sha_pin.startswith("sha256tree:") and sha_pin[11:] != info["digest"][11:]
+    assert open_bytes(bundle.data, SecretBytes(raw), pinned=fmt.parse_digest(sha_pin))[1]
 
     path.write_bytes(b"not a bundle at all, just some text" * 3)
     assert cli_main.main(["inspect", str(path)]) == 1

@@ -45,7 +45,9 @@ class Recorder:
         self.writes.append((file_index, offset, bytes(data)))
 
 
-def try_open(data: bytes, key: SecretBytes, pinned: bytes | None = None) -> list[Recorder]:
+def try_open(
+    data: bytes, key: SecretBytes, pinned: fmt.BundleDigest | None = None
+) -> list[Recorder]:
     sinks: list[Recorder] = []
 
     def on_manifest(m: mf.Manifest) -> Recorder:
@@ -181,7 +183,7 @@ def test_bit_flip_in_chunks_and_tags(bundle: Bundle, key: SecretBytes) -> None:
 def test_other_pin_refused(bundle: Bundle, key: SecretBytes) -> None:
     try_open(bundle.data, key, bundle.digest)
     with pytest.raises(BundleError, match="pinned digest"):
-        try_open(bundle.data, key, bytes(32))
+        try_open(bundle.data, key, bundle.digest._replace(value=bytes(32)))
 
 
 def test_trailer_damage(bundle: Bundle, key: SecretBytes) -> None:

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 KEY_RAW = os.urandom(32)
+WRONG_PIN = fmt.BundleDigest(fmt.DEFAULT_DIGEST_ALGORITHM, bytes(32))
 MARKER = b"PLAINTEXT-MARKER-" + os.urandom(8).hex().encode()
 FILES = {
     "digits/config.pbtxt": b'name: "digits"\n' + MARKER,
@@ -131,7 +132,7 @@ def test_truncated_leaves_nothing(bundle: Bundle, shm_dir: Path) -> None:
 
 def test_wrong_pin_wipes_decrypted_staging(bundle: Bundle, shm_dir: Path) -> None:
     with pytest.raises(DigestMismatchError):
-        unseal(bundle.data, shm_dir / "repository", pinned_digest=bytes(32))
+        unseal(bundle.data, shm_dir / "repository", pinned_digest=WRONG_PIN)
     assert os.listdir(shm_dir) == []
     assert_no_plaintext(shm_dir)
 
@@ -213,7 +214,7 @@ def test_key_never_in_errors_or_logs(
     data = bytearray(bundle.data)
     data[bundle.record_span(1)[0]] ^= 1
     with caplog.at_level(logging.DEBUG):
-        for blob, pin in ((bytes(data), None), (bundle.data, bytes(32))):
+        for blob, pin in ((bytes(data), None), (bundle.data, WRONG_PIN)):
             try:
                 unseal(blob, shm_dir / "r", pinned_digest=pin)
             except BundleError as exc:
@@ -319,7 +320,7 @@ def test_mmap_mode_many_small_files(shm_dir: Path) -> None:
 
 def test_mmap_mode_wrong_pin_wipes(big_bundle: Bundle, shm_dir: Path) -> None:
     with pytest.raises(DigestMismatchError):
-        unseal(big_bundle.data, shm_dir / "r", pinned_digest=bytes(32), write_mode="mmap")
+        unseal(big_bundle.data, shm_dir / "r", pinned_digest=WRONG_PIN, write_mode="mmap")
     assert os.listdir(shm_dir) == []
     assert_no_plaintext(shm_dir)
 

@@ -71,6 +71,13 @@ def test_minimal_model_gets_defaults() -> None:
     assert model.created == datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def test_either_digest_algorithm_is_a_pin() -> None:
+    for pin in ("blake3tree:" + "cd" * 32, DIGEST):
+        body = model_body()
+        body["spec"]["source"]["digest"] = pin
+        assert parse_model(body).source.digest == pin
+
+
 def test_pvc_uri_parts() -> None:
     src = {"uri": "pvc://bundles/team-a/digits.msb", "digest": DIGEST, "plaintextSize": 1000}
     model = parse_model(model_body(source=src))
@@ -95,12 +102,17 @@ BAD_MODELS: list[tuple[str, Any, str]] = [
     (
         "bad digest",
         {"source": {"uri": "s3://bk1/k", "digest": "md5:00", "plaintextSize": 1}},
-        "spec.source.digest must be sha256tree:",
+        "spec.source.digest must be blake3tree: or sha256tree:",
+    ),
+    (
+        "digest and a newline",
+        {"source": {"uri": "s3://bk1/k", "digest": DIGEST + "\n", "plaintextSize": 1}},
+        "spec.source.digest must be blake3tree: or sha256tree:",
     ),
     (
         "upper-case digest",
         {"source": {"uri": "s3://bk1/k", "digest": DIGEST.upper(), "plaintextSize": 1}},
-        "spec.source.digest must be sha256tree:",
+        "spec.source.digest must be blake3tree: or sha256tree:",
     ),
     ("no size", {"source": {"uri": "s3://bk1/k", "digest": DIGEST}}, "plaintextSize is required"),
     (

@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from modelseal.crypto.format import DEFAULT_DIGEST_ALGORITHM, DigestAlgorithm
+
+if TYPE_CHECKING:
+    from modelseal.crypto import format as fmt
 
 from .common import (
     EXIT_IO,
@@ -24,13 +29,30 @@ BUNDLE_HELP = (
 )
 
 
+def add_digest_algorithm_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--digest-algorithm",
+        choices=[a.value for a in DigestAlgorithm],
+        default=DEFAULT_DIGEST_ALGORITHM.value,
+        help=f"{what} (default: {DEFAULT_DIGEST_ALGORITHM.value}; sha256tree where a "
+        "FIPS-approved hash is required)",
+    )
+
+
+def digest_algorithm(args: argparse.Namespace) -> DigestAlgorithm:
+    return DigestAlgorithm(args.digest_algorithm)
+
+
 def add_open_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--digest",
         metavar="PIN",
         default=None,
-        help="require this bundle digest ('sha256tree:<64 hex>', as `seal` and `inspect` "
-        "print it); any other bundle is refused",
+        help="require this bundle digest ('blake3tree:<64 hex>' or 'sha256tree:<64 hex>', "
+        "as `seal` and `inspect` print it); any other bundle is refused",
+    )
+    add_digest_algorithm_option(
+        p, "the digest to compute and check signatures over when no --digest is given"
     )
     p.add_argument(
         "--trust-key",
@@ -75,7 +97,9 @@ def read_file(path: Path) -> bytes:
         raise CommandError(f"cannot read {path}: {exc.strerror}", EXIT_IO) from None
 
 
-def pin_and_keys(args: argparse.Namespace) -> tuple[bytes | None, list[Any] | None]:
+def pin_and_keys(
+    args: argparse.Namespace,
+) -> tuple[fmt.BundleDigest | None, list[Any] | None]:
     from modelseal.crypto import format as fmt
     from modelseal.crypto import sign
 

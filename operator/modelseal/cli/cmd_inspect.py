@@ -9,6 +9,8 @@ from typing import Any
 
 from .bundle_options import (
     BUNDLE_HELP,
+    add_digest_algorithm_option,
+    digest_algorithm,
     open_bundle,
 )
 from .common import (
@@ -33,6 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--no-digest", action="store_true", help="read only the header (no digest, no signers)"
     )
+    add_digest_algorithm_option(p, "the digest to compute (a bundle can be pinned by either)")
     p.add_argument("--workers", type=int, default=0, help="hashing threads (default: CPUs)")
     p.add_argument(
         "--source-timeout",
@@ -75,10 +78,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             total = core.records_size
             with progress_bar(total, "digest", not args.no_progress) as progress:
                 digest, trailer = digest_records(
-                    header, stream, workers=args.workers, progress=progress
+                    header,
+                    stream,
+                    workers=args.workers,
+                    progress=progress,
+                    algorithm=digest_algorithm(args),
                 )
             info["digest"] = fmt.format_digest(digest)
-            info["signatures"] = [{"key_id": s.key_id, "alg": s.alg} for s in trailer.signatures]
+            info["signatures"] = [
+                {"key_id": s.key_id, "alg": s.alg, "digest": s.digest_algorithm.value}
+                for s in trailer.signatures
+            ]
     if args.digest_only:
         if "digest" not in info:
             raise CommandError("--digest-only and --no-digest exclude each other")

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 from .bundle_options import (
+    add_digest_algorithm_option,
+    digest_algorithm,
     read_file,
 )
 from .common import (
@@ -45,6 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--model-name", default="", help="label stored in the header (default: the directory name)"
     )
+    add_digest_algorithm_option(p, "the digest printed to pin, and signed by --sign-key")
     p.add_argument("--workers", type=int, default=0, help="encryption threads (default: CPUs)")
     p.add_argument("--force", action="store_true", help="replace the output file if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -78,6 +81,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
             model_name=args.model_name or directory.resolve().name,
             sign_key=sign_key,
             workers=args.workers,
+            digest_algorithm=digest_algorithm(args),
             force=args.force,
             progress=progress,
             manifest=manifest,

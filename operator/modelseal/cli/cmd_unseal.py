@@ -12,6 +12,7 @@ from typing import Any
 from .bundle_options import (
     BUNDLE_HELP,
     add_open_options,
+    digest_algorithm,
     open_bundle,
     pin_and_keys,
     unwrap_key,
@@ -80,6 +81,7 @@ def cmd_unseal(args: argparse.Namespace) -> int:
                 allow_non_tmpfs=args.allow_non_tmpfs,
                 progress=bar.update,
                 compute_digest=False,  # hashed only when --digest / --trust-key need it
+                digest_algorithm=digest_algorithm(args),
             ),
             on_header=bar.start,
         )

@@ -8,6 +8,7 @@ import json
 from .bundle_options import (
     BUNDLE_HELP,
     add_open_options,
+    digest_algorithm,
     open_bundle,
     pin_and_keys,
     unwrap_key,
@@ -59,6 +60,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 pinned_digest=pinned,
                 trusted_keys=trusted,
                 progress=progress,
+                digest_algorithm=digest_algorithm(args),
             )
     info = {
         "ok": True,

@@ -75,6 +75,7 @@ def seal_directory(
     force: bool = False,
     progress: Progress | None = None,
     manifest: mf.Manifest | None = None,
+    digest_algorithm: fmt.DigestAlgorithm = fmt.DEFAULT_DIGEST_ALGORITHM,
 ) -> SealResult:
     manifest = manifest or scan_model_dir(root)
     if output.exists() and not force:
@@ -100,6 +101,7 @@ def seal_directory(
                 workers=workers,
                 sign_key=sign_key,
                 progress=progress,
+                digest_algorithm=digest_algorithm,
             )
             out.flush()
             os.fsync(out.fileno())

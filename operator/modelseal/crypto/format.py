@@ -17,7 +17,8 @@ import base64
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from enum import StrEnum
+from typing import Any, Final, NamedTuple, Protocol
 
 from . import _json
 from .errors import FormatError, TruncatedError
@@ -52,11 +53,36 @@ MAX_FILE_COUNT: Final = 1_000_000
 MAX_CHUNK_COUNT: Final = (1 << 32) - 1
 MAX_SIGNATURES: Final = 16
 
-DIGEST_PREFIX: Final = "sha256tree:"
-_DIGEST_RE: Final = re.compile(r"^sha256tree:[0-9a-f]{64}$")
+_DIGEST_RE: Final = re.compile(r"(sha256tree|blake3tree):([0-9a-f]{64})")
 _KEY_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MOUNT_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _WRAPPED_RE: Final = re.compile(r"^vault:v([1-9][0-9]{0,9}):[A-Za-z0-9+/=]{1,4000}$")
+
+
+class DigestAlgorithm(StrEnum):
+    """How a bundle digest hashes the chunk records: the name before the colon of a pin.
+
+    Both cover the same bytes in the same tree (``modelseal.crypto.digest``); either can be
+    computed from any bundle without its key, so a bundle may be pinned by either."""
+
+    #: SHA-256 (a FIPS-approved hash): about 0.6 s of CPU per GiB with SHA-NI
+    SHA256_TREE = "sha256tree"
+    #: BLAKE3 (the default for new seals): about 0.15 s per GiB on the same core, the
+    #: difference being 40 % of an unseal's CPU (docs/unsealer.md)
+    BLAKE3_TREE = "blake3tree"
+
+
+DEFAULT_DIGEST_ALGORITHM: Final = DigestAlgorithm.BLAKE3_TREE
+
+
+class BundleDigest(NamedTuple):
+    """A bundle digest: its algorithm and its 32 bytes (``str()`` gives the pin text)."""
+
+    algorithm: DigestAlgorithm
+    value: bytes
+
+    def __str__(self) -> str:
+        return f"{self.algorithm.value}:{self.value.hex()}"
 
 
 class ReadStream(Protocol):
@@ -250,14 +276,20 @@ class SignatureEntry:
     public_key: bytes
     signature: bytes
     alg: str = "ed25519"
+    #: the digest the signature covers; "digest" in the trailer, absent for sha256tree
+    #: (so that a bundle signed over sha256tree reads as before everywhere)
+    digest_algorithm: DigestAlgorithm = DigestAlgorithm.SHA256_TREE
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "alg": self.alg,
             "key_id": self.key_id,
             "public_key": base64.b64encode(self.public_key).decode(),
             "signature": base64.b64encode(self.signature).decode(),
         }
+        if self.digest_algorithm is not DigestAlgorithm.SHA256_TREE:
+            out["digest"] = self.digest_algorithm.value
+        return out
 
 
 @dataclass(frozen=True)
@@ -300,11 +332,22 @@ def parse_trailer_body(data: bytes) -> Trailer:
         if not isinstance(raw, dict):
             raise f.fail(f"signature {i} must be an object")
         g = _json.Fields(raw, f"trailer signature {i}")
-        g.only({"alg", "key_id", "public_key", "signature"})
+        g.only({"alg", "key_id", "public_key", "signature", "digest"})
         if g.string("alg", 32) != "ed25519":
             raise g.fail("unsupported signature algorithm")
+        try:
+            over = DigestAlgorithm(g.string("digest", 32, DigestAlgorithm.SHA256_TREE.value))
+        except ValueError:
+            raise g.fail("unsupported digest algorithm") from None
         key_id = g.hex("key_id", 8).hex()
-        entries.append(SignatureEntry(key_id, _b64(g, "public_key", 32), _b64(g, "signature", 64)))
+        entries.append(
+            SignatureEntry(
+                key_id,
+                _b64(g, "public_key", 32),
+                _b64(g, "signature", 64),
+                digest_algorithm=over,
+            )
+        )
     return Trailer(tuple(entries))
 
 
@@ -397,14 +440,16 @@ def read_trailer(stream: ReadStream) -> Trailer:
     return trailer
 
 
-def parse_digest(text: str) -> bytes:
-    """Parse a pinned digest 'sha256tree:<64 hex>'."""
-    if not isinstance(text, str) or not _DIGEST_RE.match(text):
+def parse_digest(text: str) -> BundleDigest:
+    """Parse a pinned digest: 'blake3tree:' or 'sha256tree:' and 64 lowercase hex digits."""
+    match = _DIGEST_RE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
         raise FormatError(
-            "a bundle digest looks like 'sha256tree:' followed by 64 lowercase hex digits"
+            "a bundle digest looks like 'blake3tree:' or 'sha256tree:' followed by 64 "
+            "lowercase hex digits"
         )
-    return bytes.fromhex(text[len(DIGEST_PREFIX) :])
+    return BundleDigest(DigestAlgorithm(match[1]), bytes.fromhex(match[2]))
 
 
-def format_digest(raw: bytes) -> str:
-    return DIGEST_PREFIX + raw.hex()
+def format_digest(digest: BundleDigest) -> str:
+    return str(digest)

@@ -1,8 +1,9 @@
 """Parallel, bounded-memory opening (and keyless hashing) of the chunk stream.
 
 One thread reads chunk records (or plaintext) sequentially from a stream into a fixed pool
-of buffers; a thread pool hashes, encrypts or decrypts them (hashlib and AES-GCM release the
-GIL) and hands the results on. Memory is `window` buffer pairs, whatever the model's size.
+of buffers; a thread pool hashes, encrypts or decrypts them (SHA-256, BLAKE3 and AES-GCM
+release the GIL) and hands the results on. Memory is `window` buffer pairs, whatever the
+model's size.
 
 Opening never hands a byte of a chunk to the sink before that chunk has authenticated.
 A sink with a `direct(file_index, offset, length)` method may offer the destination
@@ -29,11 +30,14 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import sign as signing
-from .digest import TreeDigest, check_pin, leaf_hash
+from .digest import TreeDigest, check_pin
 from .errors import ManifestError
 from .format import (
+    DEFAULT_DIGEST_ALGORITHM,
     TAG_SIZE,
+    BundleDigest,
     BundleHeader,
+    DigestAlgorithm,
     ReadStream,
     Trailer,
     read_trailer,
@@ -74,7 +78,7 @@ class NullSink:
 @dataclass(frozen=True)
 class OpenResult:
     manifest: Manifest
-    digest: bytes | None  # None when neither a pin nor trusted keys asked for it
+    digest: BundleDigest | None  # None when neither a pin nor trusted keys asked for it
     trailer: Trailer
     signer: str | None  # key id of the trusted signer, when signatures were checked
 
@@ -92,10 +96,11 @@ def open_payload(
     *,
     workers: int = 0,
     window: int = 0,
-    pinned_digest: bytes | None = None,
+    pinned_digest: BundleDigest | None = None,
     trusted_keys: Sequence[Ed25519PublicKey] | None = None,
     progress: Progress | None = None,
     compute_digest: bool = True,
+    digest_algorithm: DigestAlgorithm = DEFAULT_DIGEST_ALGORITHM,
 ) -> OpenResult:
     """Authenticate and decrypt the chunk records that follow the header in `stream`.
 
@@ -107,13 +112,15 @@ def open_payload(
     memory they take is `buffers_needed(chunk_size, window)`.
 
     With `compute_digest=False` and neither a pin nor trusted keys, the records are not
-    hashed (every chunk is still authenticated) and the result's digest is None.
+    hashed (every chunk is still authenticated) and the result's digest is None. The digest
+    is computed with the pin's algorithm, else with `digest_algorithm`; signatures are
+    checked over that digest.
     """
     core = header.core
     workers = workers or default_workers()
     window = window or max(2, 2 * workers)
     hashing = compute_digest or pinned_digest is not None or bool(trusted_keys)
-    tree = TreeDigest(header)
+    tree = TreeDigest(header, pinned_digest.algorithm if pinned_digest else digest_algorithm)
     slots = Slots(window, core.chunk_size)
     failure = FirstFailure()
     cs = core.chunk_size
@@ -122,7 +129,7 @@ def open_payload(
         """Hash and authenticate/decrypt chunk i held in `slot`; return its plaintext."""
         rec = memoryview(slot[0])[:rec_len]
         if hashing:
-            tree.add(i, leaf_hash(rec))
+            tree.add_record(i, rec)
         plain = memoryview(slot[1])[: rec_len - TAG_SIZE]
         cipher.decrypt_into(i, rec, plain)
         return plain
@@ -206,7 +213,7 @@ def open_payload(
                 else:
                     rec = memoryview(slot[0])[:rec_len]
                     if hashing:
-                        tree.add(i, leaf_hash(rec))
+                        tree.add_record(i, rec)
                     with target as out:
                         try:
                             cipher.decrypt_into(i, rec, out)
@@ -244,21 +251,22 @@ def digest_records(
     *,
     workers: int = 0,
     progress: Progress | None = None,
-) -> tuple[bytes, Trailer]:
+    algorithm: DigestAlgorithm = DEFAULT_DIGEST_ALGORITHM,
+) -> tuple[BundleDigest, Trailer]:
     """Hash the chunk records that follow the header (no key needed); read the trailer.
 
-    Returns the bundle digest and the trailer. Proves nothing about authenticity: that
-    needs the key (`open_payload`).
+    Returns the bundle digest (by `algorithm`) and the trailer. Proves nothing about
+    authenticity: that needs the key (`open_payload`).
     """
     core = header.core
     workers = workers or default_workers()
-    tree = TreeDigest(header)
+    tree = TreeDigest(header, algorithm)
     slots = Slots(max(2, 2 * workers), core.chunk_size)
     failure = FirstFailure()
 
     def work(i: int, slot: Slot, rec_len: int) -> None:
         try:
-            tree.add(i, leaf_hash(memoryview(slot[0])[:rec_len]))
+            tree.add_record(i, memoryview(slot[0])[:rec_len])
             if progress:
                 progress(rec_len)
         except BaseException as exc:

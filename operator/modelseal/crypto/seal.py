@@ -18,16 +18,19 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import sign as signing
-from .digest import TreeDigest, leaf_hash
+from .digest import TreeDigest
 from .errors import FormatError, ManifestError
 from .format import (
     BUNDLE_ID_SIZE,
     DEFAULT_CHUNK_SIZE,
+    DEFAULT_DIGEST_ALGORITHM,
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
     NONCE_PREFIX_SIZE,
     TAG_SIZE,
+    BundleDigest,
     CoreHeader,
+    DigestAlgorithm,
     Envelope,
     Trailer,
     build_header,
@@ -84,8 +87,10 @@ def seal_payload(
     workers: int = 0,
     sign_key: Ed25519PrivateKey | None = None,
     progress: Progress | None = None,
-) -> bytes:
-    """Write a whole bundle to `out`; return its digest.
+    digest_algorithm: DigestAlgorithm = DEFAULT_DIGEST_ALGORITHM,
+) -> BundleDigest:
+    """Write a whole bundle to `out`; return its digest (by `digest_algorithm`, which a
+    signature by `sign_key` then covers).
 
     `open_file(entry)` opens a file of the manifest for reading; it must yield exactly
     `entry.size` bytes (a file that changed while sealing is an error).
@@ -95,7 +100,7 @@ def seal_payload(
     header, header_bytes = build_header(core, envelope)
     cipher = ChunkCipher(header, data_key)
     workers = workers or default_workers()
-    tree = TreeDigest(header)
+    tree = TreeDigest(header, digest_algorithm)
     cs = core.chunk_size
     out.write(header_bytes)
 
@@ -105,7 +110,7 @@ def seal_payload(
     def work(i: int, slot: Slot, plain_len: int) -> None:
         rec = memoryview(slot[0])[: plain_len + TAG_SIZE]
         cipher.encrypt_into(i, memoryview(slot[1])[:plain_len], rec)
-        tree.add(i, leaf_hash(rec))
+        tree.add_record(i, rec)
 
     pending: list[tuple[int, Future[None], Slot, int]] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal") as pool:

@@ -1,9 +1,12 @@
 """Optional Ed25519 publisher signatures.
 
-A signature covers  "modelseal/v1/signature\\0" || bundle digest  — and the digest covers
-the core header (which carries the manifest digest) and every ciphertext byte. Signatures
-live in the trailer. A verifier trusts only the public keys it is configured with; the
-public key stored next to a signature is informational (shown by `inspect`).
+A signature covers  "modelseal/v1/signature\\0" || sha256tree digest, or
+"modelseal/v1/signature/blake3tree\\0" || blake3tree digest (its trailer entry says which
+digest: ``SignatureEntry.digest_algorithm``) — and the digest covers the core header (which
+carries the manifest digest) and every ciphertext byte. A verifier checks the signatures
+over the digest it computed (the pin's algorithm). Signatures live in the trailer. A
+verifier trusts only the public keys it is configured with; the public key stored next to
+a signature is informational (shown by `inspect`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import SignatureError
-from .format import SignatureEntry, Trailer
+from .format import BundleDigest, DigestAlgorithm, SignatureEntry, Trailer
 
-_DOMAIN = b"modelseal/v1/signature\x00"
+_DOMAINS = {
+    DigestAlgorithm.SHA256_TREE: b"modelseal/v1/signature\x00",
+    DigestAlgorithm.BLAKE3_TREE: b"modelseal/v1/signature/blake3tree\x00",
+}
 _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
 
 
@@ -82,25 +88,41 @@ def load_public_keys(data: bytes) -> list[Ed25519PublicKey]:
     return keys
 
 
-def sign(key: Ed25519PrivateKey, digest: bytes) -> SignatureEntry:
+def _message(digest: BundleDigest) -> bytes:
+    return _DOMAINS[digest.algorithm] + digest.value
+
+
+def sign(key: Ed25519PrivateKey, digest: BundleDigest) -> SignatureEntry:
     public = key.public_key()
     return SignatureEntry(
-        key_id=key_id(public), public_key=raw_public(public), signature=key.sign(_DOMAIN + digest)
+        key_id=key_id(public),
+        public_key=raw_public(public),
+        signature=key.sign(_message(digest)),
+        digest_algorithm=digest.algorithm,
     )
 
 
-def verify(trailer: Trailer, digest: bytes, trusted: Sequence[Ed25519PublicKey]) -> str:
-    """Return the key id of a trusted key with a valid signature, else raise SignatureError."""
+def verify(trailer: Trailer, digest: BundleDigest, trusted: Sequence[Ed25519PublicKey]) -> str:
+    """Return the key id of a trusted key with a valid signature over `digest`, else raise
+    SignatureError."""
     if not trailer.signatures:
         raise SignatureError("the bundle is not signed, but a publisher signature is required")
+    over = [e for e in trailer.signatures if e.digest_algorithm is digest.algorithm]
+    if not over:
+        others = sorted({e.digest_algorithm.value for e in trailer.signatures})
+        raise SignatureError(
+            f"the bundle's signatures cover its {', '.join(others)} digest, not the "
+            f"{digest.algorithm} digest checked here: pin the bundle by its "
+            f"{others[0]} digest (`modelseal inspect --digest-algorithm {others[0]}`)"
+        )
     by_id = {key_id(k): k for k in trusted}
     bad: list[str] = []
-    for entry in trailer.signatures:
+    for entry in over:
         trusted_key = by_id.get(entry.key_id)
         if trusted_key is None:
             continue
         try:
-            trusted_key.verify(entry.signature, _DOMAIN + digest)
+            trusted_key.verify(entry.signature, _message(digest))
         except InvalidSignature:
             bad.append(entry.key_id)
             continue

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import format as fmt
 from . import manifest as mf
 from . import pipeline, seal
-from .digest import TreeDigest, leaf_hash
+from .digest import TreeDigest
 from .stream import ChunkCipher, SecretBytes, key_commitment
 
 TEST_ENVELOPE = fmt.Envelope("test-key", 1, "vault:v1:dGVzdA==")
@@ -27,7 +27,7 @@ TEST_ENVELOPE = fmt.Envelope("test-key", 1, "vault:v1:dGVzdA==")
 @dataclass(frozen=True)
 class Bundle:
     data: bytes
-    digest: bytes
+    digest: fmt.BundleDigest
     header: fmt.BundleHeader
 
     @property
@@ -61,6 +61,7 @@ def make_bundle(
     envelope: fmt.Envelope = TEST_ENVELOPE,
     sign_key: Ed25519PrivateKey | None = None,
     workers: int = 2,
+    digest_algorithm: fmt.DigestAlgorithm = fmt.DEFAULT_DIGEST_ALGORITHM,
 ) -> Bundle:
     manifest = files_manifest(files)
     core = seal.new_core(manifest, key, chunk_size=chunk_size, model_name="test")
@@ -74,6 +75,7 @@ def make_bundle(
         lambda e: io.BytesIO(files[e.path]),
         workers=workers,
         sign_key=sign_key,
+        digest_algorithm=digest_algorithm,
     )
     data = out.getvalue()
     header = fmt.read_header(io.BytesIO(data))
@@ -89,6 +91,7 @@ def raw_bundle(
     file_count: int = 0,
     core_overrides: Mapping[str, object] | None = None,
     envelope: fmt.Envelope = TEST_ENVELOPE,
+    digest_algorithm: fmt.DigestAlgorithm = fmt.DEFAULT_DIGEST_ALGORITHM,
 ) -> Bundle:
     """Encrypt `manifest_bytes || file_data` as a bundle without validating the manifest."""
     bundle_id = os.urandom(fmt.BUNDLE_ID_SIZE)
@@ -106,14 +109,14 @@ def raw_bundle(
         core = replace(core, **core_overrides)  # type: ignore[arg-type]
     header, header_bytes = fmt.build_header(core, envelope)
     cipher = ChunkCipher(header, key)
-    tree = TreeDigest(header)
+    tree = TreeDigest(header, digest_algorithm)
     payload = manifest_bytes + file_data
     out = bytearray(header_bytes)
     for i in range(core.chunk_count):
         plain = payload[i * chunk_size : i * chunk_size + core.chunk_plain_len(i)]
         rec = bytearray(len(plain) + fmt.TAG_SIZE)
         cipher.encrypt_into(i, memoryview(plain), memoryview(rec))
-        tree.add(i, leaf_hash(rec))
+        tree.add_record(i, rec)
         out += rec
     out += fmt.Trailer().pack()
     return Bundle(bytes(out), tree.finish(), header)
@@ -136,8 +139,9 @@ def open_bytes(
     key: SecretBytes,
     *,
     workers: int = 2,
-    pinned: bytes | None = None,
+    pinned: fmt.BundleDigest | None = None,
     trusted: Sequence[Ed25519PublicKey] | None = None,
+    digest_algorithm: fmt.DigestAlgorithm = fmt.DEFAULT_DIGEST_ALGORITHM,
 ) -> tuple[pipeline.OpenResult, dict[str, bytes]]:
     """Open a bundle held in memory; return the result and the files."""
     stream = io.BytesIO(data)
@@ -156,5 +160,6 @@ def open_bytes(
         workers=workers,
         pinned_digest=pinned,
         trusted_keys=trusted,
+        digest_algorithm=digest_algorithm,
     )
     return result, {k: bytes(v) for k, v in sinks[0].data.items()}

@@ -87,7 +87,8 @@ def number_field(data: Mapping[str, Any], key: str, where: str) -> float | None:
 
 
 def must_match(value: str, pattern: re.Pattern[str], what: str) -> str:
-    if not pattern.match(value):
+    # fullmatch: a pattern's "$" also matches before a final newline
+    if not pattern.fullmatch(value):
         raise SpecError(what)
     return value
 

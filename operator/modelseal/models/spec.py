@@ -80,7 +80,7 @@ QuotaStore = Literal["embedded", "redis"]
 DNS1123_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 TRITON_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-DIGEST_RE = re.compile(r"^sha256tree:[a-f0-9]{64}$")
+DIGEST_RE = re.compile(r"^(blake3tree|sha256tree):[a-f0-9]{64}$")
 URI_RE = re.compile(
     r"^(?P<scheme>s3|pvc)://(?P<host>[a-z0-9][-a-z0-9.]{1,251}[a-z0-9])/(?P<path>\S+)$"
     r"|^(?P<hscheme>https)://(?P<hhost>[^/\s]+)/(?P<hpath>\S*)$"
@@ -214,8 +214,8 @@ def _parse_source(data: Mapping[str, Any]) -> Source:
     digest = must_match(
         req_str(data, "digest", where),
         DIGEST_RE,
-        "spec.source.digest must be sha256tree: followed by 64 lower-case hex digits "
-        "(as modelseal seal prints it)",
+        "spec.source.digest must be blake3tree: or sha256tree: followed by 64 lower-case "
+        "hex digits (as modelseal seal prints it)",
     )
     raw_size = data.get("plaintextSize")
     if raw_size is None:

@@ -74,13 +74,15 @@ def peak_rss_kib() -> int | None:
 @dataclass(frozen=True)
 class UnsealOptions:
     workers: int = 0
-    pinned_digest: bytes | None = None
+    pinned_digest: fmt.BundleDigest | None = None
     trusted_keys: Sequence[Ed25519PublicKey] | None = None
     allow_non_tmpfs: bool = False
     expected_key_name: str | None = None
     progress: Progress | None = None
     wipe_overwrite: bool = True
     compute_digest: bool = True  # False: skip hashing unless a pin or trusted keys need it
+    # the digest computed without a pin (a pin brings its own algorithm)
+    digest_algorithm: fmt.DigestAlgorithm = fmt.DEFAULT_DIGEST_ALGORITHM
     # "auto": mmap from MMAP_MIN_WORKERS workers up, else pwrite. When "auto", the
     # development variable MODELSEAL_UNSEAL_WRITE_MODE may force one (benchmarks).
     write_mode: str = "auto"
@@ -165,6 +167,7 @@ def unseal_stream(
             trusted_keys=opts.trusted_keys,
             progress=opts.progress,
             compute_digest=opts.compute_digest,
+            digest_algorithm=opts.digest_algorithm,
         )
         sink = sinks[0]
         sink.close()

@@ -115,7 +115,7 @@ class Unsealer:
     def license_file(self) -> Path:
         return self.s.unsealer_license_file or self.s.license_file
 
-    def validate(self) -> tuple[bytes, list[Any] | None]:
+    def validate(self) -> tuple[fmt.BundleDigest, list[Any] | None]:
         s = self.s
         if not s.bundle_uri:
             raise ConfigError("MODELSEAL_BUNDLE_URI is not set")
@@ -170,7 +170,7 @@ class Unsealer:
         )
         return auth.login(cfg, env={})
 
-    def unseal_blocking(self, pinned: bytes, trusted: list[Any] | None) -> UnsealReport:
+    def unseal_blocking(self, pinned: fmt.BundleDigest, trusted: list[Any] | None) -> UnsealReport:
         s = self.s
         check_memory_fs(s.model_dir, s.allow_non_tmpfs)
         removed = clean_stale_staging(s.model_dir)
@@ -372,7 +372,7 @@ class Unsealer:
                 await asyncio.to_thread(self._wipe)
             await self.api.stop()
 
-    async def _unseal(self, pinned: bytes, trusted: list[Any] | None) -> int:
+    async def _unseal(self, pinned: fmt.BundleDigest, trusted: list[Any] | None) -> int:
         self.state = UnsealerState.UNSEALING
         log.info("unsealing %s", _source_name(self.s.bundle_uri), extra={"state": self.state})
         task = asyncio.ensure_future(asyncio.to_thread(self.unseal_blocking, pinned, trusted))

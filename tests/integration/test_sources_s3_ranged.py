@@ -43,15 +43,18 @@ def test_s3_ranged_and_plain(
         assert stream.buffer_bytes == (ranged.DEFAULT_PARALLEL + 1) * 256 * KiB
         assert read_all(stream) == big
         assert stream.reader.switched_at == 0
-    # one window from the first GET, then ranges from where it stopped
+    # one window from the first GET, one sampled range, then ranges from where it stopped
+    # (any sampled rate counts as faster here)
     monkeypatch.setattr(ranged, "WAIT_FRACTION", 1e-12)
     monkeypatch.setattr(ranged, "PROBE_BYTES", 300 * KiB)
+    monkeypatch.setattr(ranged, "RANGED_MARGIN", 0.0)
     with open_source(
         f"s3://{s3_bucket}/big.mseal", s3_endpoint_url=s3_server.endpoint_url
     ) as stream:
         assert read_all(stream) == big
         switched = stream.reader.switched_at
         assert switched is not None and 300 * KiB <= switched < len(big)
+        assert stream.reader.sampled is not None and stream.reader.sampled[1] > 0
     with open_source(
         f"s3://{s3_bucket}/small.mseal", s3_endpoint_url=s3_server.endpoint_url
     ) as stream:

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,8 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             etag = '"v2"'  # the object was replaced after the first response
         if rng:
             type(self).ranges.append(rng)
+            if self.path.startswith("/slow-ranges"):
+                time.sleep(0.2)  # as a server that reads the whole object for each range
             if self.headers.get("If-Match") not in (None, etag):
                 self.send_response(412)
                 self.send_header("Content-Length", "0")
@@ -401,9 +404,11 @@ def test_http_big_bundle_from_a_fast_server_stays_one_stream(
 def test_http_switch_mid_stream_gives_every_byte_once(
     small_parts: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # any wait at all is "too much": one window from the first stream, then ranges
+    # any wait at all is "too much": one window from the first stream, then ranges (any
+    # sampled rate beats the stream)
     monkeypatch.setattr(ranged, "WAIT_FRACTION", 1e-12)
     monkeypatch.setattr(ranged, "PROBE_BYTES", 300 * KiB)
+    monkeypatch.setattr(ranged, "RANGED_MARGIN", 0.0)
     for base in serve(PAYLOAD):
         with open_source(f"{base}/b.mseal", allow_http=True) as stream:
             assert read_all(stream) == PAYLOAD
@@ -411,7 +416,55 @@ def test_http_switch_mid_stream_gives_every_byte_once(
     assert switched is not None and 300 * KiB <= switched < len(PAYLOAD)
     starts = [int(r.split("=")[1].split("-")[0]) for r in RangeHandler.ranges]
     assert min(starts) == switched  # the ranges begin where the first stream stopped
-    assert len(starts) == -(-(len(PAYLOAD) - switched) // (256 * KiB))
+    # the sample part, then every part from there
+    assert starts[0] == switched and starts.count(switched) == 2
+    assert len(starts) == 1 + -(-(len(PAYLOAD) - switched) // (256 * KiB))
+
+
+def test_http_server_slow_at_ranges_keeps_one_stream(
+    small_parts: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream is what the reader waits on, but one sampled part says ranges would be
+    slower (each range takes the server 0.2 s, as moto reading the whole object): the
+    stream stays to the end, and only the sample was asked for as a range."""
+    monkeypatch.setattr(ranged, "WAIT_FRACTION", 1e-12)
+    monkeypatch.setattr(ranged, "PROBE_BYTES", 300 * KiB)
+    for base in serve(PAYLOAD):
+        with open_source(f"{base}/slow-ranges/b.mseal", allow_http=True) as stream:
+            assert read_all(stream) == PAYLOAD
+            reader = stream.reader
+    assert reader.switched_at is None
+    assert reader.sampled is not None and reader.sampled[1] < reader.sampled[0]
+    assert len(RangeHandler.ranges) == 1
+
+
+def test_ranges_sampled_faster_switch_slower_stay_for_good() -> None:
+    for rate, switches in ((1e12, True), (1.0, False)):
+        clock = Clock()
+        reader, starts, _closed = adaptive(clock, wait_per_read=3.0)
+        samples: list[int] = []
+
+        def sampled(offset: int, rate: float = rate, samples: list[int] = samples) -> float:
+            samples.append(offset)
+            return rate
+
+        reader._ranged_rate = sampled
+        assert consume(reader, clock, work_per_read=1.0) == PAYLOAD
+        assert samples == [7 * 40 * KiB]  # once, where the first slow window ended
+        assert (starts == [7 * 40 * KiB]) is switches
+        assert (reader.switched_at is not None) is switches
+
+
+def test_a_failed_sample_keeps_the_stream() -> None:
+    clock = Clock()
+    reader, starts, _closed = adaptive(clock, wait_per_read=3.0)
+
+    def broken(offset: int) -> float:
+        raise OSError("connection reset")
+
+    reader._ranged_rate = broken
+    assert consume(reader, clock, work_per_read=1.0) == PAYLOAD
+    assert starts == [] and reader.sampled == (reader.sampled[0], 0.0)
 
 
 def test_one_slow_window_is_not_enough_when_two_are_asked_for() -> None:

@@ -15,12 +15,14 @@ authenticated and the digest pinned by the reader above.
 Ranges are not free (a thread and a request per part, one more copy of every byte, and
 some servers read the whole object for each range), so `ranged_stream` with `first` reads
 the first, unranged response in order and goes ranged only when that one stream is what
-the consumer waits on (`AdaptiveReader`).
+the consumer waits on and one part, fetched as a sample, says that ranges would be faster
+(`AdaptiveReader`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,8 +37,14 @@ MIN_RANGED_SIZE = 64 * MiB  # below this one stream is as fast
 PROBE_BYTES = 32 * MiB  # AdaptiveReader: window of the first stream between two looks
 WAIT_FRACTION = 0.5  # ... and the share of it spent waiting on that stream that goes ranged
 SLOW_WINDOWS = 2  # ... in that many windows in a row (one can be a start-up hiccup)
+#: ... and only when `parallel` parts at the sampled part's rate beat the stream by this
+RANGED_MARGIN = 1.25
 
 Fetch = Callable[[int, memoryview], None]
+#: The throughput (bytes/s) ranged fetching would give from an offset, from a sample part.
+RangedRate = Callable[[int], float]
+
+log = logging.getLogger("modelseal.sources")
 
 
 class _Part:
@@ -170,10 +178,14 @@ class AdaptiveReader:
     `probe_bytes` the reader looks at how much of that window's wall time it spent waiting
     inside that stream's reads. Above `wait_fraction` in `slow_windows` windows in a row,
     the stream, not the consumer (decryption, writes), is the bottleneck (a busy machine can
-    make one window look slow): the first response is closed and the rest,
-    [offset, size), comes from a RangedReader. Below it, one stream keeps up, and stays.
-    `wait_fraction <= 0` goes ranged at once. Memory is bounded either way by the ranged
-    reader's buffers (`buffer_bytes`, announced up front).
+    make one window look slow). Then `ranged_rate(offset)` (when given) fetches one part as
+    a sample: only if `parallel` such parts would beat the stream's rate in that window by
+    `RANGED_MARGIN` is the first response closed and the rest, [offset, size), read from a
+    RangedReader; else the stream stays, for good (a server that reads the whole object for
+    each range, as moto does, made a 512 MiB bundle nine times slower ranged than in one
+    stream). Below the fraction, one stream keeps up, and stays. `wait_fraction <= 0` goes
+    ranged at once. Memory is bounded either way by the ranged reader's buffers
+    (`buffer_bytes`, announced up front; the sample uses one part's worth before them).
     """
 
     def __init__(
@@ -188,6 +200,7 @@ class AdaptiveReader:
         wait_fraction: float,
         slow_windows: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        ranged_rate: RangedRate | None = None,
     ) -> None:
         self.name = name
         self.size = size
@@ -205,6 +218,9 @@ class AdaptiveReader:
         self._window_wait = 0.0
         self._windows = max(1, slow_windows)
         self._slow_windows = 0
+        self._ranged_rate = ranged_rate
+        #: (the stream's rate, the sampled ranged rate) in bytes/s, once sampled
+        self.sampled: tuple[float, float] | None = None
         if wait_fraction <= 0:
             self._switch()
 
@@ -236,11 +252,42 @@ class AdaptiveReader:
             elapsed = t1 - self._window_start
             slow = elapsed > 0 and self._window_wait > self._fraction * elapsed
             self._slow_windows = self._slow_windows + 1 if slow else 0
-            if self._slow_windows >= self._windows:
+            if self._slow_windows >= self._windows and self._ranges_pay(
+                self._window_bytes / elapsed
+            ):
                 self._switch()
             else:
                 self._window_start, self._window_bytes, self._window_wait = t1, 0, 0.0
         return n
+
+    def _ranges_pay(self, stream_rate: float) -> bool:
+        """Whether ranges beat the stream's `stream_rate`: sampled once; a stream kept
+        after the sample is kept to the end."""
+        if self._ranged_rate is None:
+            return True
+        try:
+            rate = self._ranged_rate(self.offset)
+        except Exception as exc:  # a failed sample: the stream that works stays
+            log.warning("%s: ranged sample failed (%s); one stream kept", self.name, exc)
+            rate = 0.0
+        self.sampled = (stream_rate, rate)
+        if rate > RANGED_MARGIN * stream_rate:
+            log.info(
+                "%s: ranged fetch from byte %d (one stream %.0f MB/s, ranges %.0f MB/s)",
+                self.name,
+                self.offset,
+                stream_rate / 1e6,
+                rate / 1e6,
+            )
+            return True
+        log.info(
+            "%s: one stream kept (%.0f MB/s; ranges sampled at %.0f MB/s)",
+            self.name,
+            stream_rate / 1e6,
+            rate / 1e6,
+        )
+        self._windows = 1 << 62  # never again
+        return False
 
     def close(self) -> None:
         self._close_first()
@@ -272,6 +319,13 @@ def ranged_stream(
     def start_ranged(offset: int) -> RangedReader:
         return RangedReader(name, size, fetch, parallel=par, part_size=psize, start=offset)
 
+    def ranged_rate(offset: int) -> float:
+        """`par` parts at the rate of one part fetched now from `offset` (a sample)."""
+        sample = memoryview(bytearray(min(psize, size - offset)))
+        t0 = time.monotonic()
+        fetch(offset, sample)
+        return par * len(sample) / max(time.monotonic() - t0, 1e-6)
+
     reader: RangedReader | AdaptiveReader
     if first is None:
         reader = start_ranged(0)
@@ -285,6 +339,7 @@ def ranged_stream(
             probe_bytes=PROBE_BYTES,
             wait_fraction=WAIT_FRACTION,
             slow_windows=SLOW_WINDOWS,
+            ranged_rate=ranged_rate,
         )
 
     def close() -> None:

@@ -32,13 +32,8 @@ def key() -> SecretBytes:
 
 
 def records(bundle: Bundle) -> list[bytes]:
-    core, out = bundle.header.core, []
-    pos = bundle.header.records_offset
-    for i in range(core.chunk_count):
-        n = core.chunk_plain_len(i) + fmt.TAG_SIZE
-        out.append(bundle.data[pos : pos + n])
-        pos += n
-    return out
+    spans = (bundle.record_span(i) for i in range(bundle.header.core.chunk_count))
+    return [bundle.data[start:end] for start, end in spans]
 
 
 def by_definition(bundle: Bundle, algorithm: fmt.DigestAlgorithm) -> bytes:
@@ -76,7 +71,7 @@ def test_both_digests_pin_one_bundle_and_neither_stands_for_the_other(key: Secre
     assert bundle.digest.algorithm is fmt.DEFAULT_DIGEST_ALGORITHM
     digests = {}
     for algorithm in ALGORITHMS:
-        stream = fmt_stream(bundle.data)
+        stream = io.BytesIO(bundle.data)
         header = fmt.read_header(stream)
         digests[algorithm], _ = digest_records(header, stream, workers=2, algorithm=algorithm)
         assert open_bytes(bundle.data, key, pinned=digests[algorithm])[1] == FILES
@@ -86,10 +81,6 @@ def test_both_digests_pin_one_bundle_and_neither_stands_for_the_other(key: Secre
     for swapped in (blake._replace(value=sha.value), sha._replace(value=blake.value)):
         with pytest.raises(DigestMismatchError, match=str(swapped)):
             open_bytes(bundle.data, key, pinned=swapped)
-
-
-def fmt_stream(data: bytes) -> io.BytesIO:
-    return io.BytesIO(data)
 
 
 def trailer_json(bundle: Bundle) -> dict[str, object]:
@@ -130,7 +121,7 @@ def test_a_signature_relabelled_to_the_other_digest_does_not_verify(key: SecretB
             FILES, key, sign_key=sign.load_private_key(priv), digest_algorithm=algorithm
         )
         other = next(a for a in ALGORITHMS if a is not algorithm)
-        stream = fmt_stream(bundle.data)
+        stream = io.BytesIO(bundle.data)
         other_digest, trailer = digest_records(fmt.read_header(stream), stream, algorithm=other)
         # the other digest's value, signed under this digest's domain, then relabelled
         forged_entry = sign.sign(

@@ -82,7 +82,9 @@ def rebuild(b: Bundle, recs: list[bytes]) -> bytes:
     return b.data[: b.records_offset] + b"".join(recs) + b.data[b.header.trailer_offset :]
 
 
-def assert_refused(data: bytes, key: SecretBytes, pinned: bytes | None = None) -> BundleError:
+def assert_refused(
+    data: bytes, key: SecretBytes, pinned: fmt.BundleDigest | None = None
+) -> BundleError:
     with pytest.raises(BundleError) as info:
         try_open(data, key, pinned)
     return info.value

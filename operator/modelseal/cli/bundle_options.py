@@ -10,12 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from modelseal.crypto.format import DEFAULT_DIGEST_ALGORITHM, DigestAlgorithm
-
-if TYPE_CHECKING:
-    from modelseal.crypto import format as fmt
+from modelseal.crypto import format as fmt
 
 from .common import (
     EXIT_IO,
@@ -32,15 +29,15 @@ BUNDLE_HELP = (
 def add_digest_algorithm_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--digest-algorithm",
-        choices=[a.value for a in DigestAlgorithm],
-        default=DEFAULT_DIGEST_ALGORITHM.value,
-        help=f"{what} (default: {DEFAULT_DIGEST_ALGORITHM.value}; sha256tree where a "
+        choices=[a.value for a in fmt.DigestAlgorithm],
+        default=fmt.DEFAULT_DIGEST_ALGORITHM.value,
+        help=f"{what} (default: {fmt.DEFAULT_DIGEST_ALGORITHM.value}; sha256tree where a "
         "FIPS-approved hash is required)",
     )
 
 
-def digest_algorithm(args: argparse.Namespace) -> DigestAlgorithm:
-    return DigestAlgorithm(args.digest_algorithm)
+def digest_algorithm(args: argparse.Namespace) -> fmt.DigestAlgorithm:
+    return fmt.DigestAlgorithm(args.digest_algorithm)
 
 
 def add_open_options(p: argparse.ArgumentParser) -> None:
@@ -100,7 +97,6 @@ def read_file(path: Path) -> bytes:
 def pin_and_keys(
     args: argparse.Namespace,
 ) -> tuple[fmt.BundleDigest | None, list[Any] | None]:
-    from modelseal.crypto import format as fmt
     from modelseal.crypto import sign
 
     pinned = fmt.parse_digest(args.digest) if args.digest else None

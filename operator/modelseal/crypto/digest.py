@@ -51,29 +51,11 @@ class _Hasher(Protocol):
     def digest(self) -> bytes: ...
 
 
-def _sha256_leaf(record: Buffer) -> bytes:
-    return hashlib.sha256(record).digest()
-
-
-def _blake3_leaf(record: Buffer) -> bytes:
-    return blake3(record).digest()
-
-
-_LEAVES: dict[DigestAlgorithm, Callable[[Buffer], bytes]] = {
-    DigestAlgorithm.SHA256_TREE: _sha256_leaf,
-    DigestAlgorithm.BLAKE3_TREE: _blake3_leaf,
+#: H of each algorithm: a new hasher fed its first bytes (leaves and root alike)
+_HASHES: dict[DigestAlgorithm, Callable[[Buffer], _Hasher]] = {
+    DigestAlgorithm.SHA256_TREE: hashlib.sha256,
+    DigestAlgorithm.BLAKE3_TREE: blake3,
 }
-
-
-def leaf_hasher(algorithm: DigestAlgorithm) -> Callable[[Buffer], bytes]:
-    """The function that hashes one chunk record into its leaf."""
-    return _LEAVES[algorithm]
-
-
-def _new_hasher(algorithm: DigestAlgorithm, data: bytes) -> _Hasher:
-    if algorithm is DigestAlgorithm.BLAKE3_TREE:
-        return blake3(data)
-    return hashlib.sha256(data)
 
 
 class TreeDigest:
@@ -83,10 +65,10 @@ class TreeDigest:
         self, header: BundleHeader, algorithm: DigestAlgorithm = DEFAULT_DIGEST_ALGORITHM
     ) -> None:
         self.algorithm = algorithm
-        self.leaf = leaf_hasher(algorithm)
+        self._hash = _HASHES[algorithm]
         self._count = header.core.chunk_count
-        self._root = _new_hasher(algorithm, _DOMAINS[algorithm])
-        self._root.update(self.leaf(header.core_region))
+        self._root = self._hash(_DOMAINS[algorithm])
+        self._root.update(self._hash(header.core_region).digest())
         self._root.update(struct.pack(">Q", self._count))
         self._next = 0
         self._pending: dict[int, bytes] = {}
@@ -103,7 +85,7 @@ class TreeDigest:
 
     def add_record(self, index: int, record: Buffer) -> None:
         """Hash chunk record `index` (outside the lock) and add its leaf."""
-        self.add(index, self.leaf(record))
+        self.add(index, self._hash(record).digest())
 
     def finish(self) -> BundleDigest:
         with self._lock:

@@ -265,6 +265,8 @@ class AdaptiveReader:
         after the sample is kept to the end."""
         if self._ranged_rate is None:
             return True
+        if self.sampled is not None:  # sampled before, and the stream was kept
+            return False
         try:
             rate = self._ranged_rate(self.offset)
         except Exception as exc:  # a failed sample: the stream that works stays
@@ -286,7 +288,6 @@ class AdaptiveReader:
             stream_rate / 1e6,
             rate / 1e6,
         )
-        self._windows = 1 << 62  # never again
         return False
 
     def close(self) -> None:

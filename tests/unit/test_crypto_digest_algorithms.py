@@ -17,7 +17,7 @@ from blake3 import blake3
 
 from modelseal.crypto import DigestMismatchError, FormatError, SignatureError, sign
 from modelseal.crypto import format as fmt
-from modelseal.crypto.digest import TreeDigest
+from modelseal.crypto.digest import TreeDigest, check_pin
 from modelseal.crypto.pipeline import digest_records
 from modelseal.crypto.stream import SecretBytes
 from modelseal.crypto.testing import Bundle, make_bundle, open_bytes
@@ -168,3 +168,13 @@ def test_leaves_in_any_order_give_one_root(key: SecretBytes) -> None:
         for i in reversed(range(len(recs))):
             tree.add_record(i, recs[i])
         assert tree.finish().value == by_definition(bundle, algorithm)
+
+
+def test_a_digest_checked_against_a_pin_of_the_other_algorithm_is_a_caller_error() -> None:
+    blake = fmt.BundleDigest(fmt.DigestAlgorithm.BLAKE3_TREE, bytes(32))
+    sha = fmt.BundleDigest(fmt.DigestAlgorithm.SHA256_TREE, bytes(32))
+    with pytest.raises(ValueError, match="computed a blake3tree digest for a sha256tree pin"):
+        check_pin(blake, sha)
+    check_pin(blake, None)
+    with pytest.raises(DigestMismatchError, match="does not match the pinned digest"):
+        check_pin(blake, blake._replace(value=b"\x01" * 32))

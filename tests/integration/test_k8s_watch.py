@@ -3,9 +3,10 @@ server: a listing in pages, then the watch from the listing's version; an object
 while nothing watched is handed on as DELETED by the next listing; a watch the server
 ended, or a connection cut, resumes without losing what changed meanwhile.
 
-Not here: a watch or a continuation the server no longer has (410), which makes the
-follower list again. A young test cluster still has every version (a watch from
-resourceVersion 1 was accepted), so no real server here answers it."""
+A watch or a continuation the server no longer has (410), which makes the follower list
+again, is in test_k8s_watch_expired.py: this cluster's watch cache still has every
+version (a watch from resourceVersion 1 is accepted), so it needs a control plane whose
+API server reads ConfigMaps from etcd."""
 
 from __future__ import annotations
 

@@ -17,3 +17,9 @@ bench-unseal: venv ## unseal vs cp -r vs age vs the tmpfs write limit; last line
 
 bench-unseal-local: venv ## the unseal benchmark with a local data key: no Vault, no Go build
 	$(PY) -m bench.unseal.bench --local-key $(BENCH_UNSEAL_ARGS)
+
+# Issue 13's 16-core table on the GPU host (Python 3.12, no network): fetch the wheels here,
+# carry .whl, and run `bash bench/unseal/on-device.sh` there (docs/unsealer.md).
+.PHONY: bench-unseal-device-wheels
+bench-unseal-device-wheels: ## cp312 wheels of the unseal bench's compiled dependencies into .whl/, for the GPU host
+	bash bench/unseal/device-wheels.sh

@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "size_mib": args.size_mib,
+        "model_bytes": model_bytes,
+        "workers": args.workers,
         "cpus": cpus,
         "key": "local" if args.local_key else "vault-transit",
     }

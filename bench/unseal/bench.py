@@ -52,7 +52,9 @@ from pathlib import Path
 from typing import Any
 
 MiB = 1024 * 1024
-SHM = Path("/dev/shm")
+#: Where the unseals, copies and limit runs write: a tmpfs (a container's /dev/shm can be
+#: small: `MODELSEAL_BENCH_TMPFS` names another one, e.g. mounted by bench/unseal/on-device.sh).
+SHM = Path(os.environ.get("MODELSEAL_BENCH_TMPFS") or "/dev/shm")
 
 
 def log(msg: str) -> None:
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     from modelseal.unsealer.engine import filesystem_type
 
     if filesystem_type(SHM) != "tmpfs":
-        raise SystemExit("/dev/shm is not tmpfs here; the benchmark needs a tmpfs target")
+        raise SystemExit(f"{SHM} is not tmpfs here; the benchmark needs a tmpfs target")
     age = shutil.which("age")
     age_keygen = shutil.which("age-keygen")
     if not (age and age_keygen):

@@ -24,7 +24,17 @@ export PYTHONUNBUFFERED=1
 "$PYTHON" -c "import blake3, cryptography, hvac, modelseal.unsealer.engine" \
   || { echo "on-device: the wheels do not import with $("$PYTHON" -V)" >&2; exit 2; }
 echo "on-device: $("$PYTHON" -V), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
-df -h /dev/shm /var/tmp | sed 's/^/on-device: /' # the bench needs 2 x SIZE_MIB in tmpfs
+# The bench writes one unsealed copy at a time into tmpfs, plus the limit run's bytes: a
+# container's /dev/shm is often far smaller, so mount a tmpfs of our own when it is (root).
+need_kib=$(( SIZE_MIB * 1024 * 3 ))
+free_kib=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 {print $4}')
+if [[ -z "${MODELSEAL_BENCH_TMPFS:-}" && "${free_kib:-0}" -lt "$need_kib" ]]; then
+  mkdir -p /tmp/modelseal-bench-tmpfs
+  mount -t tmpfs -o "size=$(( need_kib / 1024 + 1024 ))m" tmpfs /tmp/modelseal-bench-tmpfs \
+    || { echo "on-device: /dev/shm has ${free_kib:-0} KiB free, $need_kib needed, and no tmpfs could be mounted" >&2; exit 2; }
+  export MODELSEAL_BENCH_TMPFS=/tmp/modelseal-bench-tmpfs
+fi
+df -h "${MODELSEAL_BENCH_TMPFS:-/dev/shm}" /var/tmp | sed 's/^/on-device: /'
 
 files=()
 for w in $WORKERS; do

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,9 +39,15 @@ def uncached() -> Iterator[KubeCluster]:
 
 
 def _namespace(cluster: KubeCluster, name: str, configmaps: tuple[str, ...]) -> str:
+    """A namespace with `configmaps`, and the kube-root-ca.crt that the controller manager
+    puts in every namespace (waited for: the listings below count it)."""
     cluster.kubectl("create", "namespace", name)
     for cm in configmaps:
         _configmap(cluster, name, cm)
+    deadline = time.monotonic() + 60
+    while "kube-root-ca.crt" not in cluster.kubectl("get", "configmaps", "-n", name, "-o", "name"):
+        assert time.monotonic() < deadline, f"no kube-root-ca.crt in {name}"
+        time.sleep(0.1)
     return name
 
 

@@ -798,6 +798,18 @@ class KubeCluster:
         with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:  # noqa: S310
             return str(resp.read().decode())
 
+    def wait_for_root_ca(self, namespace: str, timeout: float = 60) -> None:
+        """Wait until `namespace` holds the kube-root-ca.crt ConfigMap, which the controller
+        manager puts in every namespace a moment after it is made (for a test that counts
+        what a listing of the namespace's ConfigMaps shows)."""
+        deadline = time.monotonic() + timeout
+        while "kube-root-ca.crt" not in self.kubectl(
+            "get", "configmaps", "-n", namespace, "-o", "name"
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no kube-root-ca.crt in namespace {namespace}")
+            time.sleep(0.1)
+
     def compact_etcd(self) -> int:
         """Compact etcd's history up to its current revision (what the API server does
         every 5 minutes on its own) and return that revision: a watch or a list

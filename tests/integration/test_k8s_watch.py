@@ -55,8 +55,14 @@ def _configmap(env: OpsEnv, ns: str, name: str) -> None:
     env.kubectl("create", "configmap", name, "-n", ns, f"--from-literal=k={name}")
 
 
+def _namespace(env: OpsEnv) -> str:
+    ns = env.namespace("watch")
+    env.cluster.wait_for_root_ca(ns)  # the listings below count it
+    return ns
+
+
 def test_a_listing_in_pages_then_the_watch_from_its_version(ops_cluster: OpsEnv) -> None:
-    ns = ops_cluster.namespace("watch")
+    ns = _namespace(ops_cluster)
     for name in ("a", "b", "c"):
         _configmap(ops_cluster, ns, name)
 
@@ -87,7 +93,7 @@ def test_a_listing_in_pages_then_the_watch_from_its_version(ops_cluster: OpsEnv)
 
 
 def test_an_object_gone_between_two_listings_is_handed_on_as_deleted(ops_cluster: OpsEnv) -> None:
-    ns = ops_cluster.namespace("watch")
+    ns = _namespace(ops_cluster)
     ops_cluster.kubectl("create", "configmap", "kept", "-n", ns, "--from-literal=k=1")
     ops_cluster.kubectl("create", "configmap", "gone", "-n", ns, "--from-literal=k=1")
     ops_cluster.kubectl("label", "configmap", "gone", "-n", ns, "app=m")
@@ -137,7 +143,7 @@ def _drop_connections(kube: Kube) -> int:
 
 
 def test_a_watch_ended_or_cut_resumes_and_loses_nothing(ops_cluster: OpsEnv) -> None:
-    ns = ops_cluster.namespace("watch")
+    ns = _namespace(ops_cluster)
 
     async def scenario() -> tuple[Seen, list[Restart], int]:
         seen, on_event = _recorder()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,10 +43,7 @@ def _namespace(cluster: KubeCluster, name: str, configmaps: tuple[str, ...]) -> 
     cluster.kubectl("create", "namespace", name)
     for cm in configmaps:
         _configmap(cluster, name, cm)
-    deadline = time.monotonic() + 60
-    while "kube-root-ca.crt" not in cluster.kubectl("get", "configmaps", "-n", name, "-o", "name"):
-        assert time.monotonic() < deadline, f"no kube-root-ca.crt in {name}"
-        time.sleep(0.1)
+    cluster.wait_for_root_ca(name)
     return name
 
 

@@ -802,13 +802,15 @@ class KubeCluster:
         """Wait until `namespace` holds the kube-root-ca.crt ConfigMap, which the controller
         manager puts in every namespace a moment after it is made (for a test that counts
         what a listing of the namespace's ConfigMaps shows)."""
-        deadline = time.monotonic() + timeout
-        while "kube-root-ca.crt" not in self.kubectl(
-            "get", "configmaps", "-n", namespace, "-o", "name"
-        ):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no kube-root-ca.crt in namespace {namespace}")
-            time.sleep(0.1)
+        wait_until(
+            lambda: (
+                "kube-root-ca.crt"
+                in self.kubectl("get", "configmaps", "-n", namespace, "-o", "name")
+            ),
+            f"kube-root-ca.crt in namespace {namespace}",
+            timeout=timeout,
+            interval=0.1,
+        )
 
     def compact_etcd(self) -> int:
         """Compact etcd's history up to its current revision (what the API server does

@@ -12,32 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable
 from typing import Any
 
 from tests.integration.operator_helpers import OpsEnv
+from tests.integration.watch_helpers import Seen, recorder, until
 
 from modelseal.k8s import api as k8s
 from modelseal.k8s.api import Json, Kube
 from modelseal.k8s.watch import Follower, OnEvent, Restart
-
-Seen = list[tuple[str | None, str]]
-
-
-def _recorder() -> tuple[Seen, Callable[[str | None, Json], None]]:
-    seen: Seen = []
-
-    def on_event(event_type: str | None, obj: Json) -> None:
-        seen.append((event_type, str(obj["metadata"]["name"])))
-
-    return seen, on_event
-
-
-async def _until(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def _follower(env: OpsEnv, ns: str, on_event: OnEvent, **options: Any) -> Follower:
@@ -67,7 +49,7 @@ def test_a_listing_in_pages_then_the_watch_from_its_version(ops_cluster: OpsEnv)
         _configmap(ops_cluster, ns, name)
 
     async def scenario() -> tuple[Seen, int]:
-        seen, on_event = _recorder()
+        seen, on_event = recorder()
         listings: list[int] = []
         follower = _follower(
             ops_cluster,
@@ -77,11 +59,11 @@ def test_a_listing_in_pages_then_the_watch_from_its_version(ops_cluster: OpsEnv)
             page_size=1,  # every object its own page: the continuation is followed
         )
         task = asyncio.create_task(follower.run())
-        await _until(lambda: bool(listings))
+        await until(lambda: bool(listings))
         ops_cluster.kubectl("label", "configmap", "a", "-n", ns, "x=1")
         ops_cluster.kubectl("delete", "configmap", "b", "-n", ns)
         _configmap(ops_cluster, ns, "d")
-        await _until(lambda: len(seen) >= 7)
+        await until(lambda: len(seen) >= 7)
         await _stop(follower, task)
         return seen, listings[0]
 
@@ -99,7 +81,7 @@ def test_an_object_gone_between_two_listings_is_handed_on_as_deleted(ops_cluster
     ops_cluster.kubectl("label", "configmap", "gone", "-n", ns, "app=m")
 
     async def scenario() -> tuple[Seen, list[Json]]:
-        seen, on_event = _recorder()
+        seen, on_event = recorder()
         bodies: list[Json] = []
 
         def keep(event_type: str | None, obj: Json) -> None:
@@ -146,7 +128,7 @@ def test_a_watch_ended_or_cut_resumes_and_loses_nothing(ops_cluster: OpsEnv) -> 
     ns = _namespace(ops_cluster)
 
     async def scenario() -> tuple[Seen, list[Restart], int]:
-        seen, on_event = _recorder()
+        seen, on_event = recorder()
         restarts: list[Restart] = []
         listed = asyncio.Event()
         follower = _follower(
@@ -163,10 +145,10 @@ def test_a_watch_ended_or_cut_resumes_and_loses_nothing(ops_cluster: OpsEnv) -> 
         _configmap(ops_cluster, ns, "first")
         await asyncio.sleep(5)  # two watches ended by the server meanwhile
         _configmap(ops_cluster, ns, "second")
-        await _until(lambda: ("ADDED", "second") in seen)
+        await until(lambda: ("ADDED", "second") in seen)
         cut = _drop_connections(follower.kube)
         _configmap(ops_cluster, ns, "third")
-        await _until(lambda: ("ADDED", "third") in seen)
+        await until(lambda: ("ADDED", "third") in seen)
         await _stop(follower, task)
         return seen, restarts, cut
 

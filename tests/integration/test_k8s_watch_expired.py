@@ -17,13 +17,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from tests.integration.watch_helpers import Seen, recorder, until
 
 from modelseal.k8s import api as k8s
-from modelseal.k8s.api import ApiError, Json, Kind, Kube, ListChunk
+from modelseal.k8s.api import ApiError, Kind, Kube, ListChunk
 from modelseal.k8s.watch import Follower, Restart
 from modelseal_devenv.kube import KubeCluster, ensure_binaries
-
-Seen = list[tuple[str | None, str]]
 
 
 @pytest.fixture(scope="module")
@@ -51,29 +50,13 @@ def _configmap(cluster: KubeCluster, ns: str, name: str) -> None:
     cluster.kubectl("create", "configmap", name, "-n", ns, f"--from-literal=k={name}")
 
 
-def _recorder() -> tuple[Seen, Callable[[str | None, Json], None]]:
-    seen: Seen = []
-
-    def on_event(event_type: str | None, obj: Json) -> None:
-        seen.append((event_type, str(obj["metadata"]["name"])))
-
-    return seen, on_event
-
-
-async def _until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 def test_a_watch_from_a_compacted_version_lists_again_and_loses_nothing(
     uncached: KubeCluster,
 ) -> None:
     ns = _namespace(uncached, "expired-watch", ("kept", "gone"))
 
     async def scenario() -> tuple[Seen, list[int], list[Restart]]:
-        seen, on_event = _recorder()
+        seen, on_event = recorder()
         listings: list[int] = []
         restarts: list[Restart] = []
 
@@ -96,10 +79,10 @@ def test_a_watch_from_a_compacted_version_lists_again_and_loses_nothing(
         )
         task = asyncio.create_task(follower.run())
         try:
-            await _until(lambda: len(listings) >= 2)
+            await until(lambda: len(listings) >= 2, timeout_s=30.0)
             # the watch after the second listing is live: a change reaches us
             uncached.kubectl("label", "configmap", "kept", "-n", ns, "x=1")
-            await _until(lambda: ("MODIFIED", "kept") in seen[listings[1] :])
+            await until(lambda: ("MODIFIED", "kept") in seen[listings[1] :], timeout_s=30.0)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -159,7 +142,7 @@ def test_a_listing_whose_continuation_expired_starts_over(uncached: KubeCluster)
         uncached.compact_etcd()
 
     async def scenario() -> tuple[Seen, list[tuple[bool, int]]]:
-        seen, on_event = _recorder()
+        seen, on_event = recorder()
         kube = _CompactAfterFirstPage(uncached.kube_client(), change_and_compact)
         follower = Follower(kube, k8s.CONFIG_MAP, ns, on_event, page_size=1)
         try:

@@ -1,11 +1,13 @@
 """``make bench-ready``: time-to-Ready of a model, sealed versus plain, from a real HTTP
-server on loopback (Debian's nginx) and from the local S3 server (moto).
+server on loopback (Debian's nginx) and from a local S3 server (versitygw, or moto).
 
 The same model as `make bench-unseal` (one large file, four shards, 100 small files;
 ``--size-mib``, default 4096) is served, as a plain folder and as one sealed bundle, by
 
   (a) nginx on 127.0.0.1 (http, or https with a CA made here: ``--https``), and
-  (b) moto's S3 server on 127.0.0.1 (objects under plain/ and the bundle sealed.mseal).
+  (b) a local S3 server on 127.0.0.1 (objects under plain/ and the bundle sealed.mseal):
+      the Versity S3 Gateway over its posix backend (``--s3-server versitygw``, the
+      default; built from its Go module by devenv/build-versitygw.sh), or moto.
 
 Timed, ``--runs`` times in rotating order after an uncounted warm-up round, each into a
 fresh /dev/shm directory (removed, untimed, after each run), as child processes:
@@ -27,12 +29,13 @@ fresh /dev/shm directory (removed, untimed, after each run), as child processes:
 The data key is a LOCALLY GENERATED one (no Vault; the Transit unwrap, one round trip of
 tens of milliseconds, is not timed) and the output says so.
 
-moto reads (and copies) the whole object for every GET, ranged or not, so every ranged
-part of a bundle costs moto the bundle's full size; at multi-GiB sizes the 4 parallel
-ranged GETs of the unsealer (when it goes ranged: moto's one stream can be slow enough)
-would make moto hold 4 x 2 x the bundle in memory. The S3 leg
-therefore runs at ``--s3-size-mib`` (default: the smaller of --size-mib and 512) and says
-so; real S3 serves a range in time proportional to the range.
+versitygw stores each object as a file (uploaded through the S3 API, so it keeps its own
+ETag) and serves a range by reading only that range, as real S3 does; the S3 leg then
+runs at the model's full size. Once uploaded, the folder nginx serves is hard-linked to
+versitygw's object files (same bytes, one copy in the page cache instead of two). moto
+reads (and copies) the whole object for every GET, ranged or not, so with ``--s3-server
+moto`` every ranged part costs moto the bundle's full size and the leg runs at
+``--s3-size-mib`` (default there: the smaller of --size-mib and 512) and says so.
 
 Prints medians, min and max, the load average during the timed runs, and last:
 
@@ -113,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--size-mib", type=int, default=4096)
-    ap.add_argument("--s3-size-mib", type=int, default=0, help="S3 leg size (min(size, 512))")
+    ap.add_argument(
+        "--s3-size-mib",
+        type=int,
+        default=0,
+        help="S3 leg size (default: --size-mib; with moto min(size, 512))",
+    )
+    ap.add_argument("--s3-server", choices=["versitygw", "moto"], default="versitygw")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=0, help="unseal threads (default: CPUs)")
     ap.add_argument("--chunk-size", type=int, default=MiB)
@@ -137,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     if not curl:
         raise SystemExit("curl not found: run devenv/install-bench-deps.sh")
     cpus = len(os.sched_getaffinity(0))
-    s3_mib = args.s3_size_mib or min(args.size_mib, 512)
+    s3_mib = args.s3_size_mib or (
+        min(args.size_mib, 512) if args.s3_server == "moto" else args.size_mib
+    )
     serve = args.workdir / "serve"
     serve.mkdir(parents=True, exist_ok=True)
     key = os.urandom(32)
@@ -158,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
 
     targets = SHM / f"modelseal-bench-ready-{os.getpid()}"
     targets.mkdir()
-    results: dict[str, Any] = {"size_mib": args.size_mib, "s3_size_mib": s3_mib, "cpus": cpus}
+    results: dict[str, Any] = {
+        "size_mib": args.size_mib,
+        "s3_size_mib": s3_mib,
+        "s3_server": args.s3_server,
+        "cpus": cpus,
+    }
     all_samples: dict[str, list[Sample]] = {}
     loads: list[float] = []
     stack: list[Any] = []
@@ -213,13 +229,14 @@ def main(argv: list[str] | None = None) -> int:
                 dict(os.environ),
             )
         if not args.skip_s3:
-            from modelseal_devenv.s3 import S3Server
-
-            s3 = S3Server(args.workdir / "s3").start()
+            s3 = start_s3(args.s3_server, args.workdir / "s3")
             stack.append(s3)
             s3_env = {**os.environ, **s3.env()}
             upload_s3(s3, serve / f"plain-{s3_mib}", serve / f"sealed-{s3_mib}.mseal")
-            log(f"moto {s3.version} at {s3.endpoint_url} (pid {s3.pid})")
+            log(f"{args.s3_server} {s3.version} at {s3.endpoint_url} (pid {s3.pid})")
+            if args.s3_server == "versitygw":
+                linked = share_pages(serve, s3.data_dir / BUCKET, s3_mib)
+                log(f"nginx's copies of {linked} files hard-linked to versitygw's objects")
 
             def plain_s3(i: int) -> Sample:
                 return timed(
@@ -289,6 +306,38 @@ def check_plain_copy(plain_http: Callable[[int], Sample], targets: Path, model_b
     shutil.rmtree(targets / "plain-http--1")
     if got != model_bytes:
         raise SystemExit(f"curl fetched {got} bytes, the model has {model_bytes}")
+
+
+def start_s3(kind: str, workdir: Path) -> Any:
+    """A fresh S3 server of `kind` (versitygw: an empty data folder)."""
+    from modelseal_devenv.s3 import S3Server, VersityGateway
+
+    if kind == "moto":
+        return S3Server(workdir).start()
+    shutil.rmtree(workdir, ignore_errors=True)
+    return VersityGateway(workdir).start()
+
+
+def share_pages(serve: Path, objects: Path, size_mib: int) -> int:
+    """Replace nginx's copies of the model and bundle of `size_mib` with hard links to
+    versitygw's object files under `objects` (the bucket's folder), when both hold the
+    same bytes on one file system: the page cache then holds one copy of each, not two.
+    The number of files linked."""
+    pairs = [(serve / f"sealed-{size_mib}.mseal", objects / "sealed.mseal")]
+    plain = serve / f"plain-{size_mib}"
+    pairs += [(plain / rel, objects / "plain" / rel) for rel in model_files(plain)]
+    linked = 0
+    for copy, obj in pairs:
+        if not obj.is_file() or obj.stat().st_size != copy.stat().st_size:
+            continue
+        tmp = copy.with_name(copy.name + ".link")
+        try:
+            os.link(obj, tmp)
+        except OSError:  # another file system: keep the copy
+            continue
+        os.replace(tmp, copy)
+        linked += 1
+    return linked
 
 
 def upload_s3(s3: Any, plain: Path, bundle: Path) -> None:

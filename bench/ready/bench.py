@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": cpus,
     }
     all_samples: dict[str, list[Sample]] = {}
+    fetches: dict[str, list[dict[str, Any]]] = {}  # what each sealed run's source did
     loads: list[float] = []
     stack: list[Any] = []
     try:
@@ -202,11 +203,17 @@ def main(argv: list[str] | None = None) -> int:
 
         def sealed(name: str, uri: str, size: int, extra: list[str], env: dict[str, str]):  # type: ignore[no-untyped-def]
             def run(i: int) -> Sample:
+                report = targets / f"{name}-{i}.json"
                 cmd = [py, "-m", "bench.ready.unseal_remote", uri, "--to",
-                       str(targets / f"{name}-{i}"), "--digest", pins[size], *extra]  # fmt: skip
+                       str(targets / f"{name}-{i}"), "--digest", pins[size],
+                       "--report", str(report), *extra]  # fmt: skip
                 if args.workers:
                     cmd += ["--workers", str(args.workers)]
-                return timed(cmd, env, stdin_data=key)
+                sample = timed(cmd, env, stdin_data=key)
+                if i > 0:  # counted runs only
+                    fetches.setdefault(name, []).append(json.loads(report.read_text()))
+                report.unlink()
+                return sample
 
             return run
 
@@ -282,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{size / 1024 / med[name]:>6.2f} {cpu:>6.2f} {rss:>13.1f}"
         )
         results[name] = {"walls": walls, "median": med[name], "cpu_median": cpu, "size_mib": size}
+    for name, runs in fetches.items():
+        log(f"{name}: {fetch_summary(runs)}")
+    results["fetches"] = fetches
     load_med = statistics.median(loads)
     log(f"load average (1 min) during the timed runs: median {load_med:.2f}, max {max(loads):.2f}")
     log(f"key: {key_label}; nginx over {'https (CA made here)' if args.https else 'http'}")
@@ -297,6 +307,21 @@ def main(argv: list[str] | None = None) -> int:
         f"sealed_vs_plain_ratio_http={ratio_http:.3f} sealed_vs_plain_ratio_s3={ratio_s3:.3f}"
     )
     return 0
+
+
+def fetch_summary(runs: list[dict[str, Any]]) -> str:
+    """How the sealed runs fetched: ranged or one stream, and the sample's two rates."""
+    ranged_runs = [r for r in runs if r.get("switched_at") is not None]
+    text = f"ranged in {len(ranged_runs)} of {len(runs)} runs"
+    if ranged_runs:
+        where = sorted(r["switched_at"] / MiB for r in ranged_runs)
+        text += f" (from MiB {', '.join(f'{w:.0f}' for w in where)})"
+    rates = [r["sampled"] for r in runs if r.get("sampled")]
+    if rates:
+        text += "; stream vs sampled ranges, MB/s: " + ", ".join(
+            f"{s / 1e6:.0f} vs {p / 1e6:.0f}" for s, p in rates
+        )
+    return text
 
 
 def check_plain_copy(plain_http: Callable[[int], Sample], targets: Path, model_bytes: int) -> None:

@@ -13,6 +13,7 @@ S3 credentials come from the environment (AWS_*), as in the sidecar.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -33,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         "--one-stream",
         action="store_true",
         help="for comparison only: no ranged parallel fetch, one GET streamed in order",
+    )
+    ap.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="write what the source did here (JSON: switched_at, sampled rates)",
     )
     args = ap.parse_args(argv)
 
@@ -59,8 +66,18 @@ def main(argv: list[str] | None = None) -> int:
                 UnsealOptions(workers=args.workers, pinned_digest=pinned, compute_digest=False),
             )
             ranged_buffers = stream.buffer_bytes
+            reader = getattr(stream, "reader", None)
     finally:
         key.wipe()
+    if args.report:
+        args.report.write_text(
+            json.dumps(
+                {
+                    "switched_at": getattr(reader, "switched_at", None),
+                    "sampled": getattr(reader, "sampled", None),
+                }
+            )
+        )
     print(f"source buffers: {ranged_buffers} bytes", file=sys.stderr)
     return 0
 

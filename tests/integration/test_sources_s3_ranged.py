@@ -43,7 +43,7 @@ def test_s3_ranged_and_plain(
         assert stream.buffer_bytes == (ranged.DEFAULT_PARALLEL + 1) * 256 * KiB
         assert read_all(stream) == big
         assert stream.reader.switched_at == 0
-    # one window from the first GET, one sampled range, then ranges from where it stopped
+    # one window from the first GET, one sample (parts at once), then ranges from there
     # (any sampled rate counts as faster here)
     monkeypatch.setattr(ranged, "WAIT_FRACTION", 1e-12)
     monkeypatch.setattr(ranged, "PROBE_BYTES", 300 * KiB)
@@ -60,3 +60,28 @@ def test_s3_ranged_and_plain(
     ) as stream:
         assert stream.buffer_bytes == 0
         assert read_all(stream) == small
+
+
+def test_s3_body_is_read_straight_into_the_buffer(s3_server: Any, s3_bucket: str) -> None:
+    """GetObject's body is read by the http.client response under urllib3 (no copy); a
+    content-encoded body keeps urllib3's reader, and both give the stored bytes."""
+    import http.client
+
+    from modelseal.sources.s3 import direct_readinto
+
+    data = os.urandom(300 * KiB + 7)
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="plain.mseal", Body=data)
+    client.put_object(Bucket=s3_bucket, Key="encoded.mseal", Body=data, ContentEncoding="gzip")
+    for key, direct in (("plain.mseal", True), ("encoded.mseal", False)):
+        body = client.get_object(Bucket=s3_bucket, Key=key)["Body"]
+        try:
+            read = direct_readinto(body)
+            assert isinstance(getattr(read, "__self__", None), http.client.HTTPResponse) is direct
+            out = bytearray()
+            view = memoryview(bytearray(65_536))
+            while n := read(view):
+                out += view[:n]
+        finally:
+            body.close()
+        assert bytes(out) == data, key

@@ -416,17 +416,19 @@ def test_http_switch_mid_stream_gives_every_byte_once(
     assert switched is not None and 300 * KiB <= switched < len(PAYLOAD)
     starts = [int(r.split("=")[1].split("-")[0]) for r in RangeHandler.ranges]
     assert min(starts) == switched  # the ranges begin where the first stream stopped
-    # the sample part, then every part from there
-    assert starts[0] == switched and starts.count(switched) == 2
-    assert len(starts) == 1 + -(-(len(PAYLOAD) - switched) // (256 * KiB))
+    # the sample (DEFAULT_PARALLEL parts from there, at once), then every part from there
+    sample = [switched + i * 256 * KiB for i in range(ranged.DEFAULT_PARALLEL)]
+    assert sorted(starts[: len(sample)]) == sample
+    assert all(starts.count(s) == 2 for s in sample)
+    assert len(starts) == len(sample) + -(-(len(PAYLOAD) - switched) // (256 * KiB))
 
 
 def test_http_server_slow_at_ranges_keeps_one_stream(
     small_parts: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The stream is what the reader waits on, but one sampled part says ranges would be
-    slower (each range takes the server 0.2 s, as moto reading the whole object): the
-    stream stays to the end, and only the sample was asked for as a range."""
+    """The stream is what the reader waits on, but the sample says ranges would be slower
+    (each range takes the server 0.2 s, as moto reading the whole object): the stream stays
+    to the end, and only the sample's parts were asked for as ranges."""
     monkeypatch.setattr(ranged, "WAIT_FRACTION", 1e-12)
     monkeypatch.setattr(ranged, "PROBE_BYTES", 300 * KiB)
     for base in serve(PAYLOAD):
@@ -435,7 +437,7 @@ def test_http_server_slow_at_ranges_keeps_one_stream(
             reader = stream.reader
     assert reader.switched_at is None
     assert reader.sampled is not None and reader.sampled[1] < reader.sampled[0]
-    assert len(RangeHandler.ranges) == 1
+    assert len(RangeHandler.ranges) == ranged.DEFAULT_PARALLEL
 
 
 def test_ranges_sampled_faster_switch_slower_stay_for_good() -> None:
@@ -482,3 +484,45 @@ def test_one_slow_window_is_not_enough_when_two_are_asked_for() -> None:
     reader._first = varying
     assert consume(reader, clock, work_per_read=1.0) == PAYLOAD
     assert starts == [4 * 7 * 40 * KiB]  # after the second slow window in a row
+
+
+def test_the_stream_is_judged_by_its_own_rate_not_the_consumers_pace() -> None:
+    """The stream gives 40 KiB per 3 s of waiting in its reads, the consumer then works 1 s:
+    the stream's own rate is 40/3 KiB/s, the pipeline's 40/4. A sample of 14 KiB/s beats
+    the pipeline's pace by more than the margin but not the stream's rate: it stays (the
+    sample is taken while the consumer waits, so only the stream's own rate compares)."""
+    clock = Clock()
+    reader, starts, _closed = adaptive(clock, wait_per_read=3.0)
+    reader._ranged_rate = lambda offset: 14 * KiB
+    assert consume(reader, clock, work_per_read=1.0) == PAYLOAD
+    assert starts == []
+    assert reader.sampled is not None
+    assert reader.sampled[0] == pytest.approx(40 * KiB / 3)
+    assert 1.25 * 40 * KiB / 4 < reader.sampled[1] < 1.25 * reader.sampled[0]
+
+
+def test_the_sample_fetches_its_parts_at_once() -> None:
+    """Each fetch waits until all the sample's parts have started: fetched one after the
+    other, the first would wait for ever (here: fail after 5 s)."""
+    parallel, part = 4, 1000
+    barrier = threading.Barrier(parallel, timeout=5)
+    asked: list[tuple[int, int]] = []
+
+    def fetch(start: int, view: memoryview) -> None:
+        asked.append((start, len(view)))
+        barrier.wait()
+        view[:] = PAYLOAD[start : start + len(view)]
+
+    rate = ranged.sample_parallel(fetch, 500, 3700, parallel, part)
+    # from 500: three whole parts and the 200 bytes left before the end
+    assert sorted(asked) == [(500, 1000), (1500, 1000), (2500, 1000), (3500, 200)]
+    assert rate > 0
+
+
+def test_a_failing_sample_part_fails_the_sample() -> None:
+    def fetch(start: int, view: memoryview) -> None:
+        if start:
+            raise SourceError("range refused: 412")
+
+    with pytest.raises(SourceError, match="412"):
+        ranged.sample_parallel(fetch, 0, 10_000, 4, 1000)

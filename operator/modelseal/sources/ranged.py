@@ -15,8 +15,8 @@ authenticated and the digest pinned by the reader above.
 Ranges are not free (a thread and a request per part, one more copy of every byte, and
 some servers read the whole object for each range), so `ranged_stream` with `first` reads
 the first, unranged response in order and goes ranged only when that one stream is what
-the consumer waits on and one part, fetched as a sample, says that ranges would be faster
-(`AdaptiveReader`).
+the consumer waits on and `parallel` parts, fetched at once as a sample, say that ranges
+would be faster (`AdaptiveReader`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ MIN_RANGED_SIZE = 64 * MiB  # below this one stream is as fast
 PROBE_BYTES = 32 * MiB  # AdaptiveReader: window of the first stream between two looks
 WAIT_FRACTION = 0.5  # ... and the share of it spent waiting on that stream that goes ranged
 SLOW_WINDOWS = 2  # ... in that many windows in a row (one can be a start-up hiccup)
-#: ... and only when `parallel` parts at the sampled part's rate beat the stream by this
+#: ... and only when `parallel` parts fetched at once (the sample) beat the stream by this
 RANGED_MARGIN = 1.25
 
 Fetch = Callable[[int, memoryview], None]
-#: The throughput (bytes/s) ranged fetching would give from an offset, from a sample part.
+#: The throughput (bytes/s) ranged fetching would give from an offset, from a sample.
 RangedRate = Callable[[int], float]
 
 log = logging.getLogger("modelseal.sources")
@@ -178,14 +178,16 @@ class AdaptiveReader:
     `probe_bytes` the reader looks at how much of that window's wall time it spent waiting
     inside that stream's reads. Above `wait_fraction` in `slow_windows` windows in a row,
     the stream, not the consumer (decryption, writes), is the bottleneck (a busy machine can
-    make one window look slow). Then `ranged_rate(offset)` (when given) fetches one part as
-    a sample: only if `parallel` such parts would beat the stream's rate in that window by
-    `RANGED_MARGIN` is the first response closed and the rest, [offset, size), read from a
-    RangedReader; else the stream stays, for good (a server that reads the whole object for
-    each range, as moto does, made a 512 MiB bundle nine times slower ranged than in one
-    stream). Below the fraction, one stream keeps up, and stays. `wait_fraction <= 0` goes
-    ranged at once. Memory is bounded either way by the ranged reader's buffers
-    (`buffer_bytes`, announced up front; the sample uses one part's worth before them).
+    make one window look slow). Then `ranged_rate(offset)` (when given) fetches `parallel`
+    parts at once as a sample: only if they beat the stream's own rate in that window
+    (bytes over the time spent in its reads) by `RANGED_MARGIN` is the first response
+    closed and the rest, [offset, size), read from a RangedReader; else the stream stays,
+    for good (a server that reads the whole object for each range, as moto does, made a
+    512 MiB bundle nine times slower ranged than in one stream; a server on the same two
+    CPUs as the unsealer, 1.5 times slower). Below the fraction, one stream keeps up, and
+    stays. `wait_fraction <= 0` goes ranged at once. Memory is bounded either way by the
+    ranged reader's buffers (`buffer_bytes`, announced up front; the sample uses
+    `parallel` parts' worth before them, freed before they are made).
     """
 
     def __init__(
@@ -252,8 +254,11 @@ class AdaptiveReader:
             elapsed = t1 - self._window_start
             slow = elapsed > 0 and self._window_wait > self._fraction * elapsed
             self._slow_windows = self._slow_windows + 1 if slow else 0
+            # The stream's own rate: bytes over the time spent waiting in its reads (over
+            # the window's wall time it would be the consumer's pace, which the sample,
+            # taken while the consumer waits, does not share).
             if self._slow_windows >= self._windows and self._ranges_pay(
-                self._window_bytes / elapsed
+                self._window_bytes / self._window_wait
             ):
                 self._switch()
             else:
@@ -321,11 +326,11 @@ def ranged_stream(
         return RangedReader(name, size, fetch, parallel=par, part_size=psize, start=offset)
 
     def ranged_rate(offset: int) -> float:
-        """`par` parts at the rate of one part fetched now from `offset` (a sample)."""
-        sample = memoryview(bytearray(min(psize, size - offset)))
-        t0 = time.monotonic()
-        fetch(offset, sample)
-        return par * len(sample) / max(time.monotonic() - t0, 1e-6)
+        """The rate of `par` parts from `offset` fetched at once, now (a sample). Taken as
+        they come, not one part's rate times `par`: where the machine's CPUs, not the
+        connections, limit the fetch (a server on the same two cores), parallel parts
+        add nothing."""
+        return sample_parallel(fetch, offset, size, par, psize)
 
     reader: RangedReader | AdaptiveReader
     if first is None:
@@ -356,6 +361,33 @@ def ranged_stream(
     stream.buffer_bytes = (par + 1) * psize
     stream.reader = reader
     return stream
+
+
+def sample_parallel(fetch: Fetch, offset: int, size: int, parallel: int, part_size: int) -> float:
+    """Bytes per second of up to `parallel` parts from `offset` fetched at once (each by a
+    thread of its own, as the RangedReader would); the first failure is raised."""
+    spans = [
+        (start, min(part_size, size - start))
+        for start in range(offset, min(size, offset + parallel * part_size), part_size)
+    ]
+    errors: list[BaseException] = []
+
+    def one(start: int, length: int) -> None:
+        try:
+            fetch(start, memoryview(bytearray(length)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=span, name="ranged-sample") for span in spans]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = max(time.monotonic() - t0, 1e-6)
+    if errors:
+        raise errors[0]
+    return sum(length for _, length in spans) / elapsed
 
 
 def content_range_ok(header: Any, start: int, end: int, size: int) -> bool:

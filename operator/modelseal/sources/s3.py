@@ -12,6 +12,8 @@ parallel ranged GETs (`ranged.RangedReader`), each pinned to the first response'
 
 from __future__ import annotations
 
+import http.client
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +27,24 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not bucket or not key:
         raise SourceError(f"S3 URI must look like s3://bucket/key, got {uri[:200]}")
     return bucket, key
+
+
+def direct_readinto(body: Any) -> Callable[[memoryview], int]:
+    """`readinto` of a GetObject body that fills the caller's buffer itself.
+
+    urllib3's own `readinto` (under botocore's body) reads into a new bytes object and
+    copies that over: one more allocation and copy of every byte (0.26-0.51 CPU s per GiB
+    against 0.22 from versitygw on loopback). The http.client response under it fills
+    the buffer directly; it is used when there is one and the body is not content-encoded
+    (urllib3 would decode that), else urllib3's. Nothing is read through urllib3 before,
+    and a short body is caught above (SourceStream's announced size, the parts' lengths).
+    """
+    raw = body._raw_stream
+    fp = getattr(raw, "_fp", None)
+    encoding = str(getattr(raw, "headers", {}).get("content-encoding") or "identity")
+    if isinstance(fp, http.client.HTTPResponse) and encoding.lower() == "identity":
+        return fp.readinto
+    return raw.readinto  # type: ignore[no-any-return]
 
 
 def open_s3(uri: str, *, timeout_s: float, endpoint_url: str | None = None) -> SourceStream:
@@ -50,7 +70,7 @@ def open_s3(uri: str, *, timeout_s: float, endpoint_url: str | None = None) -> S
     errors = (OSError, botocore.exceptions.BotoCoreError, Exception)
     if size >= ranged.MIN_RANGED_SIZE:
         etag = str(obj.get("ETag") or "")
-        first_raw = body._raw_stream
+        first_read = direct_readinto(body)
 
         def fetch(start: int, view: memoryview) -> None:
             end = start + len(view) - 1
@@ -68,10 +88,10 @@ def open_s3(uri: str, *, timeout_s: float, endpoint_url: str | None = None) -> S
                     raise SourceError(
                         f"{name}: range {start}-{end}: S3 answered {part.get('ContentRange')}"
                     )
-                raw_part = stream._raw_stream
+                read_part = direct_readinto(stream)
                 got = 0
                 while got < len(view):
-                    n = int(raw_part.readinto(view[got:]))
+                    n = int(read_part(view[got:]))
                     if not n:
                         raise SourceError(f"{name}: range {start}-{end} ended after {got} bytes")
                     got += n
@@ -79,7 +99,7 @@ def open_s3(uri: str, *, timeout_s: float, endpoint_url: str | None = None) -> S
                 stream.close()
 
         def first_read_into(view: memoryview) -> int:
-            return int(first_raw.readinto(view))
+            return int(first_read(view))
 
         return ranged.ranged_stream(
             name,
@@ -89,10 +109,10 @@ def open_s3(uri: str, *, timeout_s: float, endpoint_url: str | None = None) -> S
             timeout_s=timeout_s,
             first=(first_read_into, body.close),
         )
-    raw = body._raw_stream  # urllib3 response: readinto without an extra copy
+    read = direct_readinto(body)
 
     def read_into(view: memoryview) -> int:
-        return int(raw.readinto(view))
+        return int(read(view))
 
     return SourceStream(
         name,

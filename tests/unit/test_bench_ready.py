@@ -1,11 +1,12 @@
-"""bench/ready/bench.py `share_pages`: nginx's copies become hard links to versitygw's
-object files only where the bytes' size matches, and nothing else changes."""
+"""bench/ready/bench.py: `share_pages` (nginx's copies become hard links to versitygw's
+object files only where the bytes' size matches, and nothing else changes) and
+`fetch_summary` (how the sealed runs fetched)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.ready.bench import share_pages
+from bench.ready.bench import MiB, fetch_summary, share_pages
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -45,3 +46,16 @@ def test_a_missing_or_different_object_keeps_the_copy(tmp_path: Path) -> None:
     assert (serve / "plain-1" / "a.bin").read_bytes() == b"a" * 10
     assert (serve / "plain-1" / "a.bin").stat().st_nlink == 1
     assert (serve / "sealed-1.mseal").stat().st_nlink == 1
+
+
+def test_fetch_summary_says_how_each_run_fetched() -> None:
+    runs = [
+        {"switched_at": 64 * MiB, "sampled": [900e6, 2100e6]},
+        {"switched_at": None, "sampled": [1500e6, 1600e6]},
+        {"switched_at": None, "sampled": None},
+    ]
+    assert fetch_summary(runs) == (
+        "ranged in 1 of 3 runs (from MiB 64); "
+        "stream vs sampled ranges, MB/s: 900 vs 2100, 1500 vs 1600"
+    )
+    assert fetch_summary([{"switched_at": None, "sampled": None}]) == "ranged in 0 of 1 runs"

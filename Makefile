@@ -34,10 +34,11 @@ system-deps: ## install the Debian packages the tests and the demo need (if miss
 	bash devenv/install-system-deps.sh
 
 # Builds (or reuses, keyed by pinned versions) the Go test servers under $(MODELSEAL_CACHE_DIR).
-testservers: venv ## build (or reuse) kube, etcd, kwok, Vault and Helm from their Go modules
+testservers: venv ## build (or reuse) kube, etcd, kwok, Vault, Helm and versitygw (S3) from their Go modules
 	bash devenv/build-kube.sh
 	bash devenv/build-vault.sh
 	bash devenv/build-helm.sh
+	bash devenv/build-versitygw.sh
 
 lint: venv ## ruff check, ruff format --check and the import contracts
 	$(VENV)/bin/ruff check operator devenv tests bench

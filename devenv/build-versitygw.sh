@@ -2,8 +2,8 @@
 # Build the Versity S3 Gateway (versitygw) from its Go module github.com/versity/versitygw
 # through the Go module proxy (no release binary is downloaded) and cache it:
 #   ${MODELSEAL_CACHE_DIR:-~/.cache/modelseal}/bin/versitygw-<version>/versitygw
-# `make bench-ready` serves its S3 leg from it (bench/ready/bench.py); the tests' S3 server
-# stays moto (devenv/modelseal_devenv/s3.py).
+# It is the S3 server of the tests, the demo and `make bench-ready`
+# (devenv/modelseal_devenv/s3.py).
 #
 #   devenv/build-versitygw.sh            build if missing; print the binary's path last
 #   devenv/build-versitygw.sh --print    only print the binary's path (builds nothing)

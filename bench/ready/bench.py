@@ -1,13 +1,12 @@
 """``make bench-ready``: time-to-Ready of a model, sealed versus plain, from a real HTTP
-server on loopback (Debian's nginx) and from a local S3 server (versitygw, or moto).
+server on loopback (Debian's nginx) and from the local S3 server (versitygw).
 
 The same model as `make bench-unseal` (one large file, four shards, 100 small files;
 ``--size-mib``, default 4096) is served, as a plain folder and as one sealed bundle, by
 
   (a) nginx on 127.0.0.1 (http, or https with a CA made here: ``--https``), and
-  (b) a local S3 server on 127.0.0.1 (objects under plain/ and the bundle sealed.mseal):
-      the Versity S3 Gateway over its posix backend (``--s3-server versitygw``, the
-      default; built from its Go module by devenv/build-versitygw.sh), or moto.
+  (b) the test S3 server, the Versity S3 Gateway (``modelseal_devenv.s3``), on 127.0.0.1
+      (objects under plain/ and the bundle sealed.mseal).
 
 Timed, ``--runs`` times in rotating order after an uncounted warm-up round, each into a
 fresh /dev/shm directory (removed, untimed, after each run), as child processes:
@@ -30,12 +29,11 @@ The data key is a LOCALLY GENERATED one (no Vault; the Transit unwrap, one round
 tens of milliseconds, is not timed) and the output says so.
 
 versitygw stores each object as a file (uploaded through the S3 API, so it keeps its own
-ETag) and serves a range by reading only that range, as real S3 does; the S3 leg then
-runs at the model's full size. Once uploaded, the folder nginx serves is hard-linked to
-versitygw's object files (same bytes, one copy in the page cache instead of two). moto
-reads (and copies) the whole object for every GET, ranged or not, so with ``--s3-server
-moto`` every ranged part costs moto the bundle's full size and the leg runs at
-``--s3-size-mib`` (default there: the smaller of --size-mib and 512) and says so.
+ETag) and serves a range by reading only that range, as real S3 does, so the S3 leg runs
+at the model's full size (until session 14 the S3 server was moto, which reads the whole
+object for every GET, and the leg ran at 512 MiB). Once uploaded, the folder nginx serves
+is hard-linked to versitygw's object files (same bytes, one copy in the page cache
+instead of two). ``--s3-size-mib`` sets another size for the S3 leg.
 
 Prints medians, min and max, the load average during the timed runs, and last:
 
@@ -116,13 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--size-mib", type=int, default=4096)
-    ap.add_argument(
-        "--s3-size-mib",
-        type=int,
-        default=0,
-        help="S3 leg size (default: --size-mib; with moto min(size, 512))",
-    )
-    ap.add_argument("--s3-server", choices=["versitygw", "moto"], default="versitygw")
+    ap.add_argument("--s3-size-mib", type=int, default=0, help="S3 leg size (--size-mib)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=0, help="unseal threads (default: CPUs)")
     ap.add_argument("--chunk-size", type=int, default=MiB)
@@ -146,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if not curl:
         raise SystemExit("curl not found: run devenv/install-bench-deps.sh")
     cpus = len(os.sched_getaffinity(0))
-    s3_mib = args.s3_size_mib or (
-        min(args.size_mib, 512) if args.s3_server == "moto" else args.size_mib
-    )
+    s3_mib = args.s3_size_mib or args.size_mib
     serve = args.workdir / "serve"
     serve.mkdir(parents=True, exist_ok=True)
     key = os.urandom(32)
@@ -172,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "size_mib": args.size_mib,
         "s3_size_mib": s3_mib,
-        "s3_server": args.s3_server,
         "cpus": cpus,
     }
     all_samples: dict[str, list[Sample]] = {}
@@ -236,14 +225,16 @@ def main(argv: list[str] | None = None) -> int:
                 dict(os.environ),
             )
         if not args.skip_s3:
-            s3 = start_s3(args.s3_server, args.workdir / "s3")
+            from modelseal_devenv.s3 import S3Server
+
+            shutil.rmtree(args.workdir / "s3", ignore_errors=True)  # an empty store
+            s3 = S3Server(args.workdir / "s3").start()
             stack.append(s3)
             s3_env = {**os.environ, **s3.env()}
             upload_s3(s3, serve / f"plain-{s3_mib}", serve / f"sealed-{s3_mib}.mseal")
-            log(f"{args.s3_server} {s3.version} at {s3.endpoint_url} (pid {s3.pid})")
-            if args.s3_server == "versitygw":
-                linked = share_pages(serve, s3.data_dir / BUCKET, s3_mib)
-                log(f"nginx's copies of {linked} files hard-linked to versitygw's objects")
+            log(f"versitygw {s3.version} at {s3.endpoint_url} (pid {s3.pid})")
+            linked = share_pages(serve, s3.data_dir / BUCKET, s3_mib)
+            log(f"nginx's copies of {linked} files hard-linked to versitygw's objects")
 
             def plain_s3(i: int) -> Sample:
                 return timed(
@@ -331,16 +322,6 @@ def check_plain_copy(plain_http: Callable[[int], Sample], targets: Path, model_b
     shutil.rmtree(targets / "plain-http--1")
     if got != model_bytes:
         raise SystemExit(f"curl fetched {got} bytes, the model has {model_bytes}")
-
-
-def start_s3(kind: str, workdir: Path) -> Any:
-    """A fresh S3 server of `kind` (versitygw: an empty data folder)."""
-    from modelseal_devenv.s3 import S3Server, VersityGateway
-
-    if kind == "moto":
-        return S3Server(workdir).start()
-    shutil.rmtree(workdir, ignore_errors=True)
-    return VersityGateway(workdir).start()
 
 
 def share_pages(serve: Path, objects: Path, size_mib: int) -> int:

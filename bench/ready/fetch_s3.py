@@ -2,10 +2,10 @@
 
 `python -m bench.ready.fetch_s3 BUCKET PREFIX DEST [--parallel N]`: N threads (default 4),
 one object each at a time, each object one GET streamed straight into its file (boto3,
-the urllib3 response's readinto, 1 MiB at a time). One GET per object, not ranged parts:
-the local S3 server (moto) reads the whole object for every ranged GET, so an
-`aws s3 cp`-style multipart download of a multi-GiB file would measure moto, not the
-download. Credentials and endpoint from the environment (AWS_*).
+the urllib3 response's readinto, 1 MiB at a time). One GET per object, not ranged parts
+(as `aws s3 cp` would for a big file): the plain side of the benchmark is the simplest
+download, as it was when the test S3 server (then moto) read the whole object for every
+ranged GET. Credentials and endpoint from the environment (AWS_*).
 """
 
 from __future__ import annotations

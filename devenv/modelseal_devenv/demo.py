@@ -205,7 +205,7 @@ class Stack:
         if self.s3 is None:
             self.s3 = S3Server(self.workdir / "s3").start()
             self._owned.append(self.s3)
-        self.narrator.say(f"S3 (moto {self.s3.version}) at {self.s3.endpoint_url}")
+        self.narrator.say(f"S3 (versitygw {self.s3.version}) at {self.s3.endpoint_url}")
 
     # -- operator ------------------------------------------------------------------------
 

@@ -271,7 +271,7 @@ def main() -> int:
         _step("node", lambda: check_node(node_kube, node))
         versions = (
             f"kube={kube.version} etcd={kube.etcd_version} vault={vault.version} "
-            f"triton={triton.version} redis={redis.version} s3=moto-{s3.version} "
+            f"triton={triton.version} redis={redis.version} s3=versitygw-{s3.version} "
             f"kubelet={node.kubelet_version} containerd={node.containerd_version}"
         )
     print(f"env-check: all servers stopped after {time.monotonic() - started:.0f}s")

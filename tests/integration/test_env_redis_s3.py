@@ -1,4 +1,4 @@
-"""The real Redis (Debian's redis-server) and S3 (moto's standalone server) test servers."""
+"""The real Redis (Debian's redis-server) and S3 (the Versity S3 Gateway) test servers."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 // Wrapper module that builds the Versity S3 Gateway (versitygw, Apache 2.0) from its Go
-// module through the Go module proxy; no release binary is downloaded. `make bench-ready`
-// serves its S3 leg from it (posix backend: one file per object, so a ranged GET reads
-// only its range, as real S3 does; moto reads the whole object for every GET).
+// module through the Go module proxy; no release binary is downloaded. It is the S3 server
+// of the tests, the demo and `make bench-ready` (posix backend: one file per object, so a
+// ranged GET reads only its range, as real S3 does).
 // Built by devenv/build-versitygw.sh. To move to another version:
 //   cd devenv/go/versitygw && go get -tool github.com/versity/versitygw/cmd/versitygw@vX.Y.Z && go mod tidy
 module modelseal.local/devenv/versitygw

@@ -85,3 +85,24 @@ def test_s3_body_is_read_straight_into_the_buffer(s3_server: Any, s3_bucket: str
         finally:
             body.close()
         assert bytes(out) == data, key
+
+
+def test_s3_wrong_credentials_are_a_clear_error(
+    s3_server: Any, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source signs with what the environment gives; the server's refusal is named,
+    and the secret appears nowhere in it."""
+    from modelseal.sources import SourceError
+
+    s3_server.client().put_object(Bucket=s3_bucket, Key="b.mseal", Body=b"x" * 1000)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "forged-secret-value")
+    # boto3's default session keeps the credentials it first found in this process
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    with pytest.raises(SourceError) as refused:
+        open_source(f"s3://{s3_bucket}/b.mseal", s3_endpoint_url=s3_server.endpoint_url)
+    assert "S3 refused: SignatureDoesNotMatch" in str(refused.value)
+    assert "forged-secret-value" not in str(refused.value)

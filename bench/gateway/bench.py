@@ -48,6 +48,7 @@ from bench.gateway.harness import (
     write_license,
 )
 from bench.gateway.loadgen import Result, run_load
+from modelseal_devenv.common import LOOPBACK, ManagedProcess, free_port, wait_until
 from modelseal_devenv.models import build_identity_model
 from modelseal_devenv.redis import RedisServer
 from modelseal_devenv.triton import TritonServer
@@ -94,24 +95,34 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def _measure(
-    args: argparse.Namespace, direct_url: str, gw_url: str, gw_pid: int
+    args: argparse.Namespace,
+    direct_url: str,
+    gw_url: str,
+    gw_pid: int,
+    floor_url: str,
+    floor_pid: int,
 ) -> list[dict[str, Any]]:
     body = _body(args.elements)
     plain = {"Content-Type": "application/json"}
     authed = {**plain, "Authorization": f"Bearer {KEY}"}
+    targets = (
+        ("direct", direct_url, plain, None),
+        ("floor", floor_url, plain, floor_pid),
+        ("gateway", gw_url, authed, gw_pid),
+    )
     rows: list[dict[str, Any]] = []
     print(
         f"{'target':<8} {'conc':>5} {'requests':>8} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} "
-        f"{'errors':>7} {'gw cpu us':>10}",
+        f"{'errors':>7} {'cpu us':>10}",
         flush=True,
     )
     for conc in args.concurrency:
-        for name, url, headers in (("direct", direct_url, plain), ("gateway", gw_url, authed)):
-            cpu0 = _cpu_seconds(gw_pid)
+        for name, url, headers, pid in targets:
+            cpu0 = _cpu_seconds(pid) if pid else 0.0
             r = await run_load(url, body, headers, conc, args.duration)
-            cpu_s = _cpu_seconds(gw_pid) - cpu0
+            cpu_s = _cpu_seconds(pid) - cpu0 if pid else 0.0
             answered = r.count + r.warmup_count
-            per_request = cpu_s / max(1, answered) * 1e6 if name == "gateway" else None
+            per_request = cpu_s / max(1, answered) * 1e6 if pid else None
             print(_row(name, r, per_request), flush=True)
             rows.append(
                 {
@@ -123,11 +134,38 @@ async def _measure(
                     "p99_ms": r.percentile(99) * 1000,
                     "errors": r.errors,
                     "statuses": r.statuses,
-                    "gateway_cpu_s": cpu_s,
+                    "cpu_s": cpu_s,
                     "answered": answered,  # warm-up included, as in cpu_s
                 }
             )
     return rows
+
+
+def _start_floor(
+    work: Path, redis: RedisServer, triton_http_url: str
+) -> tuple[ManagedProcess, str]:
+    """``bench.gateway.floor`` as a process of its own, like the gateway: (process, URL)."""
+    port = free_port()
+    process = ManagedProcess(
+        "gateway-floor",
+        [
+            sys.executable,
+            "-m",
+            "bench.gateway.floor",
+            "--port",
+            str(port),
+            "--redis",
+            f"{redis.host}:{redis.port}",
+            "--triton",
+            triton_http_url.removeprefix("http://"),
+            "--audit",
+            str(work / "floor-audit.jsonl"),
+        ],
+        work / "floor.log",
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ).start()
+    wait_until(lambda: b"ready" in process.log_path.read_bytes(), "gateway floor", 30, process)
+    return process, f"http://{LOOPBACK}:{port}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     triton = TritonServer(repo, model_control_mode="explicit", load_models=["identity"])
     redis = RedisServer(work / "redis")
     gateway: GatewayProcess | None = None
+    floor: tuple[ManagedProcess, str] | None = None
     try:
         triton.start()
         redis.start()
@@ -190,11 +229,21 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.duration:g}s per point, FP32[1,{args.elements}]",
             flush=True,
         )
+        floor = _start_floor(work, redis, triton.http_url)
         path = "/v2/models/identity/infer"
         rows = asyncio.run(
-            _measure(args, triton.http_url + path, gateway.http_url + path, gateway.pid)
+            _measure(
+                args,
+                triton.http_url + path,
+                gateway.http_url + path,
+                gateway.pid,
+                floor[1] + path,
+                floor[0].pid,
+            )
         )
     finally:
+        if floor is not None:
+            floor[0].stop()
         if gateway is not None:
             gateway.stop()
         redis.close()
@@ -207,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     direct = [r for r in rows if r["target"] == "direct"]
     through = [r for r in rows if r["target"] == "gateway"]
+    floor_rows = {r["concurrency"]: r for r in rows if r["target"] == "floor"}
     ratio = max(r["throughput"] for r in through) / max(r["throughput"] for r in direct)
     c1 = min(args.concurrency)
     added = next(r["p50_ms"] for r in through if r["concurrency"] == c1) - next(
@@ -214,11 +264,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     errors = sum(r["errors"] for r in rows)
     served = sum(r["answered"] for r in through)
-    cpu_us = sum(r["gateway_cpu_s"] for r in through) / max(1, served) * 1e6
+    cpu_us = sum(r["cpu_s"] for r in through) / max(1, served) * 1e6
+    # The floor's CPU per request at each concurrency, weighted by the requests the gateway
+    # answered at it: the floor at the gateway's own mix (the floor answers more at high
+    # concurrency, where a request costs less, so its plain mean would flatter it).
+    floor_us = {c: r["cpu_s"] / max(1, r["answered"]) * 1e6 for c, r in floor_rows.items()}
+    floor_cpu_us = sum(floor_us[r["concurrency"]] * r["answered"] for r in through) / max(1, served)
     print(
-        f"gateway CPU per request (user+sys, every worker): {cpu_us:.0f} us; "
+        f"gateway CPU per request (user+sys, every worker): {cpu_us:.0f} us; the floor's at "
+        f"the gateway's mix of concurrencies: {floor_cpu_us:.0f} us; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
+    for r in through:
+        c = r["concurrency"]
+        gw_us = r["cpu_s"] / max(1, r["answered"]) * 1e6
+        print(
+            f"  c={c}: gateway {gw_us:.0f} us, floor {floor_us[c]:.0f} us, "
+            f"the gateway's own {gw_us - floor_us[c]:.0f} us"
+        )
     print(f"gateway audit records written: {audited}; non-200 answers: {errors}")
     if args.json:
         args.json.write_text(
@@ -228,12 +291,14 @@ def main(argv: list[str] | None = None) -> int:
                     "ratio": ratio,
                     "added_p50_ms": added,
                     "gateway_cpu_us_per_request": cpu_us,
+                    "floor_cpu_us_per_request": floor_cpu_us,
                 }
             )
         )
     print(
         f"gateway_vs_direct_throughput_ratio={ratio:.3f} added_p50_ms={added:.3f} "
-        f"gateway_cpu_us_per_request={cpu_us:.0f}"
+        f"gateway_cpu_us_per_request={cpu_us:.0f} floor_cpu_us_per_request={floor_cpu_us:.0f} "
+        f"gateway_vs_floor_cpu_ratio={cpu_us / max(1e-9, floor_cpu_us):.2f}"
     )
     return 1 if errors else 0
 

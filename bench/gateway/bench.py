@@ -7,13 +7,22 @@ records hash-chained to a file with signed checkpoints, metrics). A closed-loop 
 generator (``loadgen``) then drives (a) Triton's HTTP endpoint and (b) the gateway's, with
 the same request, at each concurrency, alternating the two.
 
-Prints p50/p99 latency and throughput for each (for the gateway also its CPU per answered
-request at that concurrency: it falls as concurrency rises, since batched writes to Redis and
-group-committed audit records share their system calls), and last the line
-``gateway_vs_direct_throughput_ratio=<x> added_p50_ms=<y> gateway_cpu_us_per_request=<z>``:
-the ratio of the best throughput through the gateway to the best direct throughput (over
-all concurrencies), the difference of the p50 latencies at concurrency 1 (the gateway's
-added latency when nothing queues), and the gateway's CPU time per answered request.
+A third target runs in the same run, between the two: the floor (``bench.gateway.floor``),
+one process that makes exactly the gateway's round trips per request (Redis script, Triton,
+an ``fsync``-ed line, the answer) and nothing else. Its CPU per request is what sockets,
+wake-ups and ``fsync`` cost on the machine at hand; the gateway's CPU above it is the
+gateway's own work.
+
+Prints p50/p99 latency and throughput for each (for the gateway and the floor also their
+CPU per answered request at that concurrency: it falls as concurrency rises, since batched
+writes to Redis and group-committed audit records share their system calls), and last the
+line ``gateway_vs_direct_throughput_ratio=<x> added_p50_ms=<y> gateway_cpu_us_per_request=<z>
+floor_cpu_us_per_request=<f> gateway_vs_floor_cpu_ratio=<r>``: the ratio of the best
+throughput through the gateway to the best direct throughput (over all concurrencies), the
+difference of the p50 latencies at concurrency 1 (the gateway's added latency when nothing
+queues), the gateway's CPU time per answered request, the floor's at the gateway's mix of
+concurrencies (each concurrency's figure weighted by the requests the gateway answered at
+it), and the ratio of the two.
 
 Before it, the gateway's CPU (user + system, every worker process) per answered request
 and the load average: on a shared machine the throughput figures move with what else runs

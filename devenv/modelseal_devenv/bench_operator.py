@@ -7,6 +7,11 @@ of its own (``modelseal-bench-operator``) so that the audit log tells its calls 
 The models are "CPU models" (gpusPerReplica 0) with one replica, ten under each
 ModelLicense, twenty in each namespace, one shared Transit key. Phases:
 
+0. floor (``modelseal_devenv.bench_floor``): before the operator starts, the bench creates
+   what the operator would render for ``N`` models itself and times until every
+   Deployment is Ready (``controlplane_floor_s``): the test cluster's own time for the
+   rollout's workloads, which the operator's time can approach and never beat. Its
+   namespaces are deleted, and gone, before phase 1.
 1. reference: ``N/10`` models (at least 10) rolled out first; their time to all-Ready
    times 10 is the linear reference (``ready_vs_linear_ratio``).
 2. rollout: ``N`` models (``MODELSEAL_BENCH_MODELS``, default 1000) under ``N/10``
@@ -26,9 +31,11 @@ ModelLicense, twenty in each namespace, one shared Transit key. Phases:
    ``converge_after_kill_s`` is the time from the kill until every model is Ready.
 
 Last line: ``operator_ready_s=<s> operator_rss_mb=<MB> resync_writes=<n> api_rps=<r>
-converge_after_kill_s=<s> ready_vs_linear_ratio=<x>``.
+converge_after_kill_s=<s> ready_vs_linear_ratio=<x> controlplane_floor_s=<s>
+operator_vs_floor_ratio=<x>`` (the last two without phase 0).
 
-Knobs (environment): ``MODELSEAL_BENCH_MODELS`` (1000), ``MODELSEAL_BENCH_MODELS_PER_NAMESPACE``
+Knobs (environment): ``MODELSEAL_BENCH_MODELS`` (1000), ``MODELSEAL_BENCH_FLOOR`` (1; 0
+skips phase 0), ``MODELSEAL_BENCH_MODELS_PER_NAMESPACE``
 (20; 1000 puts them all in one namespace, as the first measurement did),
 ``MODELSEAL_BENCH_KCM_QPS`` (100: kube-controller-manager's client rate, whose default of
 20 requests/s would make the test cluster's Deployment and ReplicaSet controllers, not the
@@ -73,6 +80,8 @@ from typing import Any
 
 import yaml
 
+from modelseal.config import Settings
+from modelseal_devenv.bench_floor import FloorResult, run_floor
 from modelseal_devenv.common import ManagedProcess, free_port, repo_root, wait_until
 from modelseal_devenv.kube import KubeCluster, ensure_binaries
 from modelseal_devenv.vault import VaultServer, create_token_reviewer
@@ -377,6 +386,27 @@ class Bench:
         return out
 
     # --- objects ----------------------------------------------------------------------
+    def floor(self, batch: Batch, timeout: float) -> FloorResult:
+        """Phase 0 (``bench_floor``): the batch's workloads, without the operator."""
+        assert self.vault is not None
+        say(f"floor: what the operator renders for {len(batch.models)} models, created by "
+            f"the bench in {len(batch.namespaces)} namespaces, no operator running")  # fmt: skip
+        cpu_before = self.cpu_seconds()
+        licenses = {(ns, name): license_doc(ns, name) for ns, name in batch.licenses}
+        models = [(model_doc(ns, name, lic), licenses[(ns, lic)]) for ns, name, lic in batch.models]
+        settings = Settings(vault_addr=self.vault.addr)
+        result = run_floor(self.api, models, settings, timeout, say)
+        cpu_after = self.cpu_seconds()
+        used = ", ".join(
+            f"{name} {cpu_after[name] - cpu_before.get(name, 0.0):.1f} s"
+            for name in sorted(cpu_after, key=lambda k: cpu_before.get(k, 0.0) - cpu_after[k])
+        )
+        say(f"floor: {result.objects} objects created in {result.created_s:.1f} s, every "
+            f"Deployment Ready after {result.ready_s:.1f} s; namespaces deleted and gone in "
+            f"{result.deleted_s:.1f} s")  # fmt: skip
+        print(f"  CPU seconds over the floor (creation to gone): {used}")
+        return result
+
     def create(self, batch: Batch) -> None:
         from kubernetes import client
 
@@ -661,8 +691,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         + " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MODELSEAL_OPERATOR_"))
     )
     keep = bool(os.environ.get("MODELSEAL_BENCH_KEEP"))
+    floor: FloorResult | None = None
     try:
         bench.start()
+        if os.environ.get("MODELSEAL_BENCH_FLOOR", "1") != "0":
+            floor = bench.floor(make_batch("floor", n, per_ns), timeout)
         bench.start_operator()
         say(f"operator up (pid {bench.operator.pid if bench.operator else '?'})")
 
@@ -795,10 +828,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratio = ready_s / (ref_s * n / ref_n)
         print(f"reference: {ref_n} models in {ref_s:.1f} s, x{n / ref_n:.0f} = "
               f"{ref_s * n / ref_n:.1f} s (linear)")  # fmt: skip
+        floor_fields = ""
+        if floor is not None:
+            print(f"floor: the same {n} workloads without the operator Ready in "
+                  f"{floor.ready_s:.1f} s; the operator's rollout took "
+                  f"{ready_s / floor.ready_s:.2f}x that")  # fmt: skip
+            floor_fields = (
+                f" controlplane_floor_s={floor.ready_s:.1f} "
+                f"operator_vs_floor_ratio={ready_s / floor.ready_s:.2f}"
+            )
         print(
             f"operator_ready_s={ready_s:.1f} operator_rss_mb={bench.peak_rss_kb / 1024:.0f} "
             f"resync_writes={resync_writes} api_rps={api_rps:.1f} "
-            f"converge_after_kill_s={converge_s:.1f} ready_vs_linear_ratio={ratio:.2f}",
+            f"converge_after_kill_s={converge_s:.1f} ready_vs_linear_ratio={ratio:.2f}"
+            + floor_fields,
             flush=True,
         )
         return 0

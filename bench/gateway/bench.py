@@ -150,8 +150,11 @@ async def _measure(
     return rows
 
 
-def _start_floor(
-    work: Path, redis: RedisServer, triton_http_url: str
+def start_floor(
+    work: Path,
+    redis: RedisServer,
+    triton_http_url: str,
+    path: str = "/v2/models/identity/infer",
 ) -> tuple[ManagedProcess, str]:
     """``bench.gateway.floor`` as a process of its own, like the gateway: (process, URL)."""
     port = free_port()
@@ -169,6 +172,8 @@ def _start_floor(
             triton_http_url.removeprefix("http://"),
             "--audit",
             str(work / "floor-audit.jsonl"),
+            "--path",
+            path,
         ],
         work / "floor.log",
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -238,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.duration:g}s per point, FP32[1,{args.elements}]",
             flush=True,
         )
-        floor = _start_floor(work, redis, triton.http_url)
+        floor = start_floor(work, redis, triton.http_url)
         path = "/v2/models/identity/infer"
         rows = asyncio.run(
             _measure(
@@ -284,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         f"the gateway's mix of concurrencies: {floor_cpu_us:.0f} us; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
+    floor_ratio = max(r["throughput"] for r in floor_rows.values()) / max(
+        r["throughput"] for r in direct
+    )
+    print(f"the floor's best throughput against direct Triton's best: {floor_ratio:.3f}")
     for r in through:
         c = r["concurrency"]
         gw_us = r["cpu_s"] / max(1, r["answered"]) * 1e6
@@ -301,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                     "added_p50_ms": added,
                     "gateway_cpu_us_per_request": cpu_us,
                     "floor_cpu_us_per_request": floor_cpu_us,
+                    "floor_vs_direct_throughput_ratio": floor_ratio,
                 }
             )
         )

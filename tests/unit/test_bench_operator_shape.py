@@ -78,3 +78,25 @@ def test_audit_window_reads_rotated_files_by_time(tmp_path: Path) -> None:
     )
     window = AuditWindow.read(tmp_path / "audit.log", 1_000_000.0, 1_000_005.0)
     assert [e["verb"] for e in window.events] == ["rotated", "current"]
+
+
+def test_the_floor_creates_what_the_operator_renders_without_owners() -> None:
+    from modelseal.config import Settings
+    from modelseal_devenv.bench_floor import COLLECTIONS, rendered_objects
+    from modelseal_devenv.bench_operator import license_doc, model_doc
+
+    settings = Settings(vault_addr="https://vault.example:8200")
+    objects = rendered_objects(
+        model_doc("floor-000", "m-0000", "lic-0"), license_doc("floor-000", "lic-0"), settings
+    )
+    kinds = [o["kind"] for o in objects]
+    assert kinds == ["ServiceAccount", "ConfigMap", "Service", "NetworkPolicy", "Deployment"]
+    assert set(kinds) <= set(COLLECTIONS)
+    for obj in objects:
+        assert obj["metadata"]["namespace"] == "floor-000"
+        # a dependent whose owner does not exist would be deleted by the garbage collector
+        assert "ownerReferences" not in obj["metadata"]
+    deployment = objects[-1]
+    assert deployment["spec"]["replicas"] == 1  # granted: the model's one replica
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == objects[0]["metadata"]["name"]

@@ -98,29 +98,43 @@ class RedisLink(asyncio.Protocol):
         self.buf = buf[start:]
 
 
-class TritonLink(asyncio.Protocol):
-    """One kept-alive HTTP/1.1 connection to Triton, one request at a time."""
+class HttpConnection(asyncio.Protocol):
+    """A connection whose messages httptools parses (``parser``, made by the subclass);
+    the body of the message being read is gathered for ``take_body``."""
 
-    def __init__(self, pool: TritonPool) -> None:
-        self.pool = pool
+    parser: httptools.HttpRequestParser | httptools.HttpResponseParser
+
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
         self.body: list[bytes] = []
-        self.answer: asyncio.Future[bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
-    def on_message_complete(self) -> None:
-        answer, self.answer = self.answer, None
+    def take_body(self) -> bytes:
         body = b"".join(self.body)
         self.body.clear()
+        return body
+
+
+class TritonLink(HttpConnection):
+    """One kept-alive HTTP/1.1 connection to Triton, one request at a time."""
+
+    def __init__(self, pool: TritonPool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.parser = httptools.HttpResponseParser(self)
+        self.answer: asyncio.Future[bytes] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        answer, self.answer = self.answer, None
+        body = self.take_body()
         self.pool.idle.append(self)
         if answer is not None:
             answer.set_result(body)
@@ -178,17 +192,13 @@ class AuditFile:
             fut.set_result(None)
 
 
-class Front(asyncio.Protocol):
+class Front(HttpConnection):
     """One client connection: requests in turn, each answered once its line is durable."""
 
     def __init__(self, floor: Floor) -> None:
+        super().__init__()
         self.floor = floor
-        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.body: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -197,13 +207,8 @@ class Front(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
 
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
     def on_message_complete(self) -> None:
-        body = b"".join(self.body)
-        self.body.clear()
-        self.floor.loop.create_task(self.serve(body))
+        self.floor.loop.create_task(self.serve(self.take_body()))
 
     async def serve(self, body: bytes) -> None:
         floor = self.floor

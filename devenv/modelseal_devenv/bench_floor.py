@@ -30,6 +30,7 @@ from modelseal.config import Settings
 from modelseal.models.license_spec import parse_license
 from modelseal.models.spec import parse_model
 from modelseal.render.model import render_model
+from modelseal_devenv.common import wait_until
 
 #: Where each kind the operator renders is created (namespace filled in).
 COLLECTIONS = {
@@ -66,8 +67,9 @@ def rendered_objects(
     return objects
 
 
-def _call(api: Any, method: str, path: str, body: Any = None, **query: str) -> Any:
-    resp = api.call_api(
+def _request(api: Any, method: str, path: str, body: Any = None, **query: str) -> Any:
+    """One request through the bench's client; the response, unread (a watch streams)."""
+    return api.call_api(
         path,
         method,
         query_params=list(query.items()),
@@ -77,6 +79,11 @@ def _call(api: Any, method: str, path: str, body: Any = None, **query: str) -> A
         _preload_content=False,
         _return_http_data_only=True,
     )
+
+
+def _call(api: Any, method: str, path: str, body: Any = None, **query: str) -> Any:
+    """One request; its decoded answer."""
+    resp = _request(api, method, path, body, **query)
     return json.loads(resp.data) if resp.data else None
 
 
@@ -104,18 +111,13 @@ class ReadyWatch:
             self.done.set()
 
     def _follow(self) -> None:
-        resp = self.api.call_api(
-            "/apis/apps/v1/deployments",
+        resp = _request(
+            self.api,
             "GET",
-            query_params=[
-                ("watch", "true"),
-                ("resourceVersion", self.version),
-                ("timeoutSeconds", "300"),
-            ],
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _return_http_data_only=True,
+            "/apis/apps/v1/deployments",
+            watch="true",
+            resourceVersion=self.version,
+            timeoutSeconds="300",
         )
         try:
             for line in resp:
@@ -189,19 +191,12 @@ def run_floor(
     t1 = time.time()
     for ns in namespaces:
         _call(api, "DELETE", f"/api/v1/namespaces/{ns}")
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def gone() -> bool:
         listed = _call(api, "GET", "/api/v1/namespaces")
-        left = [
-            i["metadata"]["name"]
-            for i in listed.get("items") or []
-            if i["metadata"]["name"].startswith("floor-")
-        ]
-        if not left:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"floor: namespaces not gone after {timeout:.0f}s: {left[:5]}")
-        time.sleep(2.0)
+        return not any(i["metadata"]["name"] in namespaces for i in listed.get("items") or [])
+
+    wait_until(gone, "the floor's namespaces deleted", timeout, interval=2.0)
     return FloorResult(
         models=len(models),
         objects=sum(len(w) for w in work),
